@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * img.h: the one interface every on-disk format implements.
+ *
+ * A format driver knows one file format.  It never opens another file and
+ * never calls FUSE: it describes its parent (struct img_parent) and the
+ * chain layer finds and checks it.  Extent semantics follow qemu's block
+ * status: map_extent reports one run that starts at off, 1 <= len <= asked.
+ *   IMG_EXT_DATA    the bytes are in this image: at host_off in fd, or
+ *                   (host_off == IMG_HOST_NONE) produced by ->read
+ *                   (compressed clusters, sparse FILL chunks, ...)
+ *   IMG_EXT_ZERO    zeros, whatever the parent holds
+ *   IMG_EXT_UNALLOC not here: ask the layer below (zeros at the bottom)
+ * ZERO and UNALLOC are never merged: differencing images depend on it.
+ */
+#ifndef LAYERFS_IMG_H
+#define LAYERFS_IMG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "guid.h"
+
+#define IMG_HOST_NONE UINT64_MAX
+#define IMG_PROBE_HEAD 65536	/* bytes of the file start given to probe */
+#define IMG_PROBE_TAIL 512	/* bytes of the file end given to probe */
+#define IMG_PARENT_MAX_REFS 8
+
+enum img_ext_type { IMG_EXT_DATA, IMG_EXT_ZERO, IMG_EXT_UNALLOC };
+
+struct img_extent {
+	uint64_t len;
+	uint64_t host_off;	/* DATA only; IMG_HOST_NONE: use ->read */
+	int fd;			/* DATA with host_off: file to pread */
+	enum img_ext_type type;
+};
+
+struct img_probe {
+	const char *path;
+	const uint8_t *head;	/* the first head_len bytes of the file */
+	size_t head_len;
+	const uint8_t *tail;	/* the last tail_len bytes of the file */
+	size_t tail_len;
+	uint64_t file_size;
+};
+
+/* How a parent reference was written in the child. */
+enum img_ref_kind {
+	IMG_REF_RELATIVE,	/* relative to the child's directory */
+	IMG_REF_ABSOLUTE,	/* absolute path (Windows or POSIX) */
+	IMG_REF_NAME,		/* a bare file name, or name hint only */
+};
+
+enum img_id_kind {
+	IMG_ID_NONE,
+	IMG_ID_VHD_UUID,	/* VHD parent unique id (text order) */
+	IMG_ID_VHDX_LINKAGE,	/* VHDX parent_linkage: data write GUID */
+};
+
+struct img_parent_ref {
+	enum img_ref_kind kind;
+	char *path;		/* owned; UTF-8, separators as written */
+	const char *what;	/* static: "W2ru", "relative_path", ... */
+};
+
+/* What a child says about its parent.  Filled by ->parent. */
+struct img_parent {
+	unsigned nrefs;
+	struct img_parent_ref refs[IMG_PARENT_MAX_REFS]; /* preference order */
+	enum img_id_kind id_kind;
+	struct guid id;		/* expected identity of the parent */
+	bool has_id2;		/* VHDX parent_linkage2 */
+	struct guid id2;
+	bool has_timestamp;	/* VHD parent time stamp */
+	uint32_t timestamp;
+	const char *format;	/* static driver name if recorded, or NULL */
+};
+
+struct img_driver;
+
+struct img {
+	const struct img_driver *drv;
+	char *path;		/* owned: path the image was opened by */
+	int fd;			/* owned */
+	bool writable;		/* opened O_RDWR (top layer only) */
+	dev_t dev;
+	ino_t ino;
+	uint64_t file_size;	/* set before ->open */
+	/* set by ->open: */
+	uint64_t size;		/* virtual size in bytes */
+	uint32_t sector_size;	/* logical sector size, 512 if none */
+	uint32_t phys_sector_size;
+	uint32_t block_size;	/* block/cluster size, 0 if none */
+	bool has_id;		/* identity children compare against */
+	struct guid id;
+	char subtype[24];	/* "fixed", "dynamic", "differencing", ... */
+	void *priv;		/* owned by the driver */
+	unsigned refcnt;	/* img_ref/img_unref */
+};
+
+/* Reads from the layers below a top image (for copy-on-write). */
+struct img_below {
+	int (*read)(void *ctx, void *buf, size_t n, uint64_t off);
+	void *ctx;
+};
+
+struct img_driver {
+	const char *name;
+	const char *desc;
+	/* score 0..100; never fails, never logs */
+	int (*probe)(const struct img_probe *p);
+	/* validate everything, set size/sector_size/priv; 0 or -errno */
+	int (*open)(struct img *img);
+	void (*close)(struct img *img);
+	/* 1 and *p filled if the image has a parent, 0 if not, -errno */
+	int (*parent)(struct img *img, struct img_parent *p);
+	/* off < size, 0 < len, off + len <= size: checked by the caller */
+	int (*map_extent)(struct img *img, uint64_t off, uint64_t len,
+			  struct img_extent *ext);
+	/* DATA runs with host_off == IMG_HOST_NONE; [off, off+n) in one run */
+	int (*read)(struct img *img, void *buf, size_t n, uint64_t off);
+	/* optional, top layer only; NULL: the chain answers -EROFS */
+	int (*write)(struct img *img, const void *buf, size_t n, uint64_t off,
+		     const struct img_below *below);
+	int (*flush)(struct img *img);
+};
+
+/* registry.c */
+extern const struct img_driver *const img_drivers[];
+extern const size_t img_ndrivers;
+const struct img_driver *img_driver_find(const char *name);
+
+/*
+ * Open path read-only (or O_RDWR when writable), identify its format by
+ * content (or use drv when not NULL) and run the driver's open.  Errors are
+ * logged once, naming the file.  0 or -errno.
+ */
+int img_open(const char *path, const struct img_driver *drv, bool writable,
+	     struct img **out);
+/* Probe only: best driver for the file, or NULL.  Silent. */
+const struct img_driver *img_probe_file(const char *path);
+struct img *img_ref(struct img *img);
+void img_unref(struct img *img);
+
+void img_parent_clear(struct img_parent *p);
+/* Append a reference (path copied); 0 or -ENOMEM/-E2BIG */
+int img_parent_add_ref(struct img_parent *p, enum img_ref_kind kind,
+		       const char *what, const char *path);
+
+/* For drivers: map_extent with the caller's range checks applied. */
+int img_map(struct img *img, uint64_t off, uint64_t len,
+	    struct img_extent *ext);
+
+#endif

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/* io.c: whole-buffer positioned I/O. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "io.h"
+
+static int pread_loop(int fd, void *buf, size_t n, uint64_t off, int pad)
+{
+	uint8_t *p = buf;
+
+	while (n) {
+		ssize_t r = pread(fd, p, n, (off_t)off);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0) {
+			if (!pad)
+				return -ENODATA;
+			memset(p, 0, n);
+			return 0;
+		}
+		p += r;
+		n -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return 0;
+}
+
+int pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+	return pread_loop(fd, buf, n, off, 0);
+}
+
+int pread_zeropad(int fd, void *buf, size_t n, uint64_t off)
+{
+	return pread_loop(fd, buf, n, off, 1);
+}
+
+int pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
+{
+	const uint8_t *p = buf;
+
+	while (n) {
+		ssize_t r = pwrite(fd, p, n, (off_t)off);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EIO;
+		p += r;
+		n -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return 0;
+}

@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/* img.c: opening an image by content, references, parent descriptions. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "compiler.h"
+#include "img.h"
+#include "io.h"
+#include "log.h"
+
+const struct img_driver *img_driver_find(const char *name)
+{
+	for (size_t i = 0; i < img_ndrivers; i++)
+		if (!strcmp(img_drivers[i]->name, name))
+			return img_drivers[i];
+	return NULL;
+}
+
+/* Read the probe window of an open file; *head and *tail are malloc'd. */
+static int probe_fd(int fd, const char *path, uint64_t size,
+		    const struct img_driver **best)
+{
+	struct img_probe p = { .path = path, .file_size = size };
+	uint8_t *head, tail[IMG_PROBE_TAIL];
+	int best_score = 0, r;
+
+	p.head_len = (size_t)MIN(size, (uint64_t)IMG_PROBE_HEAD);
+	p.tail_len = (size_t)MIN(size, (uint64_t)IMG_PROBE_TAIL);
+	head = malloc(p.head_len ? p.head_len : 1);
+	if (!head)
+		return -ENOMEM;
+	r = pread_full(fd, head, p.head_len, 0);
+	if (r == 0)
+		r = pread_full(fd, tail, p.tail_len, size - p.tail_len);
+	if (r < 0) {
+		free(head);
+		return r;
+	}
+	p.head = head;
+	p.tail = tail;
+	*best = NULL;
+	for (size_t i = 0; i < img_ndrivers; i++) {
+		int s = img_drivers[i]->probe(&p);
+
+		if (s > best_score) {
+			best_score = s;
+			*best = img_drivers[i];
+		}
+	}
+	free(head);
+	return 0;
+}
+
+const struct img_driver *img_probe_file(const char *path)
+{
+	const struct img_driver *drv = NULL;
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+		probe_fd(fd, path, (uint64_t)st.st_size, &drv);
+	close(fd);
+	return drv;
+}
+
+int img_open(const char *path, const struct img_driver *drv, bool writable,
+	     struct img **out)
+{
+	struct img *img;
+	struct stat st;
+	int r;
+
+	img = calloc(1, sizeof(*img));
+	if (!img)
+		return -ENOMEM;
+	img->fd = -1;
+	img->refcnt = 1;
+	img->writable = writable;
+	img->path = strdup(path);
+	if (!img->path) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* Base layers are only ever opened read-only. */
+	img->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (img->fd < 0) {
+		r = -errno;
+		log_err("%s: cannot open: %s", path, strerror(-r));
+		goto fail;
+	}
+	if (fstat(img->fd, &st) < 0) {
+		r = -errno;
+		log_err("%s: cannot stat: %s", path, strerror(-r));
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		r = -EINVAL;
+		log_err("%s: not a regular file", path);
+		goto fail;
+	}
+	img->dev = st.st_dev;
+	img->ino = st.st_ino;
+	img->file_size = (uint64_t)st.st_size;
+	if (!drv) {
+		r = probe_fd(img->fd, path, img->file_size, &drv);
+		if (r < 0) {
+			log_err("%s: cannot read: %s", path, strerror(-r));
+			goto fail;
+		}
+		if (!drv) {
+			r = -EINVAL;
+			log_err("%s: not a disk image (unknown format)", path);
+			goto fail;
+		}
+	}
+	img->drv = drv;
+	img->sector_size = 512;
+	img->phys_sector_size = 512;
+	r = drv->open(img);
+	if (r < 0) {
+		img->drv = NULL;	/* nothing for ->close to undo */
+		goto fail;
+	}
+	if (!img->sector_size)
+		img->sector_size = 512;
+	if (!img->phys_sector_size)
+		img->phys_sector_size = img->sector_size;
+	DBG(FORMAT, "%s: opened as %s %s, %llu bytes", path, drv->name,
+	    img->subtype, (unsigned long long)img->size);
+	*out = img;
+	return 0;
+fail:
+	img_unref(img);
+	return r;
+}
+
+struct img *img_ref(struct img *img)
+{
+	__atomic_add_fetch(&img->refcnt, 1, __ATOMIC_RELAXED);
+	return img;
+}
+
+void img_unref(struct img *img)
+{
+	if (!img || __atomic_sub_fetch(&img->refcnt, 1, __ATOMIC_ACQ_REL))
+		return;
+	if (img->drv && img->drv->close)
+		img->drv->close(img);
+	if (img->fd >= 0)
+		close(img->fd);
+	free(img->path);
+	free(img);
+}
+
+void img_parent_clear(struct img_parent *p)
+{
+	for (unsigned i = 0; i < p->nrefs; i++)
+		free(p->refs[i].path);
+	memset(p, 0, sizeof(*p));
+}
+
+int img_parent_add_ref(struct img_parent *p, enum img_ref_kind kind,
+		       const char *what, const char *path)
+{
+	char *copy;
+
+	if (p->nrefs >= IMG_PARENT_MAX_REFS)
+		return -E2BIG;
+	copy = strdup(path);
+	if (!copy)
+		return -ENOMEM;
+	p->refs[p->nrefs].kind = kind;
+	p->refs[p->nrefs].what = what;
+	p->refs[p->nrefs].path = copy;
+	p->nrefs++;
+	return 0;
+}
+
+int img_map(struct img *img, uint64_t off, uint64_t len,
+	    struct img_extent *ext)
+{
+	int r;
+
+	if (off >= img->size || !len)
+		return -EINVAL;
+	len = MIN(len, img->size - off);
+	ext->fd = img->fd;
+	ext->host_off = IMG_HOST_NONE;
+	r = img->drv->map_extent(img, off, len, ext);
+	if (r < 0)
+		return r;
+	if (ext->len == 0 || ext->len > len) {
+		log_err("%s: %s driver returned a bad extent (%llu of %llu)",
+			img->path, img->drv->name,
+			(unsigned long long)ext->len, (unsigned long long)len);
+		return -EIO;
+	}
+	return 0;
+}

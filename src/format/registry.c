@@ -5,8 +5,11 @@
 #include "registry.h"
 
 const struct img_driver *const img_drivers[] = {
-	&vhd_driver,
+	&qcow2_driver,
+	&qcow_driver,
+	&vhdx_driver,
 	&asparse_driver,
+	&vhd_driver,
 	&raw_driver,	/* last: no magic, score 1 */
 };
 

@@ -8,5 +8,8 @@
 extern const struct img_driver raw_driver;
 extern const struct img_driver vhd_driver;
 extern const struct img_driver asparse_driver;
+extern const struct img_driver vhdx_driver;
+extern const struct img_driver qcow2_driver;
+extern const struct img_driver qcow_driver;
 
 #endif

@@ -1,4 +1,198 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/* test-common.c: endian helpers, GUIDs, UTF-16, whole-buffer I/O, log. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checked.h"
+#include "endian-io.h"
 #include "fixtures.h"
-START_TEST(placeholder) { ck_assert(0); }
+#include "guid.h"
+#include "io.h"
+#include "log.h"
+#include "utf16.h"
+
+START_TEST(endian_loads_and_stores)
+{
+	const uint8_t b[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	uint8_t o[8];
+
+	ck_assert_uint_eq(get_le16(b), 0x0201);
+	ck_assert_uint_eq(get_be16(b), 0x0102);
+	ck_assert_uint_eq(get_le32(b), 0x04030201);
+	ck_assert_uint_eq(get_be32(b), 0x01020304);
+	ck_assert_uint_eq(get_le64(b), 0x0807060504030201ull);
+	ck_assert_uint_eq(get_be64(b), 0x0102030405060708ull);
+	/* unaligned */
+	ck_assert_uint_eq(get_be32(b + 1), 0x02030405);
+	put_be64(o, 0x0102030405060708ull);
+	ck_assert_int_eq(memcmp(o, b, 8), 0);
+	put_le32(o, 0x04030201);
+	ck_assert_int_eq(memcmp(o, b, 4), 0);
+}
 END_TEST
-Suite *unit_suite(void) { Suite *s = suite_create("ph"); TCase *tc = tcase_create("ph"); tcase_add_test(tc, placeholder); suite_add_tcase(s, tc); return s; }
+
+START_TEST(checked_ranges)
+{
+	uint64_t r;
+
+	ck_assert(range_within(0, 10, 10));
+	ck_assert(!range_within(1, 10, 10));
+	ck_assert(!range_within(UINT64_MAX, 2, UINT64_MAX));
+	ck_assert(ADD_OVERFLOW(UINT64_MAX, (uint64_t)1, &r));
+	ck_assert(MUL_OVERFLOW((uint64_t)1 << 40, (uint64_t)1 << 30, &r));
+	ck_assert(!MUL_OVERFLOW((uint64_t)1 << 20, (uint64_t)1 << 30, &r));
+	ck_assert(ranges_overlap(0, 10, 9, 1));
+	ck_assert(!ranges_overlap(0, 10, 10, 1));
+	ck_assert(is_pow2(4096) && !is_pow2(0) && !is_pow2(3));
+}
+END_TEST
+
+START_TEST(guid_orders_and_text)
+{
+	/* {01020304-0506-0708-090a-0b0c0d0e0f10} as Windows stores it */
+	const uint8_t le[16] = { 4, 3, 2, 1, 6, 5, 8, 7,
+				 9, 10, 11, 12, 13, 14, 15, 16 };
+	struct guid g, h;
+	char s[GUID_STR_LEN + 1];
+	uint8_t back[16];
+
+	guid_from_le(&g, le);
+	guid_to_str(&g, s);
+	ck_assert_str_eq(s, "01020304-0506-0708-090a-0b0c0d0e0f10");
+	guid_to_le(&g, back);
+	ck_assert_int_eq(memcmp(back, le, 16), 0);
+	ck_assert_int_eq(guid_parse("{01020304-0506-0708-090A-0B0C0D0E0F10}",
+				    &h), 0);
+	ck_assert(guid_equal(&g, &h));
+	ck_assert_int_eq(guid_parse("01020304-0506-0708-090a-0b0c0d0e0f10",
+				    &h), 0);
+	ck_assert(guid_equal(&g, &h));
+	ck_assert_int_eq(guid_parse("01020304-0506-0708-090a-0b0c0d0e0f1", &h),
+			 -EINVAL);
+	ck_assert_int_eq(guid_parse("01020304x0506-0708-090a-0b0c0d0e0f10",
+				    &h), -EINVAL);
+	ck_assert_int_eq(guid_parse("0102030g-0506-0708-090a-0b0c0d0e0f10",
+				    &h), -EINVAL);
+	ck_assert_int_eq(guid_parse("{01020304-0506-0708-090a-0b0c0d0e0f10",
+				    &h), -EINVAL);
+	memset(&h, 0, sizeof(h));
+	ck_assert(guid_is_zero(&h) && !guid_is_zero(&g));
+}
+END_TEST
+
+START_TEST(utf16_round_trip)
+{
+	/* ".\a€😀" in UTF-16LE, then a NUL and garbage */
+	const uint8_t le[] = { '.', 0, '\\', 0, 'a', 0, 0xac, 0x20,
+			       0x3d, 0xd8, 0x00, 0xde, 0, 0, 'x', 0 };
+	const char *want = ".\\a\xe2\x82\xac\xf0\x9f\x98\x80";
+	uint8_t *u16;
+	size_t n;
+	char *s;
+
+	ck_assert_int_eq(utf16_to_utf8(le, sizeof(le), false, &s), 0);
+	ck_assert_str_eq(s, want);
+	ck_assert_int_eq(utf8_to_utf16(s, false, &u16, &n), 0);
+	ck_assert_uint_eq(n, 12);
+	ck_assert_int_eq(memcmp(u16, le, n), 0);
+	free(u16);
+	ck_assert_int_eq(utf8_to_utf16(s, true, &u16, &n), 0);
+	free(s);
+	ck_assert_int_eq(utf16_to_utf8(u16, n, true, &s), 0);
+	ck_assert_str_eq(s, want);
+	free(s);
+	free(u16);
+}
+END_TEST
+
+START_TEST(utf16_rejects_bad_input)
+{
+	const uint8_t lone_hi[] = { 0x3d, 0xd8, 'a', 0 };
+	const uint8_t lone_lo[] = { 0x00, 0xde };
+	const uint8_t trailing_hi[] = { 'a', 0, 0x3d, 0xd8 };
+	uint8_t *u16;
+	size_t n;
+	char *s;
+
+	ck_assert_int_eq(utf16_to_utf8(lone_hi, 4, false, &s), -EILSEQ);
+	ck_assert_int_eq(utf16_to_utf8(lone_lo, 2, false, &s), -EILSEQ);
+	ck_assert_int_eq(utf16_to_utf8(trailing_hi, 4, false, &s), -EILSEQ);
+	ck_assert_int_eq(utf16_to_utf8(lone_lo, 1, false, &s), -EILSEQ);
+	ck_assert_int_eq(utf8_to_utf16("\xff", false, &u16, &n), -EILSEQ);
+	ck_assert_int_eq(utf8_to_utf16("\xc3", false, &u16, &n), -EILSEQ);
+	ck_assert_int_eq(utf8_to_utf16("\xed\xa0\x80", false, &u16, &n),
+			 -EILSEQ);	/* an encoded surrogate */
+	/* empty input is an empty string */
+	ck_assert_int_eq(utf16_to_utf8(lone_lo, 0, false, &s), 0);
+	ck_assert_str_eq(s, "");
+	free(s);
+}
+END_TEST
+
+START_TEST(io_full_and_short)
+{
+	char *p = fx_write_file("io.bin", "0123456789", 10);
+	uint8_t buf[16];
+	int fd = open(p, O_RDWR);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread_full(fd, buf, 10, 0), 0);
+	ck_assert_int_eq(memcmp(buf, "0123456789", 10), 0);
+	ck_assert_int_eq(pread_full(fd, buf, 11, 0), -ENODATA);
+	memset(buf, 0xff, sizeof(buf));
+	ck_assert_int_eq(pread_zeropad(fd, buf, 16, 5), 0);
+	ck_assert_int_eq(memcmp(buf, "56789", 5), 0);
+	for (int i = 5; i < 16; i++)
+		ck_assert_int_eq(buf[i], 0);
+	ck_assert_int_eq(pwrite_full(fd, "ab", 2, 20), 0);
+	ck_assert_int_eq(pread_full(fd, buf, 2, 20), 0);
+	ck_assert_int_eq(memcmp(buf, "ab", 2), 0);
+	close(fd);
+	ck_assert_int_eq(pread_full(fd, buf, 1, 0), -EBADF);
+	free(p);
+}
+END_TEST
+
+START_TEST(log_journal_keeps_problems)
+{
+	size_t len;
+	char *j;
+
+	log_journal_reset();
+	log_set_quiet(1);
+	log_info("an info line");
+	log_warn("%s: a warning", "x.vhd");
+	ck_assert_int_eq(log_err_ret(-EIO, "%s: an error", "y.vhd"), -EIO);
+	j = log_journal_copy(&len);
+	ck_assert_str_eq(j, "warning: x.vhd: a warning\nerror: y.vhd: an error\n");
+	ck_assert_uint_eq(len, strlen(j));
+	free(j);
+	/* bounded: a flood ends in one truncation marker */
+	for (int i = 0; i < 5000; i++)
+		log_warn("flood line %d with some padding to fill it", i);
+	j = log_journal_copy(&len);
+	ck_assert_uint_le(len, 64 * 1024 + 64);
+	ck_assert_ptr_nonnull(strstr(j, "(log truncated)"));
+	free(j);
+	log_journal_reset();
+}
+END_TEST
+
+Suite *unit_suite(void)
+{
+	Suite *s = suite_create("common");
+	TCase *tc = tcase_create("common");
+
+	tcase_add_test(tc, endian_loads_and_stores);
+	tcase_add_test(tc, checked_ranges);
+	tcase_add_test(tc, guid_orders_and_text);
+	tcase_add_test(tc, utf16_round_trip);
+	tcase_add_test(tc, utf16_rejects_bad_input);
+	tcase_add_test(tc, io_full_and_short);
+	tcase_add_test(tc, log_journal_keeps_problems);
+	suite_add_tcase(s, tc);
+	return s;
+}

@@ -5,7 +5,7 @@
  * A file name carries a layer tag as the last '-', '_' or '.' separated
  * token of its stem (the name without its last extension), or as the
  * whole stem: "L<d>" is level d; "L<d><nn>" or "<d><nn>" is differencing
- * image nn of level d.
+ * image nn of level d.  'l' is accepted for 'L'; nn is 01..99.
  */
 #ifndef LAYERFS_LAYERS_H
 #define LAYERFS_LAYERS_H
@@ -13,27 +13,43 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#define LAYER_TAG_MAX 8		/* buffer for layer_tag_format() */
+#define LAYER_MSG_MAX 96	/* buffer for layer_check_*() messages */
+
 struct layer_tag {
 	bool tagged;		/* false: no rule applies */
-	int level;		/* 0..9 */
-	int seq;		/* 1..99 for a "dnn" image, -1 for a plain level */
+	int level;		/* 0..9; -1 when untagged */
+	int seq;		/* 1..99 for a "dnn" image, -1 for a plain level
+				 * (and when untagged) */
 };
 
-/* Parse the tag from a file name (a path's directory part is ignored). */
+/*
+ * Parse the tag from a file name (a path's directory part is ignored).
+ * Never fails: a name without a tag gives an untagged *t.
+ */
 void layer_tag_parse(const char *name, struct layer_tag *t);
-/* "L3", "L301"; buf >= 8 bytes; "" when untagged */
+/* "L3", "L301"; buf >= LAYER_TAG_MAX bytes; "" when untagged */
 void layer_tag_format(const struct layer_tag *t, char *buf, size_t len);
 
 /*
- * Check one image's tag on its own (e.g. L0 has no differencing images).
- * Returns NULL if fine, or a static message describing the violation.
+ * The checks return true if the rules are obeyed.  On a violation they
+ * return false and write a short lower-case message naming the tags into
+ * buf (e.g. "parent L4 is a higher level than L3"; truncated to len, and
+ * LAYER_MSG_MAX is always enough).  buf gets "" when there is no
+ * violation; buf may be NULL when len is 0.  Whether a violation is a
+ * warning or an error is the caller's choice (strict_layers).
  */
-const char *layer_check_self(const struct layer_tag *t);
+
+/* One image's tag on its own: L0 has no differencing images (L0nn). */
+bool layer_check_self(const struct layer_tag *t, char *buf, size_t len);
 /*
- * Check a child/parent pair.  Returns NULL if the pair obeys the rules
- * (or either is untagged), or a static message describing the violation.
+ * A child/parent pair: the parent's level must not be higher than the
+ * child's; at the same level only an "L<d><nn>" child may have a parent,
+ * and that parent must be plain "L<d>" or "L<d><mm>" with mm < nn.  Any
+ * pair with an untagged side is fine.  A tag's own violation (L0nn) is
+ * left to layer_check_self(), which the caller runs on every layer.
  */
-const char *layer_check_pair(const struct layer_tag *child,
-			     const struct layer_tag *parent);
+bool layer_check_pair(const struct layer_tag *child,
+		      const struct layer_tag *parent, char *buf, size_t len);
 
 #endif

@@ -6,8 +6,9 @@
  * that contain it.  A parent is found from what the child says about it
  * (struct img_parent), in this order:
  *   1. each relative reference, joined to the child's directory;
- *   2. each absolute reference: as it is only with allow_outside (and a
- *      POSIX path), otherwise by its file name inside IMAGEDIR;
+ *   2. each absolute reference: as it is if it is a POSIX path (inside
+ *      IMAGEDIR, or anywhere with allow_outside), then by its file name
+ *      inside IMAGEDIR;
  *   3. the file name of every reference inside IMAGEDIR (exact, then
  *      ignoring case, since Windows paths are case-insensitive).
  * A candidate outside IMAGEDIR is refused unless allow_outside.  The
@@ -310,7 +311,10 @@ static int find_parent_file(struct resolver *r, const struct node *child,
 			if (pass == 1 && ref->kind == IMG_REF_RELATIVE)
 				cand = join_relative(child->path, ref->path);
 			else if (pass == 2 && ref->kind == IMG_REF_ABSOLUTE) {
-				if (r->o.allow_outside && ref->path[0] == '/' &&
+				/* as written only if it is a POSIX path; one
+				 * outside IMAGEDIR is refused (and reported)
+				 * unless allow_outside */
+				if (ref->path[0] == '/' &&
 				    try_candidate(r, child, strdup(ref->path),
 						  ref, out, &outside))
 					goto found;

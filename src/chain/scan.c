@@ -273,14 +273,18 @@ struct candidate {
  */
 static int try_candidate(struct resolver *r, const struct node *child,
 			 char *path, const struct img_parent_ref *ref,
-			 struct candidate *out, char **outside)
+			 struct candidate *out, char **outside, bool *self)
 {
 	struct stat st;
 
 	if (!path)
 		return 0;
-	if (!is_regular(path, &st) ||
-	    (st.st_dev == child->img->dev && st.st_ino == child->img->ino)) {
+	if (!is_regular(path, &st)) {
+		free(path);
+		return 0;
+	}
+	if (st.st_dev == child->img->dev && st.st_ino == child->img->ino) {
+		*self = true;
 		free(path);
 		return 0;
 	}
@@ -300,6 +304,7 @@ static int find_parent_file(struct resolver *r, const struct node *child,
 			    const struct img_parent *p, struct candidate *out)
 {
 	char *outside = NULL;
+	bool self = false;
 	unsigned i;
 	int pass;
 
@@ -316,14 +321,15 @@ static int find_parent_file(struct resolver *r, const struct node *child,
 				 * unless allow_outside */
 				if (ref->path[0] == '/' &&
 				    try_candidate(r, child, strdup(ref->path),
-						  ref, out, &outside))
+						  ref, out, &outside, &self))
 					goto found;
 				cand = find_in_dir(r->dir,
 						   any_base_name(ref->path));
 			} else if (pass == 3 && ref->kind != IMG_REF_ABSOLUTE)
 				cand = find_in_dir(r->dir,
 						   any_base_name(ref->path));
-			if (try_candidate(r, child, cand, ref, out, &outside))
+			if (try_candidate(r, child, cand, ref, out, &outside,
+					  &self))
 				goto found;
 		}
 	}
@@ -333,6 +339,9 @@ static int find_parent_file(struct resolver *r, const struct node *child,
 		free(outside);
 		return -EPERM;
 	}
+	if (self)
+		return log_err_ret(-ELOOP, "%s: names itself as its parent",
+				   child->path);
 	if (!p->nrefs)
 		return log_err_ret(-ENOENT, "%s: names no parent file",
 				   child->path);
@@ -675,9 +684,8 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 
 		if (!nd->scanned)
 			continue;
-		if (resolve(&r, nd, 1) < 0) {
+		if (resolve(&r, nd, 1) < 0) {	/* the reason is logged */
 			cs->nfailed++;
-			log_err("%s: left out of the mount", nd->path);
 			continue;
 		}
 		tops[ntops++] = nd;

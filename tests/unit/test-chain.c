@@ -142,7 +142,7 @@ START_TEST(qcow2_chain_matches_qemu)
 			      "'write -P 0x22 65000 5000' -c 'write -P 0x33 "
 			      "5000000 100000' top.qcow2 >/dev/null && "
 			      "qemu-img convert -O raw top.qcow2 %s",
-			      d, "mid.qcow2", "top.flat"), 0);
+			      d, "mid.qcow2", "expect-top.bin"), 0);
 	ck_assert_int_eq(chainset_scan(d, &opts, &cs), 0);
 	ck_assert_uint_eq(cs->nfailed, 0);
 	struct chain *c = find_chain(cs, "top");
@@ -156,8 +156,8 @@ START_TEST(qcow2_chain_matches_qemu)
 	ck_assert_ptr_nonnull(find_chain(cs, "base"));
 	/* parents are opened once and shared */
 	ck_assert_ptr_eq(c->layers[1].img, find_chain(cs, "mid")->layers[0].img);
-	snprintf(path, sizeof(path), "%s/top.flat", d);
-	/* top.flat is in the dir too: it is a raw image, its own chain */
+	snprintf(path, sizeof(path), "%s/expect-top.bin", d);
+	/* the expected image is in the dir too: a raw image, its own chain */
 	assert_chain_equals(c, path);
 	chainset_free(cs);
 
@@ -165,7 +165,7 @@ START_TEST(qcow2_chain_matches_qemu)
 	snprintf(path, sizeof(path), "%s/top.qcow2", d);
 	ck_assert_int_eq(chain_open_file(path, NULL, &opts, &c), 0);
 	ck_assert_uint_eq(c->depth, 3);
-	snprintf(path, sizeof(path), "%s/top.flat", d);
+	snprintf(path, sizeof(path), "%s/expect-top.bin", d);
 	assert_chain_equals(c, path);
 	chain_free(c);
 	free(d);

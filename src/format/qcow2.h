@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * qcow2.h: QCOW2 (versions 2 and 3) and QCOW (version 1) on-disk layouts,
+ * the pure header decoder, the snapshot listing for the CLI, and the
+ * helpers qcow2.c and qcow.c share (qcow2-cluster.c): the bounded L2
+ * table cache and compressed-cluster decoding.
+ *
+ * Layout facts are from qemu's docs/interop/qcow2.txt (v2/v3) and the
+ * layout used by qemu's block/qcow.c (v1).  All fields are big-endian.
+ */
+#ifndef LAYERFS_QCOW2_H
+#define LAYERFS_QCOW2_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "img.h"
+
+#define QCOW_MAGIC "QFI\xfb"
+
+/* ---- QCOW2 header (spec: "Header"), v2 ends at 72, v3 at >= 104 ---- */
+struct qcow2_header_raw {
+	uint8_t magic[4], version[4], backing_file_offset[8];
+	uint8_t backing_file_size[4], cluster_bits[4], size[8];
+	uint8_t crypt_method[4], l1_size[4], l1_table_offset[8];
+	uint8_t refcount_table_offset[8], refcount_table_clusters[4];
+	uint8_t nb_snapshots[4], snapshots_offset[8];
+	/* version 3 */
+	uint8_t incompatible_features[8], compatible_features[8];
+	uint8_t autoclear_features[8], refcount_order[4], header_length[4];
+	/* additional field, present when header_length > 104 */
+	uint8_t compression_type, padding[7];
+};
+_Static_assert(sizeof(struct qcow2_header_raw) == 112, "spec: 104 + 8");
+_Static_assert(offsetof(struct qcow2_header_raw, snapshots_offset) == 64,
+	       "spec");
+_Static_assert(offsetof(struct qcow2_header_raw, incompatible_features) == 72,
+	       "spec");
+_Static_assert(offsetof(struct qcow2_header_raw, header_length) == 100,
+	       "spec");
+_Static_assert(offsetof(struct qcow2_header_raw, compression_type) == 104,
+	       "spec");
+
+#define QCOW2_V2_HEADER_LEN 72u
+#define QCOW2_V3_HEADER_MIN 104u
+#define QCOW2_MIN_CLUSTER_BITS 9u
+#define QCOW2_MAX_CLUSTER_BITS 21u	/* qemu's 2 MiB limit */
+#define QCOW2_MAX_L1_BYTES (32u << 20)	/* qemu's 32 MiB L1 limit */
+#define QCOW2_MAX_REFTABLE_BYTES (8u << 20)
+#define QCOW2_MAX_BACKING_NAME 1023u
+#define QCOW2_MAX_SNAPSHOTS 65536u
+#define QCOW2_MAX_SNAPSHOT_EXTRA 1024u
+#define QCOW2_MAX_SNAPSHOT_TABLE (64u << 20)
+
+/* incompatible_features */
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN 0x1full
+/* autoclear_features */
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+
+/* ---- header extensions (spec: "Header extensions") ---- */
+struct qcow2_ext_raw {
+	uint8_t type[4], len[4];	/* data follows, padded to 8 */
+};
+_Static_assert(sizeof(struct qcow2_ext_raw) == 8, "spec");
+
+#define QCOW2_EXT_END 0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_CRYPTO 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+struct qcow2_feature_raw {	/* spec: "Feature name table" entry */
+	uint8_t type, bit, name[46];
+};
+_Static_assert(sizeof(struct qcow2_feature_raw) == 48, "spec");
+
+/* ---- L1/L2 entries (spec: "Cluster mapping") ---- */
+#define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull	/* bits 9..55 */
+#define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull	/* bits 9..55 */
+#define QCOW2_L2E_ZERO (1ull << 0)	/* v3, standard L2 entries only */
+#define QCOW2_L2E_COMPRESSED (1ull << 62)
+#define QCOW2_L2E_COPIED (1ull << 63)
+#define QCOW2_SUBCLUSTERS 32u
+
+/* ---- snapshot table entry (spec: "Snapshots"), then extra, id, name ---- */
+struct qcow2_snapshot_raw {
+	uint8_t l1_table_offset[8], l1_size[4], id_str_size[2], name_size[2];
+	uint8_t date_sec[4], date_nsec[4], vm_clock_nsec[8];
+	uint8_t vm_state_size[4], extra_data_size[4];
+};
+_Static_assert(sizeof(struct qcow2_snapshot_raw) == 40, "spec");
+
+/* ---- QCOW version 1 header (qemu block/qcow.c layout) ---- */
+struct qcow_header_raw {
+	uint8_t magic[4], version[4], backing_file_offset[8];
+	uint8_t backing_file_size[4], mtime[4], size[8];
+	uint8_t cluster_bits, l2_bits, padding[2], crypt_method[4];
+	uint8_t l1_table_offset[8];
+};
+_Static_assert(sizeof(struct qcow_header_raw) == 48, "qcow v1 layout");
+_Static_assert(offsetof(struct qcow_header_raw, cluster_bits) == 32,
+	       "qcow v1 layout");
+_Static_assert(offsetof(struct qcow_header_raw, l1_table_offset) == 40,
+	       "qcow v1 layout");
+
+/* The decoded QCOW2 header (native byte order). */
+struct qcow2_header {
+	uint32_t version;		/* 2 or 3 */
+	uint64_t backing_file_offset;
+	uint32_t backing_file_size;
+	uint32_t cluster_bits;		/* 9..21 */
+	uint64_t size;
+	uint32_t crypt_method;
+	uint32_t l1_size;
+	uint64_t l1_table_offset;
+	uint64_t refcount_table_offset;
+	uint32_t refcount_table_clusters;
+	uint32_t nb_snapshots;
+	uint64_t snapshots_offset;
+	uint64_t incompatible_features;	/* 0 for version 2 */
+	uint64_t compatible_features;
+	uint64_t autoclear_features;
+	uint32_t refcount_order;	/* 4 for version 2 */
+	uint32_t header_length;		/* 72 for version 2 */
+	uint8_t compression_type;	/* 0 zlib, 1 zstd */
+};
+
+/*
+ * Decode and check the fixed header in buf (len bytes, the start of the
+ * file).  Checks only what the header alone decides: magic and version,
+ * cluster_bits, header_length, refcount_order, encryption.  Returns 0,
+ * -EINVAL silently when this is not a QCOW2 file (wrong magic, version
+ * 1), or logs one line naming path and returns -EUCLEAN / -ENOTSUP.
+ */
+int qcow2_header_decode(const char *path, const uint8_t *buf, size_t len,
+			struct qcow2_header *h);
+
+/* ---- internal snapshots, listed for the CLI (never exposed as disks) ---- */
+struct qcow2_snapshot {
+	char *id;			/* owned, NUL-terminated */
+	char *name;			/* owned, NUL-terminated */
+	uint64_t l1_table_offset;
+	uint32_t l1_size;
+	uint32_t date_sec;		/* seconds since the Epoch */
+	uint32_t date_nsec;
+	uint64_t vm_clock_nsec;		/* guest run time */
+	uint64_t vm_state_size;		/* bytes, 0 if none */
+	uint64_t disk_size;		/* virtual size, 0 if not recorded */
+};
+
+/*
+ * Read the snapshot table of an image opened by the qcow2 driver.
+ * *out (owned by the caller, free with qcow2_snapshot_list_free) and *n
+ * are written only on success; *out is NULL when there are none.
+ * 0, -EINVAL (not a qcow2 image), -EUCLEAN, -EFBIG or -ENOMEM.
+ */
+int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
+			size_t *n);
+void qcow2_snapshot_list_free(struct qcow2_snapshot *list, size_t n);
+
+/* ---- qcow2-cluster.c: shared by the qcow2 and qcow drivers ---- */
+
+/* A process-unique id for one open image: the key of its cached data. */
+uint64_t qcow2_owner_new(void);
+
+/*
+ * The L2 table cache is shared by every open image and bounded in bytes
+ * (QCOW2_L2_CACHE_DEFAULT, or LAYERFS_QCOW2_L2_CACHE=<bytes> at start).
+ * It is sharded by key with one mutex per shard; a lookup holds the
+ * shard's lock only for the hash probe and pins the table, so the scan of
+ * entries runs unlocked.  Pinned tables are never evicted.
+ */
+#define QCOW2_L2_CACHE_DEFAULT (64u << 20)
+
+struct qcow2_l2_ref {
+	const uint64_t *table;		/* native byte order; borrowed */
+	void *slot;			/* private */
+};
+
+/*
+ * Pin the table (owner, index) of nwords 64-bit big-endian words stored at
+ * host_off in fd, loading it on a miss.  The caller checked host_off and
+ * the size at open.  0, or -errno (logged as "<drv>: <path>: ...").
+ */
+int qcow2_l2_get(uint64_t owner, uint64_t index, size_t nwords, int fd,
+		 uint64_t host_off, const char *drv, const char *path,
+		 struct qcow2_l2_ref *ref);
+void qcow2_l2_put(struct qcow2_l2_ref *ref);
+/* Forget every table of owner (at close; none may be pinned). */
+void qcow2_l2_cache_drop(uint64_t owner);
+/* Change the bound (bytes); evicts at once if over.  For tests/daemon. */
+void qcow2_l2_cache_set_budget(size_t bytes);
+/* Bytes of tables cached now (for tests). */
+size_t qcow2_l2_cache_used(void);
+
+enum qcow2_comp {
+	QCOW2_COMP_ZLIB,		/* raw deflate */
+	QCOW2_COMP_ZSTD,		/* zstd frame(s) */
+};
+
+/* One compressed cluster to inflate. */
+struct qcow2_zreq {
+	const char *drv;		/* "qcow2" or "qcow": log prefix */
+	const char *path;
+	int fd;
+	uint64_t file_size;
+	uint64_t owner;			/* with key: the thread cache's tag */
+	uint64_t key;			/* the L2 entry is unique per image */
+	uint64_t coff;			/* compressed bytes */
+	size_t csize;
+	size_t cluster_size;		/* exactly this much comes out */
+	enum qcow2_comp type;
+};
+
+/*
+ * Inflate one cluster.  With dst, into dst (cluster_size bytes).  Without,
+ * into the calling thread's one-cluster cache (reused when owner and key
+ * match the last call), and *out points there until the thread's next
+ * call.  Compressed bytes past the end of the file read as zeros (the last
+ * sector may be partial); a start past the end, or data that does not
+ * inflate to exactly one cluster, is -EUCLEAN (logged).
+ */
+int qcow2_cluster_inflate(const struct qcow2_zreq *z, uint8_t *dst,
+			  const uint8_t **out);
+
+#endif

@@ -22,10 +22,17 @@
 #define CHAIN_MAX_DEPTH_DEFAULT 64
 
 struct chain_opts {
+	bool writable;		/* open writable tops O_RDWR (-o rw) */
 	bool allow_outside;	/* parents may resolve outside IMAGEDIR */
 	bool ignore_parent_id;	/* mount despite a parent identity mismatch */
 	bool strict_layers;	/* layer-rule violations are errors */
 	unsigned max_depth;	/* 0: CHAIN_MAX_DEPTH_DEFAULT */
+	/* A new top layer over one chain, made at scan time (implies it is
+	 * the writable one): the chain's name, the new file's name (NULL: the
+	 * next free layer name) and format (NULL: follows the chain). */
+	const char *new_layer_of;
+	const char *new_layer_name;
+	const char *new_layer_format;
 };
 
 struct chain_layer {
@@ -44,7 +51,10 @@ struct chain {
 	unsigned depth;
 	uint64_t size;		/* the top image's virtual size */
 	uint32_t sector_size;	/* the top image's logical sector size */
-	bool writable;
+	bool writable;		/* top opened O_RDWR and has ->write: no
+				 * other image depends on it */
+	bool is_parent;		/* another image in IMAGEDIR uses the top */
+	pthread_mutex_t rmw_lock; /* serializes sub-sector writes */
 	unsigned nwarnings;	/* layer-rule warnings */
 	pthread_rwlock_t lock;	/* map/read shared; write/flush exclusive */
 };
@@ -75,6 +85,17 @@ int chain_read_extent(struct chain *c, const struct chain_extent *e,
 		      void *buf, size_t n, uint64_t off);
 /* Read n bytes at off; bytes past the chain's size read as zeros. */
 int chain_pread(struct chain *c, void *buf, size_t n, uint64_t off);
+
+/*
+ * Write n bytes at off (any alignment: partial sectors are read, merged and
+ * written whole).  -EROFS if the chain is not writable, -ENOSPC past its
+ * end.  Takes the chain's lock shared.  0 or -errno.
+ */
+int chain_pwrite(struct chain *c, const void *buf, size_t n, uint64_t off);
+/* [off, off + n) reads as zeros afterwards (discard, zero-range). */
+int chain_zero(struct chain *c, uint64_t off, uint64_t n);
+/* fsync: every completed write is durable when this returns 0. */
+int chain_flush(struct chain *c);
 
 /*
  * Open one image file and resolve its whole parent chain.  dir is the

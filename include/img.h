@@ -100,10 +100,28 @@ struct img {
 	unsigned refcnt;	/* img_ref/img_unref */
 };
 
-/* Reads from the layers below a top image (for copy-on-write). */
+/*
+ * Reads from the layers below a top image (for copy-on-write).  read()
+ * returns 0 or -errno; bytes past the lower chain's end read as zeros.
+ */
 struct img_below {
 	int (*read)(void *ctx, void *buf, size_t n, uint64_t off);
 	void *ctx;
+};
+
+/* What a new differencing image records about its parent. */
+struct img_create_parent {
+	struct img *img;	/* the parent image, open (read-only) */
+	const char *rel_path;	/* parent path relative to the new file's
+				 * directory, '/' separators ("base.vhd") */
+	const char *abs_path;	/* absolute POSIX path of the parent */
+	const char *format;	/* the parent's driver name */
+};
+
+struct img_create_opts {
+	uint64_t size;		/* virtual size; 0: the parent's */
+	uint32_t block_size;	/* block/cluster size; 0: format default */
+	uint32_t sector_size;	/* logical sector size; 0: the parent's */
 };
 
 struct img_driver {
@@ -121,10 +139,39 @@ struct img_driver {
 			  struct img_extent *ext);
 	/* DATA runs with host_off == IMG_HOST_NONE; [off, off+n) in one run */
 	int (*read)(struct img *img, void *buf, size_t n, uint64_t off);
-	/* optional, top layer only; NULL: the chain answers -EROFS */
+	/*
+	 * Writes (optional; NULL: the chain answers -EROFS).  Only ever
+	 * called on a top image opened with writable set.  The chain
+	 * guarantees: off and n are multiples of img->sector_size, the
+	 * range lies inside img->size, n > 0, and it holds the chain's lock
+	 * shared, so disjoint writes and reads run concurrently: the driver
+	 * serializes its own allocation and publishes new metadata only
+	 * after the data it points to is written (readers never see a
+	 * half-allocated block).  Return after pwrite (write-through, no
+	 * fsync): durability comes from ->flush.  0 or -errno.
+	 */
 	int (*write)(struct img *img, const void *buf, size_t n, uint64_t off,
 		     const struct img_below *below);
+	/*
+	 * Make every completed write durable (fdatasync and whatever the
+	 * format needs to order metadata).  0 or -errno.
+	 */
 	int (*flush)(struct img *img);
+	/*
+	 * Optional: [off, off + n) (sector-aligned) must read as zeros.  The
+	 * driver records ZERO state where the format has one, or writes
+	 * zeros.  NULL: the chain writes zeros through ->write.
+	 */
+	int (*zero)(struct img *img, uint64_t off, uint64_t n,
+		    const struct img_below *below);
+	/*
+	 * Optional: create a new, empty differencing image at path (which
+	 * must not exist: O_CREAT|O_EXCL) over parent, recording the parent
+	 * reference the way other tools expect.  The file is complete and
+	 * fdatasync'ed when this returns 0.
+	 */
+	int (*create_diff)(const char *path, const struct img_create_parent *parent,
+			   const struct img_create_opts *o);
 };
 
 /* registry.c */

@@ -39,6 +39,8 @@ struct node {
 	struct layer_tag tag;
 	enum node_state state;
 	bool scanned;		/* a file of IMAGEDIR itself */
+	bool is_parent;		/* another resolved image uses this file */
+	bool writable;		/* img opened O_RDWR with a ->write */
 	struct node *parent;	/* borrowed; NULL for a base */
 	char *parent_ref;	/* owned: reference that resolved */
 	const char *parent_ref_what;
@@ -501,7 +503,8 @@ static struct chain *chain_build(const struct node *top, const char *name)
 	c->name = strdup(name);
 	c->top_path = strdup(top->path);
 	if (!c->layers || !c->name || !c->top_path ||
-	    pthread_rwlock_init(&c->lock, NULL)) {
+	    pthread_rwlock_init(&c->lock, NULL) ||
+	    pthread_mutex_init(&c->rmw_lock, NULL)) {
 		free(c->layers);
 		free(c->name);
 		free(c->top_path);
@@ -520,7 +523,208 @@ static struct chain *chain_build(const struct node *top, const char *name)
 	}
 	c->size = top->img->size;
 	c->sector_size = top->img->sector_size;
+	c->writable = top->writable;
+	c->is_parent = top->is_parent;
 	return c;
+}
+
+/* Mark every node whose file another resolved node uses as its parent. */
+static void mark_parents(struct resolver *r)
+{
+	for (size_t i = 0; i < r->n; i++) {
+		const struct node *p = r->nodes[i]->parent;
+
+		if (r->nodes[i]->state != NODE_OK || !p)
+			continue;
+		for (size_t j = 0; j < r->n; j++) {
+			struct node *m = r->nodes[j];
+
+			if (m->img && m->img->dev == p->img->dev &&
+			    m->img->ino == p->img->ino)
+				m->is_parent = true;
+		}
+	}
+}
+
+/*
+ * Reopen a top image that nothing depends on O_RDWR.  Every other image
+ * stays as it was opened: O_RDONLY.  A failure leaves it read-only.
+ */
+static void open_writable(struct node *nd)
+{
+	struct img *w;
+
+	if (nd->is_parent || !nd->img->drv->write)
+		return;
+	if (img_open(nd->path, nd->img->drv, true, &w) < 0) {
+		log_warn("%s: stays read-only", nd->path);
+		return;
+	}
+	if (!w->writable) {	/* the driver cannot write this image */
+		img_unref(w);
+		return;
+	}
+	img_unref(nd->img);
+	nd->img = w;
+	nd->writable = true;
+}
+
+/* The default format of a new layer over a chain whose top is drv. */
+static const char *layer_format_for(const struct img_driver *drv)
+{
+	if (!strcmp(drv->name, "vhd") || !strcmp(drv->name, "vhdx"))
+		return drv->name;
+	return "qcow2";		/* over qcow2, qcow, raw, ISO, sparse */
+}
+
+static const char *format_ext(const char *fmt)
+{
+	if (!strcmp(fmt, "vhd"))
+		return "vhd";
+	if (!strcmp(fmt, "vhdx"))
+		return "vhdx";
+	return "qcow2";
+}
+
+static bool stem_taken(const struct resolver *r, const char *dir,
+		       const char *stem)
+{
+	struct dirent *de;
+	bool taken = false;
+	DIR *d = opendir(dir);
+
+	(void)r;
+	if (!d)
+		return true;
+	while (!taken && (de = readdir(d))) {
+		char *s = stem_of(de->d_name);
+
+		taken = s && !strcmp(s, stem);
+		free(s);
+	}
+	closedir(d);
+	return taken;
+}
+
+/*
+ * The next free layer name over top: L<d><nn> -> the next free
+ * L<d><nn+k>; L<d> -> L<d+1> (L9 -> L901); untagged -> <stem>-L1.
+ * malloc'd file name, or NULL if none is free.
+ */
+static char *next_layer_name(const struct resolver *r, const struct node *top,
+			     const char *ext)
+{
+	char *stem = stem_of(top->name), *name = NULL, tagbuf[LAYER_TAG_MAX];
+	size_t prefix;
+
+	if (!stem)
+		return NULL;
+	layer_tag_format(&top->tag, tagbuf, sizeof(tagbuf));
+	prefix = strlen(stem);
+	/* the tag is the stem's last token; keep what stands before it */
+	if (top->tag.tagged) {
+		const char *t = stem + strlen(stem);
+
+		while (t > stem && !strchr("-_.", t[-1]))
+			t--;
+		prefix = (size_t)(t - stem);
+	}
+	for (int k = 0; k < 200 && !name; k++) {
+		char cand[64], *full;
+		int level = top->tag.level, seq = top->tag.seq;
+
+		if (!top->tag.tagged) {
+			snprintf(cand, sizeof(cand), k ? "-L1%02d" : "-L1", k);
+		} else if (seq > 0 || level == 9) {
+			seq = (seq > 0 ? seq : 0) + 1 + k;
+			if (seq > 99)
+				break;
+			snprintf(cand, sizeof(cand), "L%d%02d", level, seq);
+		} else {
+			if (k == 0)
+				snprintf(cand, sizeof(cand), "L%d", level + 1);
+			else if (k < 100)
+				snprintf(cand, sizeof(cand), "L%d%02d", level,
+					 k);
+			else
+				break;
+		}
+		if (asprintf(&full, "%.*s%s", (int)prefix, stem, cand) < 0)
+			break;
+		if (!stem_taken(r, r->dir, full) &&
+		    asprintf(&name, "%s.%s", full, ext) < 0)
+			name = NULL;
+		free(full);
+	}
+	free(stem);
+	return name;
+}
+
+/* Make the new top layer asked for in the options; returns its node. */
+static struct node *create_layer(struct resolver *r, struct node **tops,
+				 size_t ntops)
+{
+	const struct chain_opts *o = &r->o;
+	struct img_create_parent cp = { 0 };
+	struct img_create_opts co = { 0 };
+	const struct img_driver *drv;
+	struct node *top = NULL, *nd = NULL;
+	char *name = NULL, *path = NULL, *real = NULL;
+	const char *fmt;
+	int ret;
+
+	for (size_t i = 0; i < ntops && !top; i++) {
+		char *stem = stem_of(tops[i]->name);
+
+		if (!strcmp(tops[i]->name, o->new_layer_of) ||
+		    (stem && !strcmp(stem, o->new_layer_of)))
+			top = tops[i];
+		free(stem);
+	}
+	if (!top) {
+		log_err("%s: no chain named \"%s\" for the new layer", r->dir,
+			o->new_layer_of);
+		return NULL;
+	}
+	fmt = o->new_layer_format ? o->new_layer_format
+				  : layer_format_for(top->img->drv);
+	drv = img_driver_find(fmt);
+	if (!drv || !drv->create_diff) {
+		log_err("%s: cannot create a %s layer over %s", r->dir, fmt,
+			top->name);
+		return NULL;
+	}
+	name = o->new_layer_name ? strdup(o->new_layer_name)
+				 : next_layer_name(r, top, format_ext(fmt));
+	if (!name || strchr(name, '/') || name[0] == '.') {
+		log_err("%s: no usable name for a new layer over %s", r->dir,
+			top->name);
+		goto out;
+	}
+	real = realpath(top->path, NULL);
+	if (asprintf(&path, "%s/%s", r->dir, name) < 0 || !real) {
+		path = NULL;
+		goto out;
+	}
+	cp.img = top->img;
+	cp.rel_path = top->name;	/* both live in IMAGEDIR */
+	cp.abs_path = real;
+	cp.format = top->img->drv->name;
+	ret = drv->create_diff(path, &cp, &co);
+	if (ret < 0) {
+		log_err("%s: cannot create a %s layer over %s: %s", path, fmt,
+			top->name, strerror(-ret));
+		goto out;
+	}
+	log_info("%s: new %s layer over %s", path, fmt, top->name);
+	nd = node_open(r, path, drv, true);
+	if (nd && resolve(r, nd, 1) < 0)
+		nd = NULL;
+out:
+	free(real);
+	free(path);
+	free(name);
+	return nd;
 }
 
 int chain_open_file(const char *path, const char *dir,
@@ -690,6 +894,26 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 		}
 		tops[ntops++] = nd;
 	}
+	if (r.o.new_layer_of) {
+		struct node **v = realloc(tops, (ntops + 1) * sizeof(*tops));
+		struct node *nd;
+
+		if (!v) {
+			ret = -ENOMEM;
+			goto fail;
+		}
+		tops = v;
+		nd = create_layer(&r, tops, ntops);
+		if (!nd) {
+			ret = -EIO;	/* the user asked for it: fail */
+			goto fail;
+		}
+		tops[ntops++] = nd;
+	}
+	mark_parents(&r);
+	if (r.o.writable)
+		for (size_t i = 0; i < ntops; i++)
+			open_writable(tops[i]);
 	cs->chains = calloc(ntops ? ntops : 1, sizeof(*cs->chains));
 	if (!cs->chains) {
 		ret = -ENOMEM;

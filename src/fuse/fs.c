@@ -19,6 +19,7 @@
  * common case allocates nothing and takes no lock but the chain's.
  */
 #include <errno.h>
+#include <linux/falloc.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -30,6 +31,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "compiler.h"
 #include "fs.h"
 #include "log.h"
@@ -44,6 +46,7 @@
 #define FS_ALLOC_MAX_RUNS (1u << 20)	/* st_blocks: give up after this */
 #define FS_MODE_DIR (S_IFDIR | 0555)
 #define FS_MODE_FILE (S_IFREG | 0444)
+#define FS_MODE_FILE_RW (S_IFREG | 0644)
 
 /* Per worker thread, allocated on its first read (pthread key fs->tkey). */
 struct fs_thread {
@@ -401,14 +404,17 @@ static void fill_attr(const struct fs *fs, const struct fs_node *nd,
 		return;
 	case FS_NODE_DISK:
 		size = nd->size;
-		alloc = disk_alloc(nd);
+		/* a writable chain changes: no cached allocation figure */
+		alloc = nd->chain->writable ? size : disk_alloc(nd);
 		break;
 	case FS_NODE_LOG:
 		size = journal_len();
 		alloc = size;
 		break;
 	}
-	st->st_mode = FS_MODE_FILE;
+	st->st_mode = nd->type == FS_NODE_DISK && nd->chain->writable
+			      ? FS_MODE_FILE_RW
+			      : FS_MODE_FILE;
 	st->st_nlink = 1;
 	st->st_size = (off_t)size;
 	st->st_blocks = (blkcnt_t)((alloc + 511) / 512);
@@ -540,11 +546,22 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_attr(req, &st, attr_timeout(nd));
 }
 
-static void fs_setattr(fuse_req_t req, fuse_ino_t ino __unused,
-		       struct stat *attr __unused, int to_set __unused,
-		       struct fuse_file_info *fi __unused)
+static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi __unused)
 {
-	fuse_reply_err(req, EROFS);
+	struct fs *fs = fs_of(req);
+	const struct fs_node *nd = node_get(fs, ino);
+	struct stat st;
+
+	if (!nd)
+		return (void)fuse_reply_err(req, ENOENT);
+	if (nd->type != FS_NODE_DISK || !nd->chain->writable)
+		return (void)fuse_reply_err(req, EROFS);
+	/* a disk keeps its size; times and modes are not stored */
+	if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != nd->size)
+		return (void)fuse_reply_err(req, EPERM);
+	fill_attr(fs, nd, &st);
+	fuse_reply_attr(req, &st, attr_timeout(nd));
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
@@ -660,9 +677,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return (void)fuse_reply_err(req, ENOENT);
 	if (nd->type == FS_NODE_DIR)
 		return (void)fuse_reply_err(req, EISDIR);
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
-		return (void)fuse_reply_err(req, EROFS);
-	fi->noflush = 1;	/* nothing to flush on close */
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		if (nd->type != FS_NODE_DISK || !nd->chain->writable)
+			return (void)fuse_reply_err(req, EROFS);
+		if (fi->flags & O_TRUNC)	/* a disk keeps its size */
+			return (void)fuse_reply_err(req, EPERM);
+	}
+	/* nothing to flush on close, unless the chain takes writes */
+	fi->noflush = nd->type != FS_NODE_DISK || !nd->chain->writable;
 	if (nd->type == FS_NODE_LOG) {
 		snap = calloc(1, sizeof(*snap));
 		if (snap)
@@ -975,16 +997,27 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	fuse_reply_lseek(req, (off_t)res);
 }
 
-static void fs_flush(fuse_req_t req, fuse_ino_t ino __unused,
-		     struct fuse_file_info *fi __unused)
+/* flush (close) and fsync both make the top file durable: fdatasync */
+static void sync_node(fuse_req_t req, fuse_ino_t ino)
 {
-	fuse_reply_err(req, 0);
+	const struct fs_node *nd = node_get(fs_of(req), ino);
+	int r = 0;
+
+	if (nd && nd->type == FS_NODE_DISK && nd->chain->writable)
+		r = chain_flush(nd->chain);
+	fuse_reply_err(req, r < 0 ? fs_errno(r) : 0);
 }
 
-static void fs_fsync(fuse_req_t req, fuse_ino_t ino __unused,
-		     int datasync __unused, struct fuse_file_info *fi __unused)
+static void fs_flush(fuse_req_t req, fuse_ino_t ino,
+		     struct fuse_file_info *fi __unused)
 {
-	fuse_reply_err(req, 0);	/* nothing is ever dirty */
+	sync_node(req, ino);
+}
+
+static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync __unused,
+		     struct fuse_file_info *fi __unused)
+{
+	sync_node(req, ino);
 }
 
 /* ---- extended attributes: there are none -------------------------------- */
@@ -1008,11 +1041,25 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
 /* ---- everything that would change the tree or a disk -------------------- */
 
-static void fs_write(fuse_req_t req, fuse_ino_t ino __unused,
-		     const char *buf __unused, size_t size __unused,
-		     off_t off __unused, struct fuse_file_info *fi __unused)
+/* Written through: the reply goes out once the data is in the top file. */
+static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		     size_t size, off_t off, struct fuse_file_info *fi __unused)
 {
-	fuse_reply_err(req, EROFS);
+	const struct fs_node *nd = node_get(fs_of(req), ino);
+	int r;
+
+	if (!nd)
+		return (void)fuse_reply_err(req, ENOENT);
+	if (nd->type != FS_NODE_DISK || !nd->chain->writable)
+		return (void)fuse_reply_err(req, EROFS);
+	if (off < 0 || !range_within((uint64_t)off, size, nd->size))
+		return (void)fuse_reply_err(req, ENOSPC);
+	DBG(IO, "write %s ino %lu: %zu at %lld", nd->name, (unsigned long)ino,
+	    size, (long long)off);
+	r = chain_pwrite(nd->chain, buf, size, nd->base + (uint64_t)off);
+	if (r < 0)
+		return (void)fuse_reply_err(req, fs_errno(r));
+	fuse_reply_write(req, size);
 }
 
 static void fs_mknod(fuse_req_t req, fuse_ino_t parent __unused,
@@ -1073,12 +1120,42 @@ static void fs_removexattr(fuse_req_t req, fuse_ino_t ino __unused,
 	fuse_reply_err(req, EROFS);
 }
 
-static void fs_fallocate(fuse_req_t req, fuse_ino_t ino __unused,
-			 int mode __unused, off_t offset __unused,
-			 off_t length __unused,
+/*
+ * PUNCH_HOLE and ZERO_RANGE make the range read as zeros (ZERO state or
+ * zero clusters in the top layer where the format has them); a plain
+ * allocation inside the disk has nothing to do.
+ */
+static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
+			 off_t offset, off_t length,
 			 struct fuse_file_info *fi __unused)
 {
-	fuse_reply_err(req, EROFS);
+	const struct fs_node *nd = node_get(fs_of(req), ino);
+	int r = 0;
+
+	if (!nd)
+		return (void)fuse_reply_err(req, ENOENT);
+	if (nd->type != FS_NODE_DISK || !nd->chain->writable)
+		return (void)fuse_reply_err(req, EROFS);
+	if (offset < 0 || length <= 0 ||
+	    !range_within((uint64_t)offset, (uint64_t)length, nd->size))
+		return (void)fuse_reply_err(req, mode ? EINVAL : ENOSPC);
+	if (mode & FALLOC_FL_PUNCH_HOLE) {
+		if (!(mode & FALLOC_FL_KEEP_SIZE))
+			return (void)fuse_reply_err(req, EINVAL);
+		mode &= ~(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+		if (mode)
+			return (void)fuse_reply_err(req, EOPNOTSUPP);
+		r = chain_zero(nd->chain, nd->base + (uint64_t)offset,
+			       (uint64_t)length);
+	} else if (mode & FALLOC_FL_ZERO_RANGE) {
+		if (mode & ~(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE))
+			return (void)fuse_reply_err(req, EOPNOTSUPP);
+		r = chain_zero(nd->chain, nd->base + (uint64_t)offset,
+			       (uint64_t)length);
+	} else if (mode & ~FALLOC_FL_KEEP_SIZE) {
+		return (void)fuse_reply_err(req, EOPNOTSUPP);
+	}
+	fuse_reply_err(req, r < 0 ? fs_errno(r) : 0);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {

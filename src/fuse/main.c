@@ -8,8 +8,8 @@
  * fails on the terminal, and images that fail to open are reported there
  * (and kept in the mount's own log, /.layerfs.log) while the rest mounts.
  * mount(8) runs us as "layerfs IMAGEDIR MNT -o rw|ro,..." through
- * mount.fuse3, with "rw" whenever the fstab entry does not say "ro": so
- * "-o rw" warns and mounts read-only instead of failing.
+ * mount.fuse3, with "rw" whenever the fstab entry does not say "ro", as
+ * for any filesystem.  Run by hand, layerfs is read-only unless -o rw.
  */
 #include <errno.h>
 #include <limits.h>
@@ -36,6 +36,8 @@ struct cli_opts {
 	unsigned max_depth;
 	unsigned max_threads, max_idle_threads;
 	int rw, has_fsname, has_subtype;
+	char *newlayer;		/* owned: CHAIN[:FILE] */
+	char *newformat;	/* owned: vhd, vhdx, qcow2 */
 	int bad_arg;		/* a third non-option argument was given */
 };
 
@@ -58,6 +60,8 @@ static const struct fuse_opt cli_spec[] = {
 	CLI_OPT("strict_layers", strict_layers, 1),
 	CLI_OPT("allow_outside", allow_outside, 1),
 	CLI_OPT("ignore_parent_id", ignore_parent_id, 1),
+	CLI_OPT("newlayer=%s", newlayer, 0),
+	CLI_OPT("newformat=%s", newformat, 0),
 	CLI_OPT("max_depth=%u", max_depth, 0),
 	CLI_OPT("max_threads=%u", max_threads, 0),
 	CLI_OPT("max_idle_threads=%u", max_idle_threads, 0),
@@ -94,7 +98,12 @@ static void usage(const char *prog)
 	       "\n"
 	       "layerfs options:\n"
 	       "    -o ro                  read-only (the default)\n"
-	       "    -o rw                  not supported yet: warns, mounts read-only\n"
+	       "    -o rw                  writable: writes go into each chain's top\n"
+	       "                           image when no other image depends on it\n"
+	       "    -o newlayer=CHAIN[:FILE]  create a new top layer over CHAIN (next\n"
+	       "                           free layer name unless FILE); implies rw\n"
+	       "    -o newformat=FMT       format of the new layer: vhd, vhdx, qcow2\n"
+	       "                           (default: follows the chain)\n"
 	       "    -o strict_layers       layer naming rule violations are errors\n"
 	       "    -o allow_outside       parents may resolve outside IMAGEDIR\n"
 	       "    -o ignore_parent_id    mount despite parent identity mismatches\n"
@@ -214,7 +223,7 @@ static int add_mount_opts(struct fuse_args *args, const struct cli_opts *o)
 	char *opts = NULL, *fsname = NULL;
 	int r = -1;
 
-	if (fuse_opt_add_opt(&opts, "ro") < 0)
+	if (!o->rw && fuse_opt_add_opt(&opts, "ro") < 0)
 		goto out;
 	if (!o->has_subtype && fuse_opt_add_opt(&opts, "subtype=layerfs") < 0)
 		goto out;
@@ -317,8 +326,12 @@ int main(int argc, char *argv[])
 	if (o.debug)
 		log_enable_debug(LOG_CLS_CHAIN | LOG_CLS_FORMAT | LOG_CLS_FUSE |
 				 LOG_CLS_PART | LOG_CLS_CLI);
-	if (o.rw)
-		log_warn("writable mounts (-o rw) are not supported yet; mounting read-only");
+	if (o.newlayer)
+		o.rw = 1;	/* a new top layer is there to be written */
+	if (o.newformat && !o.newlayer) {
+		fprintf(stderr, "layerfs: newformat needs newlayer=CHAIN\n");
+		goto out_args;
+	}
 	/*
 	 * The session first (it only parses libfuse's options, and a bad one
 	 * should fail before a long scan), then the scan, then the mount.
@@ -332,11 +345,22 @@ int main(int argc, char *argv[])
 	if (!se)
 		goto out_fs;	/* libfuse said why */
 	copts = (struct chain_opts){
+		.writable = o.rw,
 		.allow_outside = o.allow_outside,
 		.ignore_parent_id = o.ignore_parent_id,
 		.strict_layers = o.strict_layers,
 		.max_depth = o.max_depth,
+		.new_layer_format = o.newformat,
 	};
+	if (o.newlayer) {	/* CHAIN[:FILE] */
+		char *colon = strchr(o.newlayer, ':');
+
+		if (colon) {
+			*colon = '\0';
+			copts.new_layer_name = colon + 1;
+		}
+		copts.new_layer_of = o.newlayer;
+	}
 	if (chainset_scan(o.imagedir, &copts, &cs) < 0)
 		goto out_session;	/* logged: IMAGEDIR cannot be read */
 	if (!cs->nchains)
@@ -377,5 +401,7 @@ out_args:
 	fuse_opt_free_args(&args);
 	free(o.imagedir);
 	free(o.mountpoint);
+	free(o.newlayer);
+	free(o.newformat);
 	return ret;
 }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * fuzz-vhdx.c: libFuzzer target for the VHDX driver (see build.sh).
+ * fuzz-vhdx.c: libFuzzer target for the VHDX driver (see build-vhdx.sh).
  *
  * The input is a file, written to a memfd and opened with img_open():
  *  - starting with "vhdxfile": the file itself;

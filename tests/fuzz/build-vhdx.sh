@@ -1,11 +1,11 @@
 #!/bin/sh
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# build.sh [OUTDIR]: build the VHDX fuzz target with clang's libFuzzer,
+# build-vhdx.sh [OUTDIR]: build the VHDX fuzz target with clang's libFuzzer,
 # ASan and UBSan (kept out of the meson build: it needs clang), and make
 # a seed corpus in OUTDIR/seeds from mkvhdx.py images and the shared
 # vectors (as sparse descriptions: see fuzz-vhdx.c).
 #
-#   tests/fuzz/build.sh build-fuzz
+#   tests/fuzz/build-vhdx.sh build-fuzz
 #   mkdir -p build-fuzz/corpus
 #   build-fuzz/fuzz-vhdx -max_len=1100000 -timeout=10 -rss_limit_mb=4096 \
 #       -max_total_time=600 build-fuzz/corpus build-fuzz/seeds

@@ -2,10 +2,9 @@
 /*
  * vhd.c: Microsoft Virtual Hard Disk images: fixed, dynamic, differencing.
  *
- * Read-only.  Everything read from the file is checked at open: the footer
- * (the one at the end, or the copy at offset 0 of a dynamic disk), the
- * dynamic header, the BAT, every allocated block and the parent locators.
- * After open the metadata is immutable, so map_extent needs no lock.
+ * Everything read from the file is checked at open: the footer (the one at
+ * the end, or the copy at offset 0 of a dynamic disk), the dynamic header,
+ * the BAT, every allocated block and the parent locators.
  *
  *   fixed         the file is the disk, then the footer
  *   dynamic       an allocated block is data as a whole (qemu: its sector
@@ -14,13 +13,68 @@
  *                 every other sector comes from the parent
  *
  * The virtual size is the footer's current size, never the CHS geometry.
+ * A VHD names no format for its parent: the chain probes the parent file,
+ * so a VHD may sit on a qcow2, VHDX or raw parent.  An all-zero parent
+ * unique id means "not recorded" (what create_diff writes over a parent
+ * that has no identity) and is not checked.
+ *
+ * Writing (a top image opened writable).  Fixed disks are written in place.
+ * Dynamic and differencing disks write through to the file: the data
+ * sectors, then their sector-bitmap bits (sector-granular: nothing is ever
+ * copied from the parent).  A write into an unused BAT entry allocates a
+ * whole block where the footer at the end of the file is, and moves the
+ * footer past it.  The order, with the argument for crash consistency:
+ *
+ *   1. write the footer at the new end of the file (the block's space
+ *      becomes a hole, which reads as zeros);
+ *   2. fdatasync: the file now ends in a valid footer whatever happens
+ *      next, so the old footer may be overwritten (the new block's bitmap
+ *      lands on it);
+ *   3. write the new blocks' bitmaps (the written sectors' bits set; all
+ *      bits for a dynamic disk) and the written sectors;
+ *   4. fdatasync: bitmaps and data are durable before anything points
+ *      at them;
+ *   5. write the BAT entries (durable at the next flush);
+ *   6. publish the entries in memory (a release store, the bitmap first),
+ *      so a concurrent reader sees either an unused entry (the parent's
+ *      sectors) or the finished block.
+ *
+ * A crash at any instant leaves a file whose end is a valid footer, whose
+ * BAT points only at complete blocks inside the file, and whose space past
+ * the last BAT-referenced block is unreferenced.  An unused BAT entry still
+ * reads from the parent, so a lost allocation loses only writes that no
+ * flush acknowledged.  Blocks are allocated in batches (the blocks one
+ * write touches), one allocation at a time (alloc_lock).
+ *
+ * In an allocated block the sectors are written first, then the bits: the
+ * bitmap sector in the file (a read-modify-write under a per-block stripe
+ * lock, so that two writers do not lose each other's bits), then in memory
+ * with atomic ORs (readers copy the bitmap with atomic loads).  A bit set
+ * in memory is thus in the file too, so a write that finds its bits set
+ * needs no lock and no bitmap write, and a flush after it covers it.  Bits
+ * only ever go from 0 to 1 (VHD has no way to give a sector back).  There
+ * is no barrier between data and bits: a process that dies loses nothing
+ * it wrote (the page cache keeps both), and ->flush (fdatasync) makes both
+ * durable; after a power failure a sector written since the last flush may
+ * read as what the block held before (zeros in blocks this driver
+ * allocated) rather than as the old or the new data.
+ *
+ * A failed write of metadata or a failed fdatasync marks the image broken:
+ * every later write and flush fails with -EIO (the page cache may have
+ * dropped what was written; carrying on could lie about durability).
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "checked.h"
 #include "compiler.h"
@@ -29,26 +83,64 @@
 #include "img.h"
 #include "io.h"
 #include "log.h"
+#include "registry.h"
 #include "utf16.h"
 #include "vhd.h"
 
-/* Sector bitmaps of a differencing disk up to this total are read at open;
- * larger images read the bitmap bytes they need on each lookup. */
+/* Sector bitmaps up to this total are kept in memory (read at open, and
+ * for new blocks of a writable image); beyond it they are read from the
+ * file on each lookup. */
 #define VHD_BITMAP_PRELOAD_MAX (64u << 20)
-/* Bitmap bytes read per lookup when not preloaded (4096 sectors). */
+/* Bitmap bytes read per lookup when not in memory (4096 sectors). */
 #define VHD_BITMAP_LAZY_BYTES 512u
+/* Sectors one bitmap sector covers. */
+#define VHD_BITS_PER_SECTOR (VHD_SECTOR * 8)
+/* Stripes of the lock that serializes bitmap-sector rewrites per block. */
+#define VHD_BM_LOCKS 64
+/* Most blocks one allocation batch takes. */
+#define VHD_ALLOC_BATCH 64
+/* New blocks' data areas start on this boundary (or the block size). */
+#define VHD_DATA_ALIGN 4096u
+
+void (*vhd_test_hook)(enum vhd_step step);
+
+/* Memory the in-memory sector bitmaps live in, freed all at once. */
+struct vhd_chunk {
+	struct vhd_chunk *next;	/* owned */
+	uint8_t data[];
+};
 
 struct vhd {
 	struct vhd_footer footer;
+	uint8_t footer_raw[VHD_FOOTER_SIZE]; /* as read; rewritten at the new
+					      * end when a block is added */
 	uint32_t block_size;	/* dynamic, differencing */
 	uint32_t bitmap_size;	/* bitmap bytes before each block's data */
 	uint64_t nblocks;	/* BAT entries in use: ceil(size / block) */
-	uint32_t *bat;		/* owned: nblocks sector numbers (native) */
-	uint8_t *bitmaps;	/* owned: preloaded bitmaps (differencing), or
-				 * NULL: read on demand */
-	uint32_t *bm_slot;	/* owned: per block, its index in bitmaps */
+	uint64_t table_offset;	/* the BAT in the file */
+	uint32_t *bat;		/* owned: nblocks sector numbers (native);
+				 * written only under alloc_lock, read with
+				 * acquire loads */
+	uint8_t **bm;		/* owned array (nblocks): each block's sector
+				 * bitmap in chunks, or NULL: in the file
+				 * only.  NULL array: none in memory */
+	struct vhd_chunk *chunks; /* owned list */
+	uint64_t bm_bytes;	/* bitmap bytes in chunks */
 	struct img_parent parent; /* differencing: owns its paths */
+	/* writable only: */
+	bool rw;		/* open for writing (img->writable) */
+	bool broken;		/* a metadata write failed: no more writes */
+	uint64_t next;		/* file offset of the footer at the end:
+				 * where the next block goes (alloc_lock) */
+	pthread_mutex_t alloc_lock;
+	pthread_mutex_t bm_lock[VHD_BM_LOCKS];
 };
+
+static void vhd_hook(enum vhd_step step)
+{
+	if (vhd_test_hook)
+		vhd_test_hook(step);
+}
 
 static int problem(struct vhd_problem *why, int err, const char *fmt, ...)
 	__printf(3, 4);
@@ -216,10 +308,11 @@ static int vhd_pread(struct img *img, void *buf, size_t n, uint64_t off,
 /*
  * Find the footer: the one at the end of the file, or (dynamic and
  * differencing disks) the copy at offset 0.  *limit is where the file's
- * payload ends: the footer at the end is never data.
+ * payload ends: the footer at the end is never data.  *at_end: a whole
+ * valid 512-byte footer ends the file (its bytes are in raw).
  */
 static int vhd_read_footer(struct img *img, struct vhd_footer *f,
-			   uint64_t *limit)
+			   uint8_t *raw, uint64_t *limit, bool *at_end)
 {
 	uint8_t buf[VHD_FOOTER_SIZE];
 	struct vhd_problem end_why = { "" }, copy_why = { "" };
@@ -246,7 +339,9 @@ static int vhd_read_footer(struct img *img, struct vhd_footer *f,
 		end_len = VHD_FOOTER_OLD_SIZE;
 	}
 	*limit = img->file_size - end_len;
+	*at_end = end_r == 0 && end_len == VHD_FOOTER_SIZE;
 	if (end_r == 0) {
+		memcpy(raw, buf, sizeof(buf));
 		*f = end;
 		return 0;
 	}
@@ -263,6 +358,7 @@ static int vhd_read_footer(struct img *img, struct vhd_footer *f,
 			log_warn("vhd: %s: no footer at the end of the file; "
 				 "using the footer copy at offset 0",
 				 img->path);
+		memcpy(raw, buf, sizeof(buf));
 		*f = copy;
 		return 0;
 	}
@@ -440,7 +536,10 @@ static int vhd_load_parent(struct img *img, struct vhd *s,
 	p->id_kind = guid_is_zero(&p->id) ? IMG_ID_NONE : IMG_ID_VHD_UUID;
 	p->has_timestamp = true;
 	p->timestamp = h->parent_timestamp;
-	p->format = "vhd";	/* a VHD's parent is a VHD (spec) */
+	/* The spec means a VHD parent, but nothing in the file names the
+	 * format: leave it to the probe (create_diff writes VHDs over qcow2,
+	 * VHDX and raw parents; the unique id still checks a VHD parent). */
+	p->format = NULL;
 out:
 	for (unsigned i = 0; i < VHD_NLOCATORS; i++)
 		free(paths[i]);
@@ -448,11 +547,66 @@ out:
 	return r;
 }
 
-/* Differencing: keep every allocated block's bitmap if they are few. */
+/* ---- sector bitmaps in memory ---------------------------------------- */
+
+/* len zeroed bytes that live until close. */
+static uint8_t *vhd_chunk_alloc(struct vhd *s, uint64_t len)
+{
+	struct vhd_chunk *c = calloc(1, sizeof(*c) + (size_t)len);
+
+	if (!c)
+		return NULL;
+	c->next = s->chunks;
+	s->chunks = c;
+	s->bm_bytes += len;
+	return c->data;
+}
+
+/* Bits [lo, hi) of one bitmap byte, 0 <= lo < hi <= 8 (MSB first). */
+static inline uint8_t bm_mask(unsigned lo, unsigned hi)
+{
+	return (uint8_t)((0xffu >> lo) & (0xffu << (8 - hi)));
+}
+
+/* Are bits [first, first + n) all set?  (Atomic loads: bits may be set
+ * concurrently.) */
+static bool bm_all_set(const uint8_t *bm, uint64_t first, uint64_t n)
+{
+	const uint64_t end = first + n;
+
+	for (uint64_t i = first; i < end;) {
+		uint64_t byte = i / 8;
+		unsigned hi = (unsigned)MIN((uint64_t)8, end - byte * 8);
+		uint8_t m = bm_mask((unsigned)(i % 8), hi);
+
+		if ((__atomic_load_n(&bm[byte], __ATOMIC_RELAXED) & m) != m)
+			return false;
+		i = byte * 8 + hi;
+	}
+	return true;
+}
+
+/* Set bits [first, first + n), each byte with one atomic OR (release: the
+ * sectors they mark, and the bits in the file, are written before). */
+static void bm_set(uint8_t *bm, uint64_t first, uint64_t n)
+{
+	const uint64_t end = first + n;
+
+	for (uint64_t i = first; i < end;) {
+		uint64_t byte = i / 8;
+		unsigned hi = (unsigned)MIN((uint64_t)8, end - byte * 8);
+
+		__atomic_fetch_or(&bm[byte], bm_mask((unsigned)(i % 8), hi),
+				  __ATOMIC_RELEASE);
+		i = byte * 8 + hi;
+	}
+}
+
+/* Keep every allocated block's bitmap in memory if they are few. */
 static int vhd_load_bitmaps(struct img *img, struct vhd *s, uint64_t nalloc)
 {
 	uint64_t total;
-	size_t k = 0;
+	uint8_t *p;
 	int r;
 
 	if (MUL_OVERFLOW(nalloc, (uint64_t)s->bitmap_size, &total) ||
@@ -461,20 +615,123 @@ static int vhd_load_bitmaps(struct img *img, struct vhd *s, uint64_t nalloc)
 		    "read on demand", img->path, (unsigned long long)nalloc);
 		return 0;
 	}
-	s->bitmaps = malloc(total ? (size_t)total : 1);
-	s->bm_slot = malloc((size_t)s->nblocks * sizeof(*s->bm_slot) + 1);
-	if (!s->bitmaps || !s->bm_slot)
+	s->bm = calloc((size_t)s->nblocks + 1, sizeof(*s->bm));
+	p = vhd_chunk_alloc(s, total);
+	if (!s->bm || !p)
 		return -ENOMEM;
 	for (uint64_t b = 0; b < s->nblocks; b++) {
 		if (s->bat[b] == VHD_BAT_UNUSED)
 			continue;
-		r = vhd_pread(img, s->bitmaps + k * s->bitmap_size,
-			      s->bitmap_size, (uint64_t)s->bat[b] * VHD_SECTOR,
+		r = vhd_pread(img, p, s->bitmap_size,
+			      (uint64_t)s->bat[b] * VHD_SECTOR,
 			      "sector bitmap");
 		if (r < 0)
 			return r;
-		s->bm_slot[b] = (uint32_t)k++;
+		s->bm[b] = p;
+		p += s->bitmap_size;
 	}
+	return 0;
+}
+
+/* ---- checks for writing ------------------------------------------------ */
+
+struct vhd_region {
+	uint64_t off, len;
+	const char *what;	/* static; NULL: block blk */
+	uint64_t blk;
+};
+
+static int vhd_region_cmp(const void *a, const void *b)
+{
+	const struct vhd_region *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static void vhd_region_name(const struct vhd_region *r, char *buf, size_t len)
+{
+	if (r->what)
+		snprintf(buf, len, "%s", r->what);
+	else
+		snprintf(buf, len, "block %llu", (unsigned long long)r->blk);
+}
+
+/*
+ * A writable dynamic or differencing disk: no two structures this driver
+ * writes may overlap each other or what it must not overwrite.  Reading
+ * tolerates overlaps; writing into one would corrupt the other.  Every
+ * range is already inside the file (checked at open).  Sorted by offset,
+ * two regions overlap if and only if two neighbours do.
+ */
+static int vhd_check_layout(struct img *img, const struct vhd *s,
+			    const struct vhd_dyn_header *h, uint64_t nalloc)
+{
+	struct vhd_region *v;
+	size_t n = 0;
+	int r = 0;
+
+	v = malloc(((size_t)nalloc + 3 + VHD_NLOCATORS) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	v[n++] = (struct vhd_region){ 0, VHD_FOOTER_SIZE, "the footer copy",
+				      0 };
+	v[n++] = (struct vhd_region){ s->footer.data_offset,
+				      VHD_DYN_HEADER_SIZE,
+				      "the dynamic header", 0 };
+	if (s->nblocks)
+		v[n++] = (struct vhd_region){ s->table_offset, s->nblocks * 4,
+					      "the BAT", 0 };
+	for (unsigned i = 0; i < VHD_NLOCATORS; i++) {
+		const struct vhd_locator *l = &h->locators[i];
+
+		/* the ones vhd_read_locator checked against the file */
+		if (s->footer.disk_type == VHD_TYPE_DIFF &&
+		    vhd_plat_name(l->code) && l->data_length)
+			v[n++] = (struct vhd_region){ l->data_offset,
+						      l->data_length,
+						      "a parent locator", 0 };
+	}
+	for (uint64_t b = 0; b < s->nblocks; b++)
+		if (s->bat[b] != VHD_BAT_UNUSED)
+			v[n++] = (struct vhd_region){
+				(uint64_t)s->bat[b] * VHD_SECTOR,
+				s->bitmap_size +
+					MIN((uint64_t)s->block_size,
+					    img->size - b * s->block_size),
+				NULL, b };
+	qsort(v, n, sizeof(*v), vhd_region_cmp);
+	for (size_t i = 1; i < n && r == 0; i++) {
+		char a[48], b[48];
+
+		if (v[i].off >= v[i - 1].off + v[i - 1].len)
+			continue;
+		vhd_region_name(&v[i - 1], a, sizeof(a));
+		vhd_region_name(&v[i], b, sizeof(b));
+		r = log_err_ret(-EROFS, "vhd: %s: cannot write: %s overlaps %s "
+				"(offset %llu); read-only only", img->path, a,
+				b, (unsigned long long)v[i].off);
+	}
+	free(v);
+	return r;
+}
+
+/* Refuse to write what this driver could not write safely. */
+static int vhd_check_writable(struct img *img, const struct vhd *s,
+			      bool at_end, uint64_t limit)
+{
+	if (!at_end && img->file_size - limit == VHD_FOOTER_OLD_SIZE)
+		return log_err_ret(-EROFS, "vhd: %s: cannot write: the file "
+				   "ends in a 511-byte footer (Virtual PC "
+				   "before 2004); read-only only", img->path);
+	if (!at_end)
+		return log_err_ret(-EROFS, "vhd: %s: cannot write: no valid "
+				   "footer at the end of the file (the copy at "
+				   "offset 0 was used); read-only only",
+				   img->path);
+	if (s->footer.saved_state)
+		return log_err_ret(-EROFS, "vhd: %s: cannot write: the disk is "
+				   "in a saved state (%u); read-only only",
+				   img->path, s->footer.saved_state);
 	return 0;
 }
 
@@ -503,6 +760,7 @@ static int vhd_open_dynamic(struct img *img, struct vhd *s, uint64_t limit)
 	/* one bit per sector, padded to a sector (spec: "Sector Bitmap") */
 	s->bitmap_size = ((spb + 7) / 8 + VHD_SECTOR - 1) & ~(VHD_SECTOR - 1);
 	s->nblocks = img->size / h.block_size + !!(img->size % h.block_size);
+	s->table_offset = h.table_offset;
 	if (s->nblocks > h.max_table_entries)
 		return log_err_ret(-EUCLEAN, "vhd: %s: block allocation table "
 				   "too small for the virtual size (%u "
@@ -540,12 +798,22 @@ static int vhd_open_dynamic(struct img *img, struct vhd *s, uint64_t limit)
 		nalloc++;
 	}
 	img->block_size = h.block_size;
-	if (s->footer.disk_type != VHD_TYPE_DIFF)
+	/* differencing: for the reads; writable: to keep the bits current */
+	if (s->footer.disk_type == VHD_TYPE_DIFF || s->rw) {
+		r = vhd_load_bitmaps(img, s, nalloc);
+		if (r < 0)
+			return r;
+	}
+	if (s->footer.disk_type == VHD_TYPE_DIFF) {
+		r = vhd_load_parent(img, s, &h, limit);
+		if (r < 0)
+			return r;
+	}
+	if (!s->rw)
 		return 0;
-	r = vhd_load_bitmaps(img, s, nalloc);
-	if (r < 0)
-		return r;
-	return vhd_load_parent(img, s, &h, limit);
+	/* new blocks go where the footer is (the file's end: at_end) */
+	s->next = img->file_size - VHD_FOOTER_SIZE;
+	return vhd_check_layout(img, s, &h, nalloc);
 }
 
 static void vhd_close(struct img *img)
@@ -555,9 +823,17 @@ static void vhd_close(struct img *img)
 	if (!s)
 		return;
 	free(s->bat);
-	free(s->bitmaps);
-	free(s->bm_slot);
+	free(s->bm);
+	while (s->chunks) {
+		struct vhd_chunk *c = s->chunks;
+
+		s->chunks = c->next;
+		free(c);
+	}
 	img_parent_clear(&s->parent);
+	pthread_mutex_destroy(&s->alloc_lock);
+	for (unsigned i = 0; i < VHD_BM_LOCKS; i++)
+		pthread_mutex_destroy(&s->bm_lock[i]);
 	free(s);
 	img->priv = NULL;
 }
@@ -571,13 +847,17 @@ static int vhd_open(struct img *img)
 	};
 	struct vhd *s;
 	uint64_t limit;
+	bool at_end;
 	int r;
 
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
 	img->priv = s;
-	r = vhd_read_footer(img, &s->footer, &limit);
+	pthread_mutex_init(&s->alloc_lock, NULL);
+	for (unsigned i = 0; i < VHD_BM_LOCKS; i++)
+		pthread_mutex_init(&s->bm_lock[i], NULL);
+	r = vhd_read_footer(img, &s->footer, s->footer_raw, &limit, &at_end);
 	if (r < 0)
 		goto fail;
 	/* the footer's current size, in whole sectors (as qemu reads it) */
@@ -588,7 +868,12 @@ static int vhd_open(struct img *img)
 	guid_from_be(&img->id, s->footer.uuid);
 	snprintf(img->subtype, sizeof(img->subtype), "%s",
 		 subtypes[s->footer.disk_type]);
-	img->writable = false;	/* no write support in this driver */
+	s->rw = img->writable;	/* every type can be written */
+	if (s->rw) {
+		r = vhd_check_writable(img, s, at_end, limit);
+		if (r < 0)
+			goto fail;
+	}
 
 	if (s->footer.disk_type == VHD_TYPE_FIXED) {
 		/* spec: the disk's bytes, then the footer */
@@ -648,31 +933,39 @@ static int vhd_parent(struct img *img, struct img_parent *p)
 
 /* Differencing, allocated block: split on the sector bitmap. */
 static int vhd_map_diff(struct img *img, const struct vhd *s, uint64_t blk,
-			uint64_t in_blk, uint64_t avail,
+			uint32_t sector, uint64_t in_blk, uint64_t avail,
 			struct img_extent *ext)
 {
-	uint64_t block_off = (uint64_t)s->bat[blk] * VHD_SECTOR;
+	uint64_t block_off = (uint64_t)sector * VHD_SECTOR;
 	uint64_t first = in_blk / VHD_SECTOR, start = first, run, end;
 	uint64_t nsec = (in_blk + avail + VHD_SECTOR - 1) / VHD_SECTOR - first;
 	uint8_t buf[VHD_BITMAP_LAZY_BYTES];
-	const uint8_t *bm;
+	const uint8_t *bm = s->bm ? __atomic_load_n(&s->bm[blk],
+						    __ATOMIC_ACQUIRE)
+				  : NULL;
 	bool set;
 	int r;
 
-	if (s->bitmaps) {
-		bm = s->bitmaps + (size_t)s->bm_slot[blk] * s->bitmap_size;
-	} else {
+	/* read-only: the preloaded bitmap as it is; otherwise a copy of the
+	 * bytes needed, from memory (writers set bits meanwhile) or the file */
+	if (!bm || s->rw) {
 		uint64_t byte0 = first / 8;
 		uint64_t nbytes = MIN((uint64_t)sizeof(buf),
 				      (first + nsec + 7) / 8 - byte0);
 
-		r = pread_full(img->fd, buf, (size_t)nbytes,
-			       block_off + byte0);
-		if (r < 0) {
-			log_err("vhd: %s: cannot read the sector bitmap of "
-				"block %llu (%s)", img->path,
-				(unsigned long long)blk, strerror(-r));
-			return r == -ENODATA ? -EIO : r;
+		if (bm) {
+			for (uint64_t i = 0; i < nbytes; i++)
+				buf[i] = __atomic_load_n(&bm[byte0 + i],
+							 __ATOMIC_ACQUIRE);
+		} else {
+			r = pread_full(img->fd, buf, (size_t)nbytes,
+				       block_off + byte0);
+			if (r < 0) {
+				log_err("vhd: %s: cannot read the sector "
+					"bitmap of block %llu (%s)", img->path,
+					(unsigned long long)blk, strerror(-r));
+				return r == -ENODATA ? -EIO : r;
+			}
 		}
 		bm = buf;
 		start = first - byte0 * 8;
@@ -695,6 +988,7 @@ static int vhd_map_extent(struct img *img, uint64_t off, uint64_t len,
 {
 	const struct vhd *s = img->priv;
 	uint64_t blk, in_blk;
+	uint32_t sector;
 
 	if (s->footer.disk_type == VHD_TYPE_FIXED) {
 		ext->type = IMG_EXT_DATA;	/* spec: data, then footer */
@@ -707,15 +1001,634 @@ static int vhd_map_extent(struct img *img, uint64_t off, uint64_t len,
 	assert(blk < s->nblocks);	/* off < size: checked by img_map */
 	ext->len = MIN(len, s->block_size - in_blk);
 	ext->type = IMG_EXT_UNALLOC;	/* BAT 0xFFFFFFFF: parent, or zeros */
-	if (s->bat[blk] == VHD_BAT_UNUSED)
+	/* acquire: a block published by a writer is complete */
+	sector = __atomic_load_n(&s->bat[blk], __ATOMIC_ACQUIRE);
+	if (sector == VHD_BAT_UNUSED)
 		return 0;
 	if (s->footer.disk_type == VHD_TYPE_DIFF)
-		return vhd_map_diff(img, s, blk, in_blk, ext->len, ext);
+		return vhd_map_diff(img, s, blk, sector, in_blk, ext->len,
+				    ext);
 	/* dynamic: the whole block is data; its bitmap is not consulted */
 	ext->type = IMG_EXT_DATA;
-	ext->host_off = (uint64_t)s->bat[blk] * VHD_SECTOR + s->bitmap_size +
+	ext->host_off = (uint64_t)sector * VHD_SECTOR + s->bitmap_size +
 			in_blk;
 	return 0;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static const uint8_t vhd_zeros[65536];
+
+/* n bytes of buf (NULL: zeros) at off; logged on failure */
+static int vhd_pwrite(struct img *img, const uint8_t *buf, uint64_t n,
+		      uint64_t off, const char *what)
+{
+	int r = 0;
+
+	if (buf) {
+		r = pwrite_full(img->fd, buf, (size_t)n, off);
+	} else {
+		for (uint64_t done = 0, k; done < n && r == 0; done += k) {
+			k = MIN(n - done, (uint64_t)sizeof(vhd_zeros));
+			r = pwrite_full(img->fd, vhd_zeros, (size_t)k,
+					off + done);
+		}
+	}
+	if (r < 0)
+		log_err("vhd: %s: cannot write %s at %llu (%s)", img->path,
+			what, (unsigned long long)off, strerror(-r));
+	return r;
+}
+
+static int vhd_sync(struct img *img)
+{
+	int r;
+
+	if (fdatasync(img->fd) == 0)
+		return 0;
+	r = -errno;
+	log_err("vhd: %s: fdatasync: %s", img->path, strerror(-r));
+	return r;
+}
+
+static bool vhd_is_broken(const struct vhd *s)
+{
+	return __atomic_load_n(&s->broken, __ATOMIC_ACQUIRE);
+}
+
+static void vhd_set_broken(struct img *img, struct vhd *s)
+{
+	if (!__atomic_exchange_n(&s->broken, true, __ATOMIC_ACQ_REL))
+		log_err("vhd: %s: the file may no longer match what was "
+			"written; refusing further writes", img->path);
+}
+
+/*
+ * Sectors [first, first + n) of block blk (at file sector `sector`) now
+ * hold their data: set their bits, one bitmap sector at a time, under the
+ * block's stripe lock (a read-modify-write that loses no writer's bits):
+ * in the file first, then in memory.  So a bit seen in memory is in the
+ * file too, and a writer that finds its bits set can return at once.
+ */
+static int vhd_mark(struct img *img, struct vhd *s, uint64_t blk,
+		    uint32_t sector, uint64_t first, uint64_t n)
+{
+	uint8_t *mem = s->bm ? __atomic_load_n(&s->bm[blk], __ATOMIC_ACQUIRE)
+			     : NULL;
+	pthread_mutex_t *lock = &s->bm_lock[blk % VHD_BM_LOCKS];
+	const uint64_t base = (uint64_t)sector * VHD_SECTOR, end = first + n;
+	int r = 0;
+
+	if (mem && bm_all_set(mem, first, n))
+		return 0;	/* the sectors were here already */
+	pthread_mutex_lock(lock);
+	for (uint64_t k = first / VHD_BITS_PER_SECTOR;
+	     k * VHD_BITS_PER_SECTOR < end && r == 0; k++) {
+		uint64_t k0 = k * VHD_BITS_PER_SECTOR;
+		uint64_t lo = MAX(first, k0);
+		uint64_t hi = MIN(end, k0 + VHD_BITS_PER_SECTOR);
+		uint8_t sec[VHD_SECTOR];
+
+		if (mem) {	/* only changed under this lock */
+			if (bm_all_set(mem, lo, hi - lo))
+				continue;
+			memcpy(sec, mem + k * VHD_SECTOR, sizeof(sec));
+		} else {
+			r = vhd_pread(img, sec, sizeof(sec),
+				      base + k * VHD_SECTOR, "sector bitmap");
+			if (r < 0)
+				break;
+			if (bm_all_set(sec, lo - k0, hi - lo))
+				continue;
+		}
+		bm_set(sec, lo - k0, hi - lo);
+		r = vhd_pwrite(img, sec, VHD_SECTOR, base + k * VHD_SECTOR,
+			       "a sector bitmap");
+		if (r < 0) {	/* a torn sector, maybe */
+			vhd_set_broken(img, s);
+			break;
+		}
+		vhd_hook(VHD_STEP_BITMAP);
+		if (mem)
+			bm_set(mem, lo, hi - lo);
+	}
+	pthread_mutex_unlock(lock);
+	return r;
+}
+
+/*
+ * Allocate the unused blocks that [off, off + n) starts in, as many as
+ * follow each other (at most VHD_ALLOC_BATCH), write buf's sectors into
+ * them (buf NULL: the sectors read as zeros, the space being a new hole)
+ * and publish them, in the order given at the top of this file.  *done:
+ * bytes of the request written; 0 when another writer took the first
+ * block meanwhile (the caller looks again).
+ */
+static int vhd_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
+		     uint64_t off, uint64_t n, uint64_t *done)
+{
+	const uint64_t bs = s->block_size, bms = s->bitmap_size;
+	const uint64_t stride = bms + bs, blk0 = off / bs, end = off + n;
+	const uint64_t align = MIN(bs, (uint64_t)VHD_DATA_ALIGN);
+	uint8_t bat_be[VHD_ALLOC_BATCH * 4], *maps, *tmp = NULL;
+	uint64_t k = 0, start, foot;
+	bool in_mem;
+	int r = 0;
+
+	*done = 0;
+	pthread_mutex_lock(&s->alloc_lock);
+	if (vhd_is_broken(s)) {
+		r = -EIO;
+		goto out;
+	}
+	while (k < VHD_ALLOC_BATCH && (blk0 + k) * bs < end &&
+	       s->bat[blk0 + k] == VHD_BAT_UNUSED)
+		k++;
+	if (!k)
+		goto out;
+	/* where the footer is, the data areas aligned for the host's pages */
+	start = (s->next + bms + align - 1) / align * align - bms;
+	foot = start + k * stride;
+	if ((foot - stride) / VHD_SECTOR >= VHD_BAT_UNUSED) {
+		r = log_err_ret(-EFBIG, "vhd: %s: a new block would lie past "
+				"the 2 TiB a BAT entry can address",
+				img->path);
+		goto out;
+	}
+	in_mem = s->bm && s->bm_bytes + k * bms <= VHD_BITMAP_PRELOAD_MAX;
+	maps = in_mem ? vhd_chunk_alloc(s, k * bms)
+		      : (tmp = calloc((size_t)k, (size_t)bms));
+	if (!maps) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t i = 0; i < k; i++) {
+		uint64_t b0 = (blk0 + i) * bs;
+		uint64_t lo = MAX(off, b0), hi = MIN(end, b0 + bs);
+
+		if (s->footer.disk_type == VHD_TYPE_DYNAMIC)
+			bm_set(maps + i * bms, 0, bs / VHD_SECTOR); /* data */
+		else
+			bm_set(maps + i * bms, (lo - b0) / VHD_SECTOR,
+			       (hi - lo) / VHD_SECTOR);
+	}
+
+	/* 1-2: the file ends in a valid footer before the old one goes */
+	r = vhd_pwrite(img, s->footer_raw, VHD_FOOTER_SIZE, foot,
+		       "the footer");
+	if (r < 0) {
+		/* the old footer is intact: cut the file back to it */
+		if (ftruncate(img->fd, (off_t)(s->next + VHD_FOOTER_SIZE)) < 0)
+			vhd_set_broken(img, s);
+		goto out;
+	}
+	vhd_hook(VHD_STEP_ALLOC_FOOTER);
+	r = vhd_sync(img);
+	if (r < 0) {
+		vhd_set_broken(img, s);
+		goto out;
+	}
+	vhd_hook(VHD_STEP_ALLOC_SYNC1);
+
+	/* 3: bitmaps and sectors, into space nothing points at yet */
+	for (uint64_t i = 0; i < k && r == 0; i++) {
+		uint64_t b0 = (blk0 + i) * bs, at = start + i * stride;
+		uint64_t lo = MAX(off, b0), hi = MIN(end, b0 + bs);
+
+		r = vhd_pwrite(img, maps + i * bms, bms, at, "a sector bitmap");
+		if (r < 0)
+			break;
+		vhd_hook(VHD_STEP_ALLOC_BITMAP);
+		if (!buf)
+			continue;	/* zeros: the new space is a hole */
+		r = vhd_pwrite(img, buf + (lo - off), hi - lo,
+			       at + bms + (lo - b0), "data");
+		if (r == 0)
+			vhd_hook(VHD_STEP_ALLOC_DATA);
+	}
+	if (r < 0) {
+		s->next = foot;	/* the new footer ends the file: skip it all */
+		goto out;
+	}
+	/* 4: durable before the BAT points at it */
+	r = vhd_sync(img);
+	if (r < 0) {
+		vhd_set_broken(img, s);
+		goto out;
+	}
+	vhd_hook(VHD_STEP_ALLOC_SYNC2);
+
+	/* 5: the BAT entries (durable at the next flush) */
+	for (uint64_t i = 0; i < k; i++)
+		put_be32(bat_be + 4 * i,
+			 (uint32_t)((start + i * stride) / VHD_SECTOR));
+	r = vhd_pwrite(img, bat_be, 4 * k, s->table_offset + 4 * blk0,
+		       "the BAT");
+	if (r < 0) {
+		vhd_set_broken(img, s);
+		goto out;
+	}
+	vhd_hook(VHD_STEP_ALLOC_BAT);
+
+	/* 6: publish, the bitmap before the entry that leads to it */
+	for (uint64_t i = 0; i < k; i++) {
+		if (in_mem)
+			__atomic_store_n(&s->bm[blk0 + i], maps + i * bms,
+					 __ATOMIC_RELEASE);
+		__atomic_store_n(&s->bat[blk0 + i],
+				 (uint32_t)((start + i * stride) / VHD_SECTOR),
+				 __ATOMIC_RELEASE);
+	}
+	s->next = foot;
+	*done = MIN(end, (blk0 + k) * bs) - off;
+out:
+	pthread_mutex_unlock(&s->alloc_lock);
+	free(tmp);
+	return r;
+}
+
+/* buf NULL: [off, off + n) must read as zeros */
+static int vhd_write_range(struct img *img, struct vhd *s, const uint8_t *buf,
+			   uint64_t n, uint64_t off)
+{
+	const uint64_t bs = s->block_size;
+	int r;
+
+	if (s->footer.disk_type == VHD_TYPE_FIXED)	/* the disk, in place */
+		return vhd_pwrite(img, buf, n, off, "data");
+	while (n) {
+		uint64_t blk = off / bs, in_blk = off % bs;
+		uint64_t piece = MIN(n, bs - in_blk), done = piece;
+		uint32_t sector = __atomic_load_n(&s->bat[blk],
+						  __ATOMIC_ACQUIRE);
+
+		if (sector != VHD_BAT_UNUSED) {
+			r = vhd_pwrite(img, buf, piece,
+				       (uint64_t)sector * VHD_SECTOR +
+					       s->bitmap_size + in_blk,
+				       "data");
+			if (r < 0)
+				return r;
+			vhd_hook(VHD_STEP_DATA);
+			r = vhd_mark(img, s, blk, sector, in_blk / VHD_SECTOR,
+				     piece / VHD_SECTOR);
+			if (r < 0)
+				return r;
+		} else if (buf || s->footer.disk_type == VHD_TYPE_DIFF) {
+			r = vhd_alloc(img, s, buf, off, n, &done);
+			if (r < 0)
+				return r;
+		}
+		/* else: zeros in an unused block of a dynamic disk: it reads
+		 * as zeros already (it has no parent) */
+		off += done;
+		n -= done;
+		if (buf)
+			buf += done;
+	}
+	return 0;
+}
+
+static int vhd_write_check(struct img *img, uint64_t off, uint64_t n)
+{
+	const struct vhd *s = img->priv;
+
+	if (!s->rw)
+		return -EROFS;
+	/* the chain's promise: whole sectors inside the disk */
+	if (off % VHD_SECTOR || n % VHD_SECTOR || !n ||
+	    !range_within(off, n, img->size))
+		return -EINVAL;
+	return vhd_is_broken(s) ? -EIO : 0;
+}
+
+/* below is never read: VHD keeps single sectors, nothing is copied up */
+static int vhd_write(struct img *img, const void *buf, size_t n, uint64_t off,
+		     const struct img_below *below __unused)
+{
+	int r = vhd_write_check(img, off, n);
+
+	return r < 0 ? r : vhd_write_range(img, img->priv, buf, n, off);
+}
+
+/* VHD has no zero state: zeros are written (a differencing disk must hide
+ * its parent's sectors), except where a new block's hole gives them. */
+static int vhd_zero(struct img *img, uint64_t off, uint64_t n,
+		    const struct img_below *below __unused)
+{
+	int r = vhd_write_check(img, off, n);
+
+	return r < 0 ? r : vhd_write_range(img, img->priv, NULL, n, off);
+}
+
+/* Everything is written through in a safe order: only fdatasync is left. */
+static int vhd_flush(struct img *img)
+{
+	struct vhd *s = img->priv;
+	int r = vhd_sync(img);
+
+	if (r < 0) {
+		if (s->rw)
+			vhd_set_broken(img, s);
+		return r;
+	}
+	return vhd_is_broken(s) ? -EIO : 0;
+}
+
+/* ---- creating a differencing disk ------------------------------------- */
+
+uint32_t vhd_chs_geometry(uint64_t size)
+{
+	uint64_t total = MIN(size / VHD_SECTOR, 65535ull * 16 * 255), cth;
+	uint32_t spt, heads;
+
+	if (total >= 65535ull * 16 * 63) {
+		spt = 255;
+		heads = 16;
+		cth = total / spt;
+	} else {
+		spt = 17;
+		cth = total / spt;
+		heads = (uint32_t)MAX((cth + 1023) / 1024, (uint64_t)4);
+		if (cth >= heads * 1024ull || heads > 16) {
+			spt = 31;
+			heads = 16;
+			cth = total / spt;
+		}
+		if (cth >= heads * 1024ull) {
+			spt = 63;
+			heads = 16;
+			cth = total / spt;
+		}
+	}
+	return (uint32_t)(cth / heads) << 16 | heads << 8 | spt;
+}
+
+/* seconds since 2000-01-01 UTC, clamped to the field */
+static uint32_t vhd_stamp(time_t t)
+{
+	if (t <= VHD_EPOCH)
+		return 0;
+	return (uint32_t)MIN((uint64_t)(t - VHD_EPOCH), (uint64_t)UINT32_MAX);
+}
+
+/* A VHD parent's footer time stamp; else the parent file's mtime. */
+static int vhd_parent_stamp(const struct img *p, uint32_t *ts)
+{
+	struct stat st;
+
+	if (p->drv == &vhd_driver) {
+		*ts = ((const struct vhd *)p->priv)->footer.timestamp;
+		return 0;
+	}
+	if (fstat(p->fd, &st) < 0)
+		return -errno;
+	*ts = vhd_stamp(st.st_mtime);
+	return 0;
+}
+
+/* "sub/p.vhd" -> ".\sub\p.vhd"; "../p.vhd" -> "..\p.vhd" (as Windows) */
+static char *vhd_w2ru_text(const char *rel)
+{
+	bool dotted = !strncmp(rel, "./", 2) || !strncmp(rel, "../", 3);
+	char *t = malloc(strlen(rel) + 3), *o = t;
+
+	if (!t)
+		return NULL;
+	if (!dotted) {
+		*o++ = '.';
+		*o++ = '\\';
+	}
+	for (const char *c = rel; *c; c++)
+		*o++ = *c == '/' ? '\\' : *c;
+	*o = '\0';
+	return t;
+}
+
+static int vhd_sync_dir(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	size_t len = !slash ? 0 : slash == path ? 1 : (size_t)(slash - path);
+	char *dir = slash ? strndup(path, len) : strdup(".");
+	int fd, r = 0;
+
+	if (!dir)
+		return -ENOMEM;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0)
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	free(dir);
+	return r;
+}
+
+struct vhd_new_locator {
+	uint32_t code;
+	uint8_t *data;		/* owned: UTF-16LE */
+	size_t len;
+	uint64_t off;
+};
+
+/*
+ * The new file's bytes up to its footer: footer copy, dynamic header, BAT
+ * (all unused), then each locator in a sector-aligned area of its own.
+ */
+static int vhd_build(uint8_t **out, uint64_t *out_len, uint8_t *footer,
+		     uint64_t size, uint32_t bs, const struct guid *pid,
+		     uint32_t pstamp, const uint8_t *name, size_t name_len,
+		     struct vhd_new_locator *loc, unsigned nloc)
+{
+	const uint64_t entries = size / bs + !!(size % bs);
+	const uint64_t table = VHD_FOOTER_SIZE + VHD_DYN_HEADER_SIZE;
+	const uint64_t pos_bat_end = table + ((entries * 4 + VHD_SECTOR - 1) &
+					      ~(uint64_t)(VHD_SECTOR - 1));
+	uint64_t pos = pos_bat_end;
+	struct vhd_footer_raw *f = (void *)footer;	/* bytes only */
+	struct vhd_dyn_header_raw *h;
+	uint8_t uuid[16], *buf;
+	int r;
+
+	for (unsigned i = 0; i < nloc; i++) {
+		loc[i].off = pos;
+		pos += (loc[i].len + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+	}
+	if (getrandom(uuid, sizeof(uuid), 0) != sizeof(uuid)) {
+		r = -errno;
+		return log_err_ret(r ? r : -EIO, "vhd: no random bytes for a "
+				   "unique id (%s)", strerror(-r));
+	}
+	uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x40);	/* RFC 4122 v4 */
+	uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80);
+	buf = calloc(1, (size_t)pos);
+	if (!buf)
+		return -ENOMEM;
+
+	memset(footer, 0, VHD_FOOTER_SIZE);
+	memcpy(f->cookie, VHD_COOKIE, sizeof(f->cookie));
+	put_be32(f->features, VHD_FEATURES_RESERVED);
+	put_be32(f->version, VHD_VERSION);
+	put_be64(f->data_offset, VHD_FOOTER_SIZE);
+	put_be32(f->timestamp, vhd_stamp(time(NULL)));
+	memcpy(f->creator_app, VHD_CREATOR_APP, sizeof(f->creator_app));
+	put_be32(f->creator_ver, VHD_VERSION);
+	memcpy(f->creator_os, VHD_CREATOR_OS, sizeof(f->creator_os));
+	put_be64(f->orig_size, size);
+	put_be64(f->cur_size, size);
+	put_be32(f->geometry, vhd_chs_geometry(size));
+	put_be32(f->disk_type, VHD_TYPE_DIFF);
+	memcpy(f->uuid, uuid, sizeof(f->uuid));
+	put_be32(f->checksum, vhd_checksum(footer, VHD_FOOTER_SIZE,
+					   offsetof(struct vhd_footer_raw,
+						    checksum)));
+	memcpy(buf, footer, VHD_FOOTER_SIZE);
+
+	h = (void *)(buf + VHD_FOOTER_SIZE);
+	memcpy(h->cookie, VHD_DYN_COOKIE, sizeof(h->cookie));
+	put_be64(h->data_offset, UINT64_MAX);	/* spec: unused */
+	put_be64(h->table_offset, table);
+	put_be32(h->version, VHD_VERSION);
+	put_be32(h->max_table_entries, (uint32_t)entries);
+	put_be32(h->block_size, bs);
+	memcpy(h->parent_uuid, pid->b, sizeof(h->parent_uuid)); /* text order */
+	put_be32(h->parent_timestamp, pstamp);
+	memcpy(h->parent_name, name, name_len);
+	for (unsigned i = 0; i < nloc; i++) {
+		struct vhd_locator_raw *l = &h->locators[i];
+		size_t space = (loc[i].len + VHD_SECTOR - 1) / VHD_SECTOR;
+
+		put_be32(l->code, loc[i].code);
+		put_be32(l->data_space, (uint32_t)space);  /* spec: sectors */
+		put_be32(l->data_length, (uint32_t)loc[i].len);
+		put_be64(l->data_offset, loc[i].off);
+		memcpy(buf + loc[i].off, loc[i].data, loc[i].len);
+	}
+	put_be32(h->checksum, vhd_checksum((const uint8_t *)h,
+					   VHD_DYN_HEADER_SIZE,
+					   offsetof(struct vhd_dyn_header_raw,
+						    checksum)));
+	/* all unused, and the padding to the sector too (as qemu) */
+	memset(buf + table, 0xff, (size_t)(pos_bat_end - table));
+	*out = buf;
+	*out_len = pos;
+	return 0;
+}
+
+/*
+ * A new, empty differencing VHD over parent.  It records the parent's
+ * identity (its unique id: a VHD's footer id, whatever identity another
+ * format gives; none: all zeros, "not recorded"), its time stamp (a VHD
+ * parent's footer time stamp, else the file's mtime), its file name and
+ * two locators: W2ku (the absolute POSIX path as given: Windows falls back
+ * to W2ru) and W2ru (the relative path, with backslashes).  The data space
+ * of a locator is in sectors, as the spec says (Windows writes bytes;
+ * readers take both).
+ */
+static int vhd_create_diff(const char *path,
+			   const struct img_create_parent *par,
+			   const struct img_create_opts *o)
+{
+	const struct img *pimg = par->img;
+	uint64_t size = o && o->size ? o->size : pimg->size, len = 0;
+	uint32_t bs = o && o->block_size ? o->block_size
+					  : VHD_DEFAULT_BLOCK_SIZE;
+	uint32_t ss = o && o->sector_size ? o->sector_size : pimg->sector_size;
+	struct vhd_new_locator loc[2] = { { 0 } };
+	const char *ref = par->rel_path ? par->rel_path : par->abs_path;
+	const char *base;
+	struct guid pid = { { 0 } };
+	uint8_t footer[VHD_FOOTER_SIZE], *buf = NULL, *name = NULL;
+	size_t name_len = 0;
+	unsigned nloc = 0;
+	uint32_t pstamp = 0;
+	char *text = NULL;
+	int fd = -1, r;
+
+	if (!ref || (par->rel_path && par->rel_path[0] == '/'))
+		return log_err_ret(-EINVAL, "vhd: %s: no relative or absolute "
+				   "path of the parent", path);
+	if (ss != VHD_SECTOR)
+		return log_err_ret(-ENOTSUP, "vhd: %s: VHD has 512-byte "
+				   "sectors only (%u asked)", path, ss);
+	if (bs < VHD_SECTOR || !is_pow2(bs) || bs > VHD_MAX_BLOCK_SIZE)
+		return log_err_ret(-EINVAL, "vhd: %s: block size must be a "
+				   "power of two from 512 to %u (%u)", path,
+				   VHD_MAX_BLOCK_SIZE, bs);
+	if (!size || size > VHD_MAX_DISK_SIZE)
+		return log_err_ret(size ? -EFBIG : -EINVAL, "vhd: %s: size "
+				   "must be 1 byte to 2040 GiB (%llu)", path,
+				   (unsigned long long)size);
+	size = (size + VHD_SECTOR - 1) & ~(uint64_t)(VHD_SECTOR - 1);
+	if (size / bs + !!(size % bs) > VHD_MAX_BAT_ENTRIES)
+		return log_err_ret(-EFBIG, "vhd: %s: %llu bytes need more than "
+				   "%u blocks of %u bytes", path,
+				   (unsigned long long)size,
+				   VHD_MAX_BAT_ENTRIES, bs);
+	if (pimg->has_id)
+		pid = pimg->id;
+	r = vhd_parent_stamp(pimg, &pstamp);
+	if (r < 0)
+		return log_err_ret(r, "vhd: %s: cannot stat the parent %s (%s)",
+				   path, pimg->path, strerror(-r));
+
+	base = strrchr(ref, '/') ? strrchr(ref, '/') + 1 : ref;
+	r = utf8_to_utf16(base, true, &name, &name_len);
+	if (r == 0 && name_len > VHD_PARENT_NAME_SIZE)
+		r = -ENAMETOOLONG;	/* a 255-byte name fits */
+	if (r == 0 && par->abs_path) {
+		loc[nloc].code = VHD_PLAT_W2KU;
+		r = utf8_to_utf16(par->abs_path, false, &loc[nloc].data,
+				  &loc[nloc].len);
+		nloc++;
+	}
+	if (r == 0 && par->rel_path) {
+		text = vhd_w2ru_text(par->rel_path);
+		loc[nloc].code = VHD_PLAT_W2RU;
+		r = text ? utf8_to_utf16(text, false, &loc[nloc].data,
+					 &loc[nloc].len)
+			 : -ENOMEM;
+		nloc++;
+	}
+	for (unsigned i = 0; i < nloc && r == 0; i++)
+		if (loc[i].len > VHD_MAX_LOCATOR_LEN)
+			r = -ENAMETOOLONG;
+	if (r < 0) {
+		log_err("vhd: %s: cannot record the parent path %s (%s)", path,
+			ref, strerror(-r));
+		goto out;
+	}
+	r = vhd_build(&buf, &len, footer, size, bs, &pid, pstamp, name,
+		      name_len, loc, nloc);
+	if (r < 0)
+		goto out;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+	if (fd < 0) {
+		r = log_err_ret(-errno, "vhd: %s: cannot create: %s", path,
+				strerror(errno));
+		goto out;
+	}
+	r = pwrite_full(fd, buf, (size_t)len, 0);
+	if (r == 0)
+		r = pwrite_full(fd, footer, sizeof(footer), len);
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0)
+		r = vhd_sync_dir(path);
+	if (r < 0) {
+		log_err("vhd: %s: cannot write the new file (%s)", path,
+			strerror(-r));
+		unlink(path);
+	}
+out:
+	for (unsigned i = 0; i < nloc; i++)
+		free(loc[i].data);
+	free(text);
+	free(name);
+	free(buf);
+	return r;
 }
 
 const struct img_driver vhd_driver = {
@@ -726,5 +1639,8 @@ const struct img_driver vhd_driver = {
 	.close = vhd_close,
 	.parent = vhd_parent,
 	.map_extent = vhd_map_extent,	/* DATA always has host_off */
-	/* .read, .write, .flush NULL: read-only, the chain answers -EROFS */
+	.write = vhd_write,
+	.flush = vhd_flush,
+	.zero = vhd_zero,
+	.create_diff = vhd_create_diff,
 };

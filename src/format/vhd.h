@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * vhd.h: Microsoft Virtual Hard Disk (VHD) on-disk layout and the pure
- * decoders of vhd.c (exported for the unit tests only).
+ * helpers of vhd.c (exported for the unit tests only).
  *
  * All multi-byte fields are big-endian.  Layout facts from the "Virtual
  * Hard Disk Image Format Specification" (Microsoft, version 1.0):
@@ -28,6 +28,7 @@
 #define VHD_DYN_COOKIE "cxsparse"
 #define VHD_BAT_UNUSED 0xffffffffu
 #define VHD_NLOCATORS 8
+#define VHD_PARENT_NAME_SIZE 512u	/* bytes of UTF-16BE */
 
 enum vhd_disk_type {
 	VHD_TYPE_FIXED = 2,
@@ -48,6 +49,16 @@ enum vhd_disk_type {
 #define VHD_MAX_BLOCK_SIZE (256u << 20)	/* spec default is 2 MiB */
 #define VHD_MAX_BAT_ENTRIES (1u << 24)	/* a 64 MiB table */
 #define VHD_MAX_LOCATOR_LEN 65536u	/* a 32767-unit Windows path */
+
+/* What this driver writes. */
+#define VHD_DEFAULT_BLOCK_SIZE (2u << 20)	/* as Hyper-V and Virtual PC */
+/* Hyper-V's limit (the BAT's 32-bit sector numbers address 2 TiB) */
+#define VHD_MAX_DISK_SIZE (2040ull << 30)
+#define VHD_EPOCH 946684800	/* time stamps: seconds since 2000-01-01 UTC */
+#define VHD_FEATURES_RESERVED 0x00000002u	/* spec: always set */
+#define VHD_VERSION 0x00010000u
+#define VHD_CREATOR_APP "lyfs"
+#define VHD_CREATOR_OS "Wi2k"	/* Windows tools expect it (as qemu, mkvhd) */
 
 struct vhd_footer_raw {
 	uint8_t cookie[8];
@@ -92,7 +103,7 @@ struct vhd_dyn_header_raw {
 	uint8_t parent_uuid[16];
 	uint8_t parent_timestamp[4];
 	uint8_t reserved1[4];
-	uint8_t parent_name[512];	/* UTF-16BE */
+	uint8_t parent_name[VHD_PARENT_NAME_SIZE];	/* UTF-16BE */
 	struct vhd_locator_raw locators[VHD_NLOCATORS];
 	uint8_t reserved2[256];
 };
@@ -175,5 +186,29 @@ int vhd_dyn_header_decode(const uint8_t *buf, struct vhd_dyn_header *h,
  */
 uint64_t vhd_bitmap_run(const uint8_t *bm, uint64_t start, uint64_t max,
 			bool *set);
+
+/*
+ * The footer's disk geometry field (cylinders << 16 | heads << 8 | sectors
+ * per track) for a disk of size bytes: the spec's "CHS Calculation".
+ */
+uint32_t vhd_chs_geometry(uint64_t size);
+
+/*
+ * Test hook: when not NULL, the write path calls it after each step below,
+ * so a unit test can stop a forked writer (_exit) between any two steps
+ * and check what a crash there leaves in the file.  Never set in programs.
+ */
+enum vhd_step {
+	VHD_STEP_ALLOC_FOOTER = 1,	/* footer written at the new end */
+	VHD_STEP_ALLOC_SYNC1,		/* ... and made durable */
+	VHD_STEP_ALLOC_BITMAP,		/* a new block's sector bitmap */
+	VHD_STEP_ALLOC_DATA,		/* a new block's written sectors */
+	VHD_STEP_ALLOC_SYNC2,		/* all of the batch made durable */
+	VHD_STEP_ALLOC_BAT,		/* BAT entries written, not published */
+	VHD_STEP_DATA,			/* sectors written in an allocated
+					 * block, bits not set yet */
+	VHD_STEP_BITMAP,		/* one bitmap sector rewritten */
+};
+extern void (*vhd_test_hook)(enum vhd_step step);
 
 #endif

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chain.h"
@@ -131,7 +133,17 @@ static void layers_read(struct img **l, unsigned i, unsigned n, uint8_t *buf,
 		switch (e.type) {
 		case IMG_EXT_DATA:
 			ck_assert(e.host_off != IMG_HOST_NONE);
-			ck_assert(e.host_off + e.len <= l[i]->file_size);
+			/* inside the file (a writable one grows) */
+			if (l[i]->writable) {
+				struct stat st;
+
+				ck_assert_int_eq(fstat(e.fd, &st), 0);
+				ck_assert(e.host_off + e.len <=
+					  (uint64_t)st.st_size);
+			} else {
+				ck_assert(e.host_off + e.len <=
+					  l[i]->file_size);
+			}
 			ck_assert_int_eq(pread(e.fd, buf, e.len,
 					       (off_t)e.host_off),
 					 (ssize_t)e.len);
@@ -696,7 +708,7 @@ START_TEST(diff_parent_description)
 		ppath = shared_path(want);
 		ck_assert(p.has_timestamp);
 		ck_assert_uint_eq(p.timestamp, footer_timestamp(ppath));
-		ck_assert_str_eq(p.format, "vhd");
+		ck_assert_ptr_null(p.format);	/* the chain probes */
 		free(ppath);
 		img_parent_clear(&p);
 	}
@@ -888,17 +900,20 @@ END_TEST
  * 65600 blocks of 4 MiB, each with a 1 KiB bitmap, all allocated, in a
  * sparse file: the bitmaps read as zero except where written here.
  */
-START_TEST(diff_bitmaps_on_demand)
+enum { BIG_BS = 4 << 20, BIG_NBLK = 65600, BIG_BMP = 1024 };
+#define BIG_FIRST ((512 + 1024 + BIG_NBLK * 4 + 511) & ~511ull)
+#define BIG_STRIDE ((uint64_t)BIG_BMP + BIG_BS)
+
+/*
+ * A differencing disk of 65600 blocks of 4 MiB (1 KiB bitmaps, 64.1 MiB in
+ * all: over the preload cap), every block allocated but block `unused`
+ * (-1: none), block b at BIG_FIRST + b * BIG_STRIDE, in a sparse file whose
+ * bitmaps read as zeros.  Its parent is named "p.vhd".  Returns an fd.
+ */
+static int make_big_diff(const char *path, int64_t unused)
 {
-	enum { BS = 4 << 20, NBLK = 65600, BMP = 1024 };
-	const uint64_t size = (uint64_t)NBLK * BS;
-	const uint64_t first = (512 + 1024 + NBLK * 4 + 511) & ~511ull;
-	const uint64_t stride = BMP + BS;
-	uint8_t *meta = calloc(1, first), foot[512], bm[BMP];
-	char *path = fx_path("lazy.vhd");
-	struct img *img;
-	struct img_extent e;
-	uint64_t b7 = first + 7 * stride, b9 = first + 9 * stride, off;
+	const uint64_t size = (uint64_t)BIG_NBLK * BIG_BS;
+	uint8_t *meta = calloc(1, BIG_FIRST), foot[512];
 	int fd;
 
 	ck_assert_ptr_nonnull(meta);
@@ -909,18 +924,37 @@ START_TEST(diff_bitmaps_on_demand)
 	memcpy(meta, foot, 512);
 	own_header(meta + 512);
 	put_be(meta + 512 + 16, 8, 1536);
-	put_be(meta + 512 + 28, 4, NBLK);
-	put_be(meta + 512 + 32, 4, BS);
+	put_be(meta + 512 + 28, 4, BIG_NBLK);
+	put_be(meta + 512 + 32, 4, BIG_BS);
 	for (int i = 0; i < 16; i++)
 		meta[512 + 40 + i] = (uint8_t)(0xa0 + i);
+	memcpy(meta + 512 + 64, "\0p\0.\0v\0h\0d", 10);	/* UTF-16BE */
 	fix_header(meta + 512);
-	for (uint64_t b = 0; b < NBLK; b++)	/* every block allocated */
-		put_be(meta + 1536 + 4 * b, 4, (first + b * stride) / 512);
+	for (int64_t b = 0; b < BIG_NBLK; b++)
+		put_be(meta + 1536 + 4 * b, 4, b == unused ? 0xffffffffu :
+			(BIG_FIRST + (uint64_t)b * BIG_STRIDE) / 512);
 	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
 	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(pwrite(fd, meta, first, 0), (ssize_t)first);
-	ck_assert_int_eq(pwrite(fd, foot, 512, (off_t)(first + NBLK * stride)),
+	ck_assert_int_eq(pwrite(fd, meta, BIG_FIRST, 0), (ssize_t)BIG_FIRST);
+	ck_assert_int_eq(pwrite(fd, foot, 512,
+				(off_t)(BIG_FIRST + BIG_NBLK * BIG_STRIDE)),
 			 512);
+	free(meta);
+	return fd;
+}
+
+START_TEST(diff_bitmaps_on_demand)
+{
+	enum { BS = BIG_BS, BMP = BIG_BMP };
+	const uint64_t size = (uint64_t)BIG_NBLK * BS;
+	const uint64_t first = BIG_FIRST, stride = BIG_STRIDE;
+	uint8_t bm[BMP];
+	char *path = fx_path("lazy.vhd");
+	struct img *img;
+	struct img_extent e;
+	uint64_t b7 = first + 7 * stride, b9 = first + 9 * stride, off;
+	int fd = make_big_diff(path, -1);
+
 	/* block 7: sectors 4000..4200 present (across byte 512 of the
 	 * bitmap), and sector 8191; block 9: all present */
 	memset(bm, 0, sizeof(bm));
@@ -931,7 +965,6 @@ START_TEST(diff_bitmaps_on_demand)
 	memset(bm, 0xff, sizeof(bm));
 	ck_assert_int_eq(pwrite(fd, bm, BMP, (off_t)b9), BMP);
 	close(fd);
-	free(meta);
 
 	ck_assert_int_eq(open_vhd(path, &img), 0);
 	ck_assert_uint_eq(img->size, size);
@@ -1002,6 +1035,1062 @@ START_TEST(dynamic_ignores_the_bitmap)
 	free(f);
 	free(p);
 	free(raw);
+}
+END_TEST
+
+/* ---- writing and creating --------------------------------------------- */
+
+#define VHDCHECK SOURCE_DIR "/tests/tools/vhdcheck.py"
+
+/* VHD never reads the layers below (no copy-up): a call fails the test. */
+static int below_never(void *ctx, void *buf, size_t n, uint64_t off)
+{
+	(void)ctx;
+	(void)buf;
+	ck_abort_msg("vhd read %zu bytes at %llu from below", n,
+		     (unsigned long long)off);
+	return -EIO;
+}
+
+static const struct img_below no_below = { below_never, NULL };
+
+static uint32_t xs(uint32_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+/* A raw file of size bytes: random runs with zero gaps; then a dynamic
+ * VHD of it: mkvhd's with block size `block`, or qemu-img's (block NULL:
+ * 2 MiB, quicker than Python).  Returns the raw's content. */
+static uint8_t *make_vhd_base(const char *name, uint64_t size,
+			      const char *block, uint32_t seed)
+{
+	const char *dir = fx_tmpdir();
+	uint8_t *d = calloc(1, size);
+	char raw[64];
+
+	ck_assert_ptr_nonnull(d);
+	for (uint64_t off = 0; off < size; off += 40960)
+		fx_fill_random(d + off, MIN((uint64_t)24576, size - off),
+			       seed + (uint32_t)off);
+	snprintf(raw, sizeof(raw), "%s.raw", name);
+	free(fx_write_file(raw, d, size));
+	if (block)
+		ck_assert_int_eq(fx_system("cd '%s' && python3 '%s' "
+					   "create-dynamic %s --from %s "
+					   "--block-size %s", dir, MKVHD, name,
+					   raw, block), 0);
+	else
+		ck_assert_int_eq(fx_system("cd '%s' && qemu-img convert -q -f "
+					   "raw -O vpc -o subformat=dynamic,"
+					   "force_size=on %s %s", dir, raw,
+					   name), 0);
+	return d;
+}
+
+/* create_diff of child (in the private directory) over parent (open). */
+static int create_child(const char *child, struct img *parent,
+			uint64_t size, uint32_t block)
+{
+	char *path = fx_path(child);
+	const char *base = strrchr(parent->path, '/');
+	struct img_create_parent par = {
+		.img = parent,
+		.rel_path = base ? base + 1 : parent->path,
+		.abs_path = parent->path,
+		.format = parent->drv->name,
+	};
+	struct img_create_opts o = { .size = size, .block_size = block };
+	int r = vhd_driver.create_diff(path, &par, &o);
+
+	free(path);
+	return r;
+}
+
+static void assert_model(struct img **l, unsigned n, const uint8_t *model,
+			 uint32_t seed)
+{
+	uint8_t *flat = flatten(l, n, seed);
+
+	for (uint64_t i = 0; i < l[0]->size; i++)
+		if (flat[i] != model[i])
+			ck_abort_msg("%s: first difference at byte %llu "
+				     "(sector %llu): got 0x%02x, want 0x%02x",
+				     l[0]->path, (unsigned long long)i,
+				     (unsigned long long)i / 512, flat[i],
+				     model[i]);
+	free(flat);
+}
+
+static int vhdcheck(const char *path, const char *parent)
+{
+	/* its report to stderr: stdout is TAP */
+	if (parent)
+		return fx_system("python3 '%s' -q '%s' --parent '%s' >&2",
+				 VHDCHECK, path, parent);
+	return fx_system("python3 '%s' -q '%s' >&2", VHDCHECK, path);
+}
+
+/* Steps seen by the counting hook. */
+static unsigned steps[VHD_STEP_BITMAP + 1];
+
+static void count_steps(enum vhd_step s)
+{
+	steps[s]++;
+}
+
+/*
+ * Random writes (and zeroings) through the driver, applied to the model
+ * too: 1..300 sectors, every third one across a block boundary.
+ */
+static void random_ops(struct img *img, uint8_t *model, uint32_t seed,
+		       int nops, bool zeros)
+{
+	const uint64_t nsec = img->size / 512;
+	const uint64_t bsec = img->block_size ? img->block_size / 512 : 4096;
+	uint8_t *buf = malloc(300 * 512);
+	uint32_t x = seed | 1;
+
+	ck_assert_ptr_nonnull(buf);
+	for (int i = 0; i < nops; i++) {
+		uint64_t count = 1 + xs(&x) % MIN((uint64_t)300, nsec), sec;
+
+		if (i % 3 == 1 && nsec / bsec > 1) {
+			uint64_t edge = bsec * (1 + xs(&x) % (nsec / bsec - 1));
+
+			sec = edge - 1 - MIN(edge - 1, xs(&x) % count);
+			sec = MIN(sec, nsec - count);
+		} else {
+			sec = xs(&x) % (nsec - count + 1);
+		}
+		if (zeros && i % 7 == 3) {
+			ck_assert_int_eq(img->drv->zero(img, sec * 512,
+							count * 512,
+							&no_below), 0);
+			memset(model + sec * 512, 0, count * 512);
+			continue;
+		}
+		fx_fill_random(buf, count * 512, xs(&x));
+		ck_assert_int_eq(img->drv->write(img, buf, count * 512,
+						 sec * 512, &no_below), 0);
+		memcpy(model + sec * 512, buf, count * 512);
+	}
+	free(buf);
+}
+
+START_TEST(create_over_a_vhd_parent)
+{
+	const uint64_t size = (3 << 20) + 5 * 512;
+	uint8_t *want = make_vhd_base("p.vhd", size, "64K", 3), *f, *h;
+	char *pp = fx_path("p.vhd"), *cp = fx_path("c.vhd");
+	struct img *par, *img, *l[2];
+	struct img_parent ref = { 0 };
+	struct chain_opts o = { 0 };
+	struct chain *c;
+	size_t len, len2;
+	uint8_t *again;
+	int r;
+
+	ck_assert_int_eq(open_vhd(pp, &par), 0);
+	ck_assert_int_eq(create_child("c.vhd", par, 0, 0), 0);
+
+	/* the bytes, read here without vhd.c */
+	f = fx_read_file(cp, &len);
+	ck_assert_ptr_nonnull(f);
+	/* footer, header, a 1-sector BAT, two 1-sector locators, footer */
+	ck_assert_uint_eq(len, 512 + 1024 + 512 + 2 * 512 + 512);
+	ck_assert_int_eq(memcmp(f, f + len - 512, 512), 0);
+	ck_assert_int_eq(memcmp(f, "conectix", 8), 0);
+	ck_assert_uint_eq(load_be(f + 8, 4), 2);		/* features */
+	ck_assert_uint_eq(load_be(f + 12, 4), 0x00010000);
+	ck_assert_uint_eq(load_be(f + 16, 8), 512);
+	ck_assert_int_eq(memcmp(f + 28, "lyfs", 4), 0);
+	ck_assert_int_eq(memcmp(f + 36, "Wi2k", 4), 0);
+	ck_assert_uint_eq(load_be(f + 40, 8), size);
+	ck_assert_uint_eq(load_be(f + 48, 8), size);
+	ck_assert_uint_eq(load_be(f + 60, 4), 4);
+	ck_assert_uint_eq(load_be(f + 64, 4), t_sum(f, 512, 64));
+	ck_assert_uint_eq(f[68 + 6] >> 4, 4);		/* random uuid */
+	ck_assert(time(NULL) - 946684800 - (time_t)load_be(f + 24, 4) < 60);
+	h = f + 512;
+	ck_assert_int_eq(memcmp(h, "cxsparse", 8), 0);
+	ck_assert_uint_eq(load_be(h + 8, 8), UINT64_MAX);
+	ck_assert_uint_eq(load_be(h + 16, 8), 1536);
+	ck_assert_uint_eq(load_be(h + 28, 4), 2);		/* entries */
+	ck_assert_uint_eq(load_be(h + 32, 4), 2 << 20);
+	ck_assert_uint_eq(load_be(h + 36, 4), t_sum(h, 1024, 36));
+	ck_assert_uint_eq(load_be(h + 56, 4), footer_timestamp(pp));
+	ck_assert_int_eq(memcmp(h + 64, "\0p\0.\0v\0h\0d\0\0", 12), 0);
+	ck_assert_int_eq(memcmp(h + 576, "W2ku", 4), 0);
+	ck_assert_uint_eq(load_be(h + 576 + 4, 4), 1);	/* sectors */
+	ck_assert_uint_eq(load_be(h + 576 + 8, 4), 2 * strlen(pp));
+	ck_assert_uint_eq(load_be(h + 576 + 16, 8), 2048);
+	ck_assert_int_eq(memcmp(h + 600, "W2ru", 4), 0);
+	ck_assert_uint_eq(load_be(h + 600 + 8, 4), 14);	/* ".\p.vhd" */
+	ck_assert_uint_eq(load_be(h + 600 + 16, 8), 2560);
+	ck_assert_int_eq(memcmp(f + 2560, ".\0\\\0p\0.\0v\0h\0d\0", 14), 0);
+	for (int i = 0; i < 128; i++)	/* the BAT, padding too: unused */
+		ck_assert_uint_eq(load_be(f + 1536 + 4 * i, 4), 0xffffffff);
+	ck_assert_uint_eq(load_be(f + 56, 4), vhd_chs_geometry(size));
+
+	/* through the driver */
+	ck_assert_int_eq(open_vhd(cp, &img), 0);
+	ck_assert_str_eq(img->subtype, "differencing");
+	ck_assert_uint_eq(img->size, size);
+	ck_assert_uint_eq(img->block_size, 2 << 20);
+	ck_assert(!guid_equal(&img->id, &par->id));
+	ck_assert_int_eq(vhd_driver.parent(img, &ref), 1);
+	ck_assert_uint_eq(ref.nrefs, 3);
+	ck_assert_str_eq(ref.refs[0].what, "W2ru");
+	ck_assert_str_eq(ref.refs[0].path, ".\\p.vhd");
+	ck_assert_str_eq(ref.refs[1].what, "W2ku");
+	ck_assert_str_eq(ref.refs[1].path, pp);	/* the POSIX path */
+	ck_assert_int_eq(ref.refs[2].kind, IMG_REF_NAME);
+	ck_assert_str_eq(ref.refs[2].path, "p.vhd");
+	ck_assert_int_eq(ref.id_kind, IMG_ID_VHD_UUID);
+	ck_assert(guid_equal(&ref.id, &par->id));
+	ck_assert(ref.has_timestamp);
+	ck_assert_uint_eq(ref.timestamp, footer_timestamp(pp));
+	img_parent_clear(&ref);
+	l[0] = img;
+	l[1] = par;
+	assert_model(l, 2, want, 1);
+	img_unref(img);
+	r = chain_open_file(cp, NULL, &o, &c);
+	if (r != -ENOSYS) {	/* the resolver: found, and the id checked */
+		ck_assert_int_eq(r, 0);
+		ck_assert_uint_eq(c->depth, 2);
+		ck_assert_int_eq(c->layers[0].id_check, 1);
+		chain_free(c);
+	}
+
+	/* independent readers: the checker, mkvhd's info, 7-Zip */
+	ck_assert_int_eq(vhdcheck(cp, pp), 0);
+	ck_assert_int_eq(fx_system("cd '%s' && test \"$(python3 '%s' info "
+				   "c.vhd | grep parent_unique_id)\" = "
+				   "\"$(python3 '%s' info p.vhd | grep "
+				   "'\"unique_id' | sed 's/unique_id/"
+				   "parent_unique_id/')\"", fx_tmpdir(),
+				   MKVHD, MKVHD), 0);
+	ck_assert_int_eq(fx_system("cd '%s' && 7zz e -so -tvhd c.vhd "
+				   "2>/dev/null | cmp - p.vhd.raw",
+				   fx_tmpdir()), 0);
+
+	/* O_EXCL: an existing file is left alone */
+	ck_assert_int_eq(create_child("c.vhd", par, 0, 0), -EEXIST);
+	again = fx_read_file(cp, &len2);
+	ck_assert_uint_eq(len2, len);
+	ck_assert_int_eq(memcmp(again, f, len), 0);
+	free(again);
+	free(f);
+	img_unref(par);
+	free(want);
+	free(pp);
+	free(cp);
+}
+END_TEST
+
+static const struct {
+	uint64_t size;
+	uint32_t block, sector;
+	bool no_paths;
+	int err;
+} create_bad[] = {
+	{ 0, 3000, 0, false, -EINVAL },		/* not a power of two */
+	{ 0, 256, 0, false, -EINVAL },		/* under a sector */
+	{ 0, 512u << 20, 0, false, -EINVAL },	/* over the reader's cap */
+	{ 0, 0, 4096, false, -ENOTSUP },	/* VHD sectors are 512 */
+	{ 2041ull << 30, 0, 0, false, -EFBIG },	/* over 2040 GiB */
+	{ 1ull << 40, 512, 0, false, -EFBIG },	/* 2^31 BAT entries */
+	{ 0, 0, 0, true, -EINVAL },		/* no way to the parent */
+};
+
+START_TEST(create_refuses_bad_options)
+{
+	uint8_t *want = make_vhd_base("p.vhd", 1 << 20, NULL, 4);
+	char *pp = fx_path("p.vhd"), *cp = fx_path("bad.vhd");
+	struct img *par;
+	struct img_create_parent p;
+	struct img_create_opts o = { 0 };
+
+	ck_assert_int_eq(open_vhd(pp, &par), 0);
+	p = (struct img_create_parent){ par, "p.vhd", pp, "vhd" };
+	if (create_bad[_i].no_paths)
+		p.rel_path = p.abs_path = NULL;
+	o.size = create_bad[_i].size;
+	o.block_size = create_bad[_i].block;
+	o.sector_size = create_bad[_i].sector;
+	ck_assert_int_eq(vhd_driver.create_diff(cp, &p, &o),
+			 create_bad[_i].err);
+	ck_assert_int_ne(access(cp, F_OK), 0);	/* nothing left behind */
+	img_unref(par);
+	free(want);
+	free(pp);
+	free(cp);
+}
+END_TEST
+
+/* A size of the caller's (rounded up to a sector), a block size too. */
+START_TEST(create_with_size_and_block_size)
+{
+	uint8_t *want = make_vhd_base("p.vhd", 1 << 20, NULL, 5), *model;
+	const uint64_t size = (2 << 20) + 512;
+	char *pp = fx_path("p.vhd"), *cp = fx_path("c.vhd");
+	struct img *par, *img, *l[2];
+
+	ck_assert_int_eq(open_vhd(pp, &par), 0);
+	ck_assert_int_eq(create_child("c.vhd", par, size - 100, 4096), 0);
+	ck_assert_int_eq(open_vhd(cp, &img), 0);
+	ck_assert_uint_eq(img->size, size);
+	ck_assert_uint_eq(img->block_size, 4096);
+	model = calloc(1, size);	/* the parent, then zeros */
+	memcpy(model, want, 1 << 20);
+	l[0] = img;
+	l[1] = par;
+	assert_model(l, 2, model, 2);
+	ck_assert_int_eq(vhdcheck(cp, pp), 0);
+	img_unref(img);
+	img_unref(par);
+	free(model);
+	free(want);
+	free(pp);
+	free(cp);
+}
+END_TEST
+
+/*
+ * Over a raw, a qcow2 and a VHDX parent: the parent's identity if it has
+ * one (VHDX: its data write GUID), else all zeros (not checked); the
+ * parent file's mtime as time stamp; the chain finds the parent, probes
+ * its format and checks the identity; writes and zeroing through the
+ * driver.
+ */
+static void check_foreign_parent(const char *fmt)
+{
+	const uint64_t size = 2 << 20;
+	uint8_t *d = malloc(size), *model;
+	char *rp = fx_path("p.raw"), *pp, *cp = fx_path("c.vhd");
+	struct img *par, *img, *l[2];
+	struct img_parent ref = { 0 };
+	struct chain_opts o = { 0 };
+	struct chain *c;
+	struct stat st;
+	int r;
+
+	fx_fill_random(d, size, 77);
+	free(fx_write_file("p.raw", d, size));
+	if (!strcmp(fmt, "raw")) {
+		pp = strdup(rp);
+	} else {
+		char name[16];
+
+		snprintf(name, sizeof(name), "p.%s", fmt);
+		pp = fx_path(name);
+		ck_assert_int_eq(fx_system("qemu-img convert -q -f raw -O "
+					   "%s '%s' '%s'", fmt, rp, pp), 0);
+	}
+	ck_assert_int_eq(img_open(pp, NULL, false, &par), 0);
+	ck_assert_str_eq(par->drv->name, fmt);
+	ck_assert_int_eq(create_child("c.vhd", par, 0, 64 << 10), 0);
+	ck_assert_int_eq(vhdcheck(cp, NULL), 0);
+
+	ck_assert_int_eq(open_vhd(cp, &img), 0);
+	ck_assert_int_eq(vhd_driver.parent(img, &ref), 1);
+	if (par->has_id) {
+		ck_assert_int_eq(ref.id_kind, IMG_ID_VHD_UUID);
+		ck_assert(guid_equal(&ref.id, &par->id));
+	} else {
+		ck_assert_int_eq(ref.id_kind, IMG_ID_NONE); /* zeros: none */
+	}
+	ck_assert_ptr_null(ref.format);
+	ck_assert_int_eq(stat(pp, &st), 0);
+	ck_assert_uint_eq(ref.timestamp, (uint32_t)(st.st_mtime - 946684800));
+	img_parent_clear(&ref);
+	img_unref(img);
+
+	r = chain_open_file(cp, NULL, &o, &c);
+	if (r != -ENOSYS) {
+		ck_assert_int_eq(r, 0);
+		ck_assert_uint_eq(c->depth, 2);
+		ck_assert_str_eq(c->layers[1].img->drv->name, fmt);
+		ck_assert_int_eq(c->layers[0].id_check, par->has_id);
+		model = malloc(size);
+		ck_assert_int_eq(chain_pread(c, model, size, 0), 0);
+		ck_assert_int_eq(memcmp(model, d, size), 0);
+		free(model);
+		chain_free(c);
+	}
+
+	ck_assert_int_eq(img_open(cp, NULL, true, &img), 0);
+	random_ops(img, d, 9, 60, true);
+	l[0] = img;
+	l[1] = par;
+	assert_model(l, 2, d, 3);
+	ck_assert_int_eq(img->drv->flush(img), 0);
+	img_unref(img);
+	ck_assert_int_eq(open_vhd(cp, &img), 0);
+	l[0] = img;
+	assert_model(l, 2, d, 4);
+	img_unref(img);
+	ck_assert_int_eq(vhdcheck(cp, NULL), 0);
+	img_unref(par);
+	free(d);
+	free(rp);
+	free(pp);
+	free(cp);
+}
+
+START_TEST(create_over_a_raw_parent)
+{
+	check_foreign_parent("raw");
+}
+END_TEST
+
+START_TEST(create_over_a_qcow2_parent)
+{
+	check_foreign_parent("qcow2");
+}
+END_TEST
+
+START_TEST(create_over_a_vhdx_parent)
+{
+	check_foreign_parent("vhdx");
+}
+END_TEST
+
+/*
+ * Random writes and zeroing on a writable image, against a model: after
+ * each round through the same handle, through a second read-only handle
+ * (write-through: nothing waits for a flush), and after reopening.  Then
+ * vhdcheck and an independent reader: 7-Zip for a differencing child,
+ * qemu-img for dynamic and fixed disks.
+ */
+static const struct {
+	const char *what;
+	const char *block;	/* mkvhd base block size; NULL: qemu-img */
+	const char *qemu;	/* qemu-img's vpc subformat */
+	uint32_t child_block;	/* differencing child: 0 = none */
+	uint64_t size;
+} write_cfg[] = {
+	{ "diff 64K", "64K", NULL, 64 << 10, (3 << 20) + 7 * 512 },
+	{ "diff 2M", "2M", NULL, 2 << 20, (5 << 20) + 3 * 512 },
+	{ "diff 4K", "4K", NULL, 4096, 512 << 10 },
+	{ "diff over qemu", NULL, "dynamic", 1 << 20, 3 << 20 },
+	{ "dynamic 64K", "64K", NULL, 0, (3 << 20) + 7 * 512 },
+	{ "dynamic qemu", NULL, "dynamic", 0, (5 << 20) + 512 },
+	{ "fixed qemu", NULL, "fixed", 0, (1 << 20) + 512 },
+};
+
+START_TEST(writes_match_a_model)
+{
+	const char *dir = fx_tmpdir();
+	uint64_t size = write_cfg[_i].size;
+	uint8_t *model;
+	char *pp = fx_path("p.vhd"), *cp = fx_path("c.vhd"), *top;
+	struct img *par = NULL, *img, *ro, *l[2];
+	unsigned n = 1;
+
+	if (write_cfg[_i].block) {
+		model = make_vhd_base("p.vhd", size, write_cfg[_i].block, 6);
+	} else {	/* force_size: qemu reads the size, not CHS */
+		model = calloc(1, size);
+		fx_fill_random(model, size / 3, 6);
+		free(fx_write_file("p.raw", model, size));
+		ck_assert_int_eq(fx_system("cd '%s' && qemu-img convert -q -f "
+					   "raw -O vpc -o subformat=%s,"
+					   "force_size=on p.raw p.vhd", dir,
+					   write_cfg[_i].qemu), 0);
+	}
+	top = pp;
+	if (write_cfg[_i].child_block) {
+		ck_assert_int_eq(open_vhd(pp, &par), 0);
+		ck_assert_int_eq(create_child("c.vhd", par, 0,
+					      write_cfg[_i].child_block), 0);
+		top = cp;
+		n = 2;
+	}
+	ck_assert_int_eq(img_open(top, NULL, true, &img), 0);
+	ck_assert(img->writable);
+	l[0] = img;
+	l[1] = par;
+	for (int round = 0; round < 3; round++) {
+		random_ops(img, model, (uint32_t)round * 1000 + 1, 40, true);
+		assert_model(l, n, model, (uint32_t)round);
+		ck_assert_int_eq(open_vhd(top, &ro), 0);
+		l[0] = ro;
+		assert_model(l, n, model, 11);
+		img_unref(ro);
+		l[0] = img;
+	}
+	ck_assert_int_eq(img->drv->flush(img), 0);
+	img_unref(img);
+	ck_assert_int_eq(open_vhd(top, &img), 0);
+	l[0] = img;
+	assert_model(l, n, model, 12);
+	img_unref(img);
+	ck_assert_int_eq(vhdcheck(top, par ? pp : NULL), 0);
+	free(fx_write_file("model.raw", model, size));
+	if (!par && write_cfg[_i].qemu)	/* qemu reads what it made */
+		ck_assert_int_eq(fx_system("cd '%s' && qemu-img convert -f vpc "
+					   "-O raw p.vhd q.raw && cmp q.raw "
+					   "model.raw", dir), 0);
+	else	/* 7-Zip reads chains, and mkvhd's sizes */
+		ck_assert_int_eq(fx_system("cd '%s' && 7zz e -so -tvhd %s "
+					   "2>/dev/null | cmp - model.raw",
+					   dir, par ? "c.vhd" : "p.vhd"), 0);
+	img_unref(par);
+	free(model);
+	free(pp);
+	free(cp);
+}
+END_TEST
+
+/*
+ * Zeroing: a new block of a differencing disk gets its bits and no data
+ * (the space is a hole); an unused block of a dynamic disk stays unused.
+ */
+START_TEST(zero_writes_no_data_where_it_can)
+{
+	const uint64_t size = 4 << 20;
+	uint8_t *model = make_vhd_base("p.vhd", size, NULL, 8);
+	char *ep = fx_path("e.vhd");
+	char *pp = fx_path("p.vhd"), *cp = fx_path("c.vhd");
+	struct img *par, *img, *l[2];
+	struct img_extent e;
+	off_t before;
+
+	ck_assert_int_eq(open_vhd(pp, &par), 0);
+	ck_assert_int_eq(create_child("c.vhd", par, 0, 1 << 20), 0);
+	ck_assert_int_eq(img_open(cp, NULL, true, &img), 0);
+	vhd_test_hook = count_steps;
+	/* blocks 1-2 whole, block 0 from sector 5 */
+	ck_assert_int_eq(img->drv->zero(img, 5 * 512, (3 << 20) - 5 * 512,
+					&no_below), 0);
+	memset(model + 5 * 512, 0, (3 << 20) - 5 * 512);
+	ck_assert_uint_eq(steps[VHD_STEP_ALLOC_BITMAP], 3);
+	ck_assert_uint_eq(steps[VHD_STEP_ALLOC_DATA], 0);
+	ck_assert_uint_eq(steps[VHD_STEP_ALLOC_SYNC1], 1);	/* one batch */
+	l[0] = img;
+	l[1] = par;
+	assert_model(l, 2, model, 1);
+	ck_assert_int_eq(img_map(img, 0, size, &e), 0);
+	ck_assert_int_eq(e.type, IMG_EXT_UNALLOC);	/* the parent's */
+	ck_assert_uint_eq(e.len, 5 * 512);
+	ck_assert_int_eq(img_map(img, 5 * 512, size, &e), 0);
+	ck_assert_int_eq(e.type, IMG_EXT_DATA);		/* zeros, here */
+	ck_assert_uint_eq(e.len, (1 << 20) - 5 * 512);
+	/* zeros over written sectors of an allocated block are written */
+	ck_assert_int_eq(img->drv->write(img, model, 4096, 1 << 20,
+					 &no_below), 0);
+	memcpy(model + (1 << 20), model, 4096);
+	ck_assert_int_eq(img->drv->zero(img, (1 << 20) + 512, 1024, &no_below),
+			 0);
+	memset(model + (1 << 20) + 512, 0, 1024);
+	assert_model(l, 2, model, 2);
+	vhd_test_hook = NULL;
+	img_unref(img);
+	ck_assert_int_eq(vhdcheck(cp, pp), 0);
+	img_unref(par);
+
+	/* dynamic: zeroing an unused block changes nothing */
+	ck_assert_int_eq(fx_system("qemu-img create -q -f vpc -o subformat="
+				   "dynamic,force_size=on '%s' 4M", ep), 0);
+	ck_assert_int_eq(img_open(ep, NULL, true, &img), 0);
+	before = file_size(ep);
+	ck_assert_int_eq(img->drv->zero(img, 3 << 20, 1 << 20, &no_below), 0);
+	ck_assert_int_eq(file_size(ep), before);
+	ck_assert_int_eq(img_map(img, 3 << 20, 1 << 20, &e), 0);
+	ck_assert_int_eq(e.type, IMG_EXT_UNALLOC);
+	ck_assert_uint_eq(e.len, 1 << 20);	/* the rest of block 1 */
+	img_unref(img);
+	free(ep);
+	free(model);
+	free(pp);
+	free(cp);
+}
+END_TEST
+
+/*
+ * Four writers on disjoint runs of 3 sectors, interleaved so that they
+ * share blocks (allocation races, one bitmap sector for many writers),
+ * while two readers check that every sector reads as the parent's or as
+ * its final content, never anything else.
+ */
+struct cw_ctx {
+	struct img *l[2];
+	const uint8_t *old, *new;
+	uint64_t nruns;
+	int stop;
+};
+
+struct cw_thread {
+	struct cw_ctx *c;
+	unsigned t;
+	int err;
+	uint64_t bad, reads;
+};
+
+#define CW_WRITERS 4
+#define CW_RUN 3
+
+static bool cw_written(uint64_t run)
+{
+	return run % 5 != 4;	/* some sectors stay the parent's */
+}
+
+static void *cw_writer(void *p)
+{
+	struct cw_thread *w = p;
+	struct cw_ctx *c = w->c;
+	uint64_t n = 0, *order = malloc(c->nruns * sizeof(*order));
+	uint32_t x = w->t * 7919 + 1;
+
+	for (uint64_t r = w->t; r < c->nruns; r += CW_WRITERS)
+		if (cw_written(r))
+			order[n++] = r;
+	for (uint64_t i = n; i > 1; i--) {	/* shuffle */
+		uint64_t j = xs(&x) % i, t = order[i - 1];
+
+		order[i - 1] = order[j];
+		order[j] = t;
+	}
+	for (uint64_t i = 0; i < n && !w->err; i++) {
+		uint64_t off = order[i] * CW_RUN * 512;
+		uint64_t len = MIN((uint64_t)CW_RUN * 512,
+				   c->l[0]->size - off);
+
+		w->err = c->l[0]->drv->write(c->l[0], c->new + off, len, off,
+					     &no_below);
+	}
+	free(order);
+	return NULL;
+}
+
+static void *cw_reader(void *p)
+{
+	struct cw_thread *rd = p;
+	struct cw_ctx *c = rd->c;
+	uint64_t nsec = c->l[0]->size / 512;
+	uint8_t buf[64 * 512];
+	uint32_t x = rd->t * 31 + 5;
+
+	while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
+		uint64_t n = 1 + xs(&x) % 64, s = xs(&x) % (nsec - n + 1);
+
+		layers_read(c->l, 0, 2, buf, s * 512, n * 512);
+		for (uint64_t k = 0; k < n; k++) {
+			const uint8_t *got = buf + k * 512;
+			uint64_t at = (s + k) * 512;
+
+			if (memcmp(got, c->old + at, 512) &&
+			    memcmp(got, c->new + at, 512))
+				rd->bad++;
+		}
+		rd->reads++;
+	}
+	return NULL;
+}
+
+START_TEST(concurrent_writers_and_readers)
+{
+	const uint64_t size = 4 << 20;
+	uint8_t *old = make_vhd_base("p.vhd", size, NULL, 10), *new;
+	char *pp = fx_path("p.vhd"), *cp = fx_path("c.vhd");
+	struct img *par, *img;
+	struct cw_ctx c = { .old = old };
+	struct cw_thread w[CW_WRITERS], rd[2];
+	pthread_t tw[CW_WRITERS], tr[2];
+
+	new = malloc(size);
+	memcpy(new, old, size);
+	c.nruns = (size / 512 + CW_RUN - 1) / CW_RUN;
+	for (uint64_t r = 0; r < c.nruns; r++)
+		if (cw_written(r))
+			fx_fill_random(new + r * CW_RUN * 512,
+				       MIN((uint64_t)CW_RUN * 512,
+					   size - r * CW_RUN * 512),
+				       (uint32_t)r + 99);
+	c.new = new;
+	ck_assert_int_eq(open_vhd(pp, &par), 0);
+	ck_assert_int_eq(create_child("c.vhd", par, 0, 64 << 10), 0);
+	ck_assert_int_eq(img_open(cp, NULL, true, &img), 0);
+	c.l[0] = img;
+	c.l[1] = par;
+	for (unsigned i = 0; i < 2; i++) {
+		rd[i] = (struct cw_thread){ &c, i, 0, 0, 0 };
+		ck_assert_int_eq(pthread_create(&tr[i], NULL, cw_reader,
+						&rd[i]), 0);
+	}
+	for (unsigned i = 0; i < CW_WRITERS; i++) {
+		w[i] = (struct cw_thread){ &c, i, 0, 0, 0 };
+		ck_assert_int_eq(pthread_create(&tw[i], NULL, cw_writer, &w[i]),
+				 0);
+	}
+	for (unsigned i = 0; i < CW_WRITERS; i++) {
+		pthread_join(tw[i], NULL);
+		ck_assert_int_eq(w[i].err, 0);
+	}
+	__atomic_store_n(&c.stop, 1, __ATOMIC_RELEASE);
+	for (unsigned i = 0; i < 2; i++) {
+		pthread_join(tr[i], NULL);
+		ck_assert_uint_eq(rd[i].bad, 0);
+		ck_assert_uint_gt(rd[i].reads, 0);
+	}
+	assert_model(c.l, 2, new, 1);
+	ck_assert_int_eq(img->drv->flush(img), 0);
+	img_unref(img);
+	ck_assert_int_eq(open_vhd(cp, &img), 0);
+	c.l[0] = img;
+	assert_model(c.l, 2, new, 2);
+	img_unref(img);
+	ck_assert_int_eq(vhdcheck(cp, pp), 0);
+	img_unref(par);
+	free(old);
+	free(new);
+	free(pp);
+	free(cp);
+}
+END_TEST
+
+/*
+ * A crash between any two steps of the write path (the forked writer
+ * _exits there: the page cache keeps what it wrote, as after a killed
+ * process): the file passes vhdcheck, opens for writing again, and each
+ * of the two writes in flight reads as wholly old or wholly new, as the
+ * step says.  Write A goes into allocated block 0, write B allocates
+ * blocks 1 and 2 in one batch.
+ */
+static const struct {
+	enum vhd_step step;
+	bool a_new, b_new;
+} crash_at[] = {
+	{ VHD_STEP_DATA, false, false },	/* A's data, no bits */
+	{ VHD_STEP_BITMAP, true, false },
+	{ VHD_STEP_ALLOC_FOOTER, true, false },
+	{ VHD_STEP_ALLOC_SYNC1, true, false },
+	{ VHD_STEP_ALLOC_BITMAP, true, false },
+	{ VHD_STEP_ALLOC_DATA, true, false },
+	{ VHD_STEP_ALLOC_SYNC2, true, false },
+	{ VHD_STEP_ALLOC_BAT, true, true },	/* the BAT points at it */
+};
+
+static enum vhd_step crash_step;
+
+static void crash_hook(enum vhd_step s)
+{
+	if (s == crash_step)
+		_exit(42);
+}
+
+START_TEST(crash_between_steps)
+{
+	const uint64_t size = 1 << 20;
+	uint8_t *model = make_vhd_base("p.vhd", size, NULL, 12), *after;
+	uint8_t a[10 * 512], b[20 * 512];
+	char *pp = fx_path("p.vhd"), *cp = fx_path("c.vhd");
+	const uint64_t a_off = 20 * 512, b_off = 250 * 512; /* 128/block */
+	struct img *par, *img, *l[2];
+	int status;
+	pid_t pid;
+
+	fx_fill_random(a, sizeof(a), 1);
+	fx_fill_random(b, sizeof(b), 2);
+	ck_assert_int_eq(open_vhd(pp, &par), 0);
+	ck_assert_int_eq(create_child("c.vhd", par, 0, 64 << 10), 0);
+	ck_assert_int_eq(img_open(cp, NULL, true, &img), 0);
+	ck_assert_int_eq(img->drv->write(img, b, 10 * 512, 0, &no_below), 0);
+	memcpy(model, b, 10 * 512);
+	ck_assert_int_eq(img->drv->flush(img), 0);
+	img_unref(img);
+
+	fflush(NULL);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		crash_step = crash_at[_i].step;
+		vhd_test_hook = crash_hook;
+		if (img_open(cp, NULL, true, &img) < 0 ||
+		    img->drv->write(img, a, sizeof(a), a_off, &no_below) < 0 ||
+		    img->drv->write(img, b, sizeof(b), b_off, &no_below) < 0)
+			_exit(1);
+		_exit(0);	/* the step never came */
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), 42);
+
+	ck_assert_int_eq(vhdcheck(cp, pp), 0);
+	after = malloc(size);
+	memcpy(after, model, size);
+	if (crash_at[_i].a_new)
+		memcpy(after + a_off, a, sizeof(a));
+	if (crash_at[_i].b_new)
+		memcpy(after + b_off, b, sizeof(b));
+	ck_assert_int_eq(open_vhd(cp, &img), 0);
+	l[0] = img;
+	l[1] = par;
+	assert_model(l, 2, after, 1);
+	img_unref(img);
+
+	/* writable again (a valid footer ends the file); redo, reread */
+	ck_assert_int_eq(img_open(cp, NULL, true, &img), 0);
+	ck_assert_int_eq(img->drv->write(img, a, sizeof(a), a_off, &no_below),
+			 0);
+	ck_assert_int_eq(img->drv->write(img, b, sizeof(b), b_off, &no_below),
+			 0);
+	ck_assert_int_eq(img->drv->flush(img), 0);
+	img_unref(img);
+	memcpy(model + a_off, a, sizeof(a));
+	memcpy(model + b_off, b, sizeof(b));
+	ck_assert_int_eq(open_vhd(cp, &img), 0);
+	l[0] = img;
+	assert_model(l, 2, model, 2);
+	img_unref(img);
+	img_unref(par);
+	free(after);
+	free(model);
+	free(pp);
+	free(cp);
+}
+END_TEST
+
+/* Files the driver reads but will not write; it never changes a file it
+ * only opens. */
+START_TEST(writable_open_refusals)
+{
+	const char *dir = fx_tmpdir();
+	uint8_t *model = make_vhd_base("p.vhd", 1 << 20, "64K", 13), *f, *g;
+	char *pp = fx_path("p.vhd"), *bad = fx_path("bad.vhd");
+	struct img *img;
+	size_t len, len2;
+
+	f = fx_read_file(pp, &len);
+	ck_assert_ptr_nonnull(f);
+
+	/* opened writable and closed: not one byte changes */
+	ck_assert_int_eq(img_open(pp, NULL, true, &img), 0);
+	img_unref(img);
+	g = fx_read_file(pp, &len2);
+	ck_assert_uint_eq(len2, len);
+	ck_assert_int_eq(memcmp(f, g, len), 0);
+	free(g);
+
+	/* the footer at the end damaged: the copy reads, nothing writes */
+	f[len - 512 + 64] ^= 1;
+	free(fx_write_file("bad.vhd", f, len));
+	ck_assert_int_eq(open_vhd(bad, &img), 0);
+	img_unref(img);
+	ck_assert_int_eq(img_open(bad, NULL, true, &img), -EROFS);
+	f[len - 512 + 64] ^= 1;
+
+	/* in a saved state */
+	f[84] = f[len - 512 + 84] = 1;
+	fix_footer(f);
+	fix_footer(f + len - 512);
+	free(fx_write_file("bad.vhd", f, len));
+	ck_assert_int_eq(open_vhd(bad, &img), 0);
+	img_unref(img);
+	ck_assert_int_eq(img_open(bad, NULL, true, &img), -EROFS);
+	f[84] = f[len - 512 + 84] = 0;
+	fix_footer(f);
+	fix_footer(f + len - 512);
+
+	/* block 0 moved onto the BAT (sector 3), and onto block 1 */
+	{
+		uint64_t b0 = load_be(f + 1536, 4), b1 = load_be(f + 1540, 4);
+
+		ck_assert_uint_ne(b0, 0xffffffff);
+		ck_assert_uint_ne(b1, 0xffffffff);
+		put_be(f + 1536, 4, 3);
+		free(fx_write_file("bad.vhd", f, len));
+		ck_assert_int_eq(open_vhd(bad, &img), 0);
+		img_unref(img);
+		ck_assert_int_eq(img_open(bad, NULL, true, &img), -EROFS);
+		put_be(f + 1536, 4, b1 + 1);
+		free(fx_write_file("bad.vhd", f, len));
+		ck_assert_int_eq(open_vhd(bad, &img), 0);
+		img_unref(img);
+		ck_assert_int_eq(img_open(bad, NULL, true, &img), -EROFS);
+		put_be(f + 1536, 4, b0);
+	}
+	free(fx_write_file("bad.vhd", f, len));
+	ck_assert_int_eq(img_open(bad, NULL, true, &img), 0);
+	img_unref(img);
+	free(f);
+
+	/* a 511-byte footer (Virtual PC before 2004) */
+	ck_assert_int_eq(fx_system("cd '%s' && qemu-img convert -q -f raw -O "
+				   "vpc -o subformat=fixed,force_size=on "
+				   "p.vhd.raw f.vhd && truncate -s -1 f.vhd",
+				   dir), 0);
+	free(bad);
+	bad = fx_path("f.vhd");
+	ck_assert_int_eq(open_vhd(bad, &img), 0);
+	img_unref(img);
+	ck_assert_int_eq(img_open(bad, NULL, true, &img), -EROFS);
+	free(model);
+	free(pp);
+	free(bad);
+}
+END_TEST
+
+/*
+ * Over the preload cap: bitmaps stay in the file, are read and rewritten
+ * there, and a new block's bitmap is written there too.
+ */
+START_TEST(writable_with_bitmaps_on_disk)
+{
+	char *path = fx_path("big.vhd");
+	int fd = make_big_diff(path, 11);
+	struct img *img;
+	struct img_extent e;
+	static const uint8_t zeros[512];
+	uint8_t buf[8 * 512], got[8 * 512];
+	const uint64_t b7 = 7ull * BIG_BS, b11 = 11ull * BIG_BS;
+
+	close(fd);
+	fx_fill_random(buf, sizeof(buf), 3);
+	ck_assert_int_eq(img_open(path, NULL, true, &img), 0);
+	ck_assert_int_eq(img_map(img, b7 + 100 * 512, 512, &e), 0);
+	ck_assert_int_eq(e.type, IMG_EXT_UNALLOC);
+	ck_assert_int_eq(img->drv->write(img, buf, sizeof(buf),
+					 b7 + 100 * 512, &no_below), 0);
+	ck_assert_int_eq(img->drv->write(img, buf, sizeof(buf),
+					 b11 + 4090 * 512, &no_below), 0);
+	ck_assert_int_eq(img->drv->zero(img, b7 + 108 * 512, 512, &no_below),
+			 0);
+	for (int pass = 0; pass < 2; pass++) {
+		ck_assert_int_eq(img_map(img, b7 + 99 * 512, BIG_BS, &e), 0);
+		ck_assert_int_eq(e.type, IMG_EXT_UNALLOC);
+		ck_assert_uint_eq(e.len, 512);
+		ck_assert_int_eq(img_map(img, b7 + 100 * 512, BIG_BS, &e), 0);
+		ck_assert_int_eq(e.type, IMG_EXT_DATA);
+		ck_assert_uint_eq(e.len, 9 * 512);
+		ck_assert_int_eq(pread(e.fd, got, sizeof(got),
+				       (off_t)e.host_off),
+				 (ssize_t)sizeof(got));
+		ck_assert_int_eq(memcmp(got, buf, sizeof(buf)), 0);
+		ck_assert_int_eq(pread(e.fd, got, 512,
+				       (off_t)e.host_off + 8 * 512), 512);
+		ck_assert_int_eq(memcmp(got, zeros, 512), 0);
+		ck_assert_int_eq(img_map(img, b11, BIG_BS, &e), 0);
+		ck_assert_int_eq(e.type, IMG_EXT_UNALLOC);
+		ck_assert_uint_eq(e.len, 4090 * 512);
+		ck_assert_int_eq(img_map(img, b11 + 4090 * 512, BIG_BS, &e), 0);
+		ck_assert_int_eq(e.type, IMG_EXT_DATA);
+		ck_assert_uint_eq(e.len, 8 * 512);
+		ck_assert_int_eq(pread(e.fd, got, sizeof(got),
+				       (off_t)e.host_off),
+				 (ssize_t)sizeof(got));
+		ck_assert_int_eq(memcmp(got, buf, sizeof(buf)), 0);
+		img_unref(img);
+		ck_assert_int_eq(open_vhd(path, &img), 0);
+	}
+	img_unref(img);
+	ck_assert_int_eq(vhdcheck(path, NULL), 0);
+	unlink(path);
+	free(path);
+}
+END_TEST
+
+/* The geometry field against mkvhd.py's own reading of the spec. */
+START_TEST(chs_geometry_matches_the_spec)
+{
+	static const uint64_t sizes[] = {
+		512, 1 << 20, 100 << 20, 504ull << 20, 528482304ull,
+		4ull << 30, 8422686720ull, 31ull << 30, 33ull << 30,
+		127ull << 30, 136365211648ull, 2040ull << 30,
+	};
+	char list[1024] = "", *got, *out = fx_path("chs.txt");
+	size_t len, o = 0;
+
+	for (size_t i = 0; i < ARRAY_SIZE(sizes); i++)
+		o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%llu",
+				      i ? "," : "",
+				      (unsigned long long)sizes[i]);
+	ck_assert_int_eq(fx_system("cd '%s' && python3 -c 'import sys; sys."
+				   "path.insert(0, \"%s/tests/tools\"); import "
+				   "mkvhd\nfor n in (%s):\n c, h, s = mkvhd."
+				   "chs_geometry(n); print(c << 16 | h << 8 | "
+				   "s)' > chs.txt", fx_tmpdir(), SOURCE_DIR,
+				   list), 0);
+	got = (char *)fx_read_file(out, &len);
+	ck_assert_ptr_nonnull(got);
+	got[len] = '\0';
+	for (size_t i = 0, at = 0; i < ARRAY_SIZE(sizes); i++) {
+		unsigned long want = strtoul(got + at, NULL, 10);
+
+		ck_assert_msg(want == vhd_chs_geometry(sizes[i]),
+			      "geometry of %llu bytes: 0x%08x, mkvhd 0x%08lx",
+			      (unsigned long long)sizes[i],
+			      vhd_chs_geometry(sizes[i]), want);
+		at = (size_t)(strchr(got + at, '\n') - got) + 1;
+	}
+	free(got);
+	free(out);
+}
+END_TEST
+
+/* vhdcheck must be able to fail: one damage at a time on a written child. */
+static const struct {
+	const char *what;
+	unsigned off, width;	/* from the file's start */
+	uint64_t val;
+} vc_damage[] = {
+	{ "footer copy differs", 24, 1, 0x77 },
+	{ "header checksum stale", 512 + 100, 1, 0x41 },
+	{ "block 1 on block 0", 1540, 4, 0 },	/* copied from entry 0 */
+	{ "block past the footer", 1536, 4, 0x100000 },
+	{ "locator past the end", 512 + 576 + 16, 8, 1 << 30 },
+	{ "odd W2ru length", 512 + 600 + 8, 4, 13 },
+	{ "parent name bad UTF-16", 512 + 64, 2, 0xdc00 },
+};
+
+START_TEST(vhdcheck_finds_damage)
+{
+	uint8_t *model = make_vhd_base("p.vhd", 1 << 20, NULL, 14), *f;
+	char *pp = fx_path("p.vhd"), *cp = fx_path("c.vhd"), *bad;
+	struct img *par, *img;
+	size_t len;
+
+	ck_assert_int_eq(open_vhd(pp, &par), 0);
+	ck_assert_int_eq(create_child("c.vhd", par, 0, 64 << 10), 0);
+	ck_assert_int_eq(img_open(cp, NULL, true, &img), 0);
+	ck_assert_int_eq(img->drv->write(img, model, 300 * 512, 0, &no_below),
+			 0);	/* blocks 0-2 */
+	random_ops(img, model, 5, 10, false);
+	img_unref(img);
+	ck_assert_int_eq(vhdcheck(cp, pp), 0);
+	f = fx_read_file(cp, &len);
+	for (size_t i = 0; i < ARRAY_SIZE(vc_damage); i++) {
+		unsigned off = vc_damage[i].off;
+		uint8_t *d = malloc(len);
+
+		memcpy(d, f, len);
+		if (off == 1540)
+			memcpy(d + 1540, d + 1536, 4);
+		else
+			put_be(d + off, vc_damage[i].width, vc_damage[i].val);
+		if (off < 512)
+			fix_footer(d);
+		else if (off >= 512 + 576 && off < 512 + 1024)
+			fix_header(d + 512);
+		else if (off == 512 + 64)
+			fix_header(d + 512);
+		bad = fx_write_file("bad.vhd", d, len);
+		ck_assert_msg(vhdcheck(bad, NULL) == 1, "%s: not found",
+			      vc_damage[i].what);
+		free(bad);
+		free(d);
+	}
+	img_unref(par);
+	free(f);
+	free(model);
+	free(pp);
+	free(cp);
 }
 END_TEST
 
@@ -1574,6 +2663,24 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, chain_refuses_a_replaced_parent);
 	tcase_add_test(tc, diff_bitmaps_on_demand);
 	tcase_add_test(tc, dynamic_ignores_the_bitmap);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("write");
+	tcase_add_test(tc, create_over_a_vhd_parent);
+	tcase_add_loop_test(tc, create_refuses_bad_options, 0,
+			    ARRAY_SIZE(create_bad));
+	tcase_add_test(tc, create_with_size_and_block_size);
+	tcase_add_test(tc, create_over_a_raw_parent);
+	tcase_add_test(tc, create_over_a_qcow2_parent);
+	tcase_add_test(tc, create_over_a_vhdx_parent);
+	tcase_add_loop_test(tc, writes_match_a_model, 0, ARRAY_SIZE(write_cfg));
+	tcase_add_test(tc, zero_writes_no_data_where_it_can);
+	tcase_add_test(tc, concurrent_writers_and_readers);
+	tcase_add_loop_test(tc, crash_between_steps, 0, ARRAY_SIZE(crash_at));
+	tcase_add_test(tc, writable_open_refusals);
+	tcase_add_test(tc, writable_with_bitmaps_on_disk);
+	tcase_add_test(tc, chs_geometry_matches_the_spec);
+	tcase_add_test(tc, vhdcheck_finds_damage);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("malformed");

@@ -356,6 +356,9 @@ const uint8_t *vhdx_bat_bitmap(const struct vhdx *s, uint64_t blk)
 {
 	size_t lo = 0, hi = s->npartial;
 
+	if (s->w)	/* writable: whole chunk bitmaps (vhdx-write.c) */
+		return vhdx_w_chunk_bitmap(s, blk / s->chunk_ratio) +
+		       blk % s->chunk_ratio * s->slice_len;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
 

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
  * vhdx.c: Hyper-V VHDX images (MS-VHDX v1.0): fixed, dynamic and
- * differencing, read-only.
+ * differencing.
  *
  * open() validates the whole file once: the current header, the region
  * table, the metadata items, the BAT and the sector bitmaps of partially
  * present blocks, replaying a dirty log in memory first (vhdx-log.c; the
  * file is never written).  After that map_extent() is a table lookup.
+ * Writing a top image and creating differencing files: vhdx-write.c.
  */
 #include <assert.h>
 #include <errno.h>
@@ -23,32 +24,33 @@
 #include "utf16.h"
 #include "vhdx.h"
 
-/* GUIDs in text order (struct guid); the file holds them mixed-endian. */
-static const struct guid vhdx_region_bat = { {
+/* GUIDs in text order (struct guid); the file holds them mixed-endian.
+ * Shared with vhdx-write.c through vhdx.h. */
+const struct guid vhdx_region_bat = { {
 	0x2d, 0xc2, 0x77, 0x66, 0xf6, 0x23, 0x42, 0x00,
 	0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08 } };
-static const struct guid vhdx_region_meta = { {
+const struct guid vhdx_region_meta = { {
 	0x8b, 0x7c, 0xa2, 0x06, 0x47, 0x90, 0x4b, 0x9a,
 	0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e } };
-static const struct guid vhdx_meta_file_params = { {
+const struct guid vhdx_meta_file_params = { {
 	0xca, 0xa1, 0x67, 0x37, 0xfa, 0x36, 0x4d, 0x43,
 	0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b } };
-static const struct guid vhdx_meta_disk_size = { {
+const struct guid vhdx_meta_disk_size = { {
 	0x2f, 0xa5, 0x42, 0x24, 0xcd, 0x1b, 0x48, 0x76,
 	0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8 } };
-static const struct guid vhdx_meta_page83 = { {
+const struct guid vhdx_meta_page83 = { {
 	0xbe, 0xca, 0x12, 0xab, 0xb2, 0xe6, 0x45, 0x23,
 	0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46 } };
-static const struct guid vhdx_meta_logical_sector = { {
+const struct guid vhdx_meta_logical_sector = { {
 	0x81, 0x41, 0xbf, 0x1d, 0xa9, 0x6f, 0x47, 0x09,
 	0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f } };
-static const struct guid vhdx_meta_physical_sector = { {
+const struct guid vhdx_meta_physical_sector = { {
 	0xcd, 0xa3, 0x48, 0xc7, 0x44, 0x5d, 0x44, 0x71,
 	0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56 } };
-static const struct guid vhdx_meta_parent_locator = { {
+const struct guid vhdx_meta_parent_locator = { {
 	0xa8, 0xd3, 0x5f, 0x2d, 0xb3, 0x0b, 0x45, 0x4d,
 	0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c } };
-static const struct guid vhdx_locator_type = { {
+const struct guid vhdx_locator_type = { {
 	0xb0, 0x4a, 0xef, 0xb7, 0xd1, 0x9e, 0x4a, 0x81,
 	0xb7, 0x89, 0x25, 0xb8, 0xe9, 0x44, 0x59, 0x13 } };
 
@@ -507,6 +509,7 @@ static void vhdx_free(struct vhdx *s)
 {
 	if (!s)
 		return;
+	vhdx_w_free(s);
 	vhdx_bat_free(s);
 	vhdx_overlay_free(&s->log);
 	vhdx_locator_clear(&s->loc);
@@ -698,6 +701,8 @@ static int vhdx_open(struct img *img)
 		r = vhdx_bat_geometry(s);
 	if (r == 0)
 		r = vhdx_bat_load(s);
+	if (r == 0 && img->writable)
+		r = vhdx_w_open(s);
 	if (r < 0) {
 		vhdx_free(s);
 		return r;
@@ -729,7 +734,10 @@ static int vhdx_parent(struct img *img, struct img_parent *p)
 	if (!s->p.has_parent)
 		return 0;
 	memset(&out, 0, sizeof(out));
-	out.id_kind = IMG_ID_VHDX_LINKAGE;
+	/* A zero parent_linkage names nothing: what create_diff writes over
+	 * a parent without an identity (raw, qcow2); not checked. */
+	out.id_kind = guid_is_zero(&s->loc.linkage) ? IMG_ID_NONE :
+		      IMG_ID_VHDX_LINKAGE;
 	out.id = s->loc.linkage;
 	out.has_id2 = s->loc.has_linkage2;
 	out.id2 = s->loc.linkage2;
@@ -752,19 +760,33 @@ static int vhdx_parent(struct img *img, struct img_parent *p)
 	return 1;
 }
 
-static bool vhdx_bit(const uint8_t *bm, uint64_t i)
+/* Bitmap bytes are loaded atomically: a writable image sets bits while
+ * others read (vhdx-write.c). */
+static uint8_t vhdx_bm_byte(const uint8_t *bm, uint64_t i)
 {
-	return bm[i >> 3] >> (i & 7) & 1;	/* LSB first (2.4) */
+	return __atomic_load_n(&bm[i], __ATOMIC_ACQUIRE);
 }
 
-static void vhdx_map_data(const struct vhdx *s, uint64_t blk, uint64_t in,
-			  struct img_extent *ext)
+static bool vhdx_bit(const uint8_t *bm, uint64_t i)
+{
+	return vhdx_bm_byte(bm, i >> 3) >> (i & 7) & 1;	/* LSB first (2.4) */
+}
+
+/* A payload BAT entry: a writable image publishes them with release
+ * stores once what they point at is written. */
+static uint64_t vhdx_bat_get(const struct vhdx *s, uint64_t blk)
+{
+	return __atomic_load_n(&s->bat[blk], __ATOMIC_ACQUIRE);
+}
+
+static void vhdx_map_data(const struct vhdx *s, uint64_t e, uint64_t blk,
+			  uint64_t in, struct img_extent *ext)
 {
 	ext->type = IMG_EXT_DATA;
 	if (s->via_read && vhdx_bit(s->via_read, blk))
 		ext->host_off = IMG_HOST_NONE;	/* replayed: ->read */
 	else
-		ext->host_off = VHDX_BAT_OFFSET(s->bat[blk]) + in;
+		ext->host_off = VHDX_BAT_OFFSET(e) + in;
 }
 
 static int vhdx_map_extent(struct img *img, uint64_t off, uint64_t len,
@@ -772,13 +794,14 @@ static int vhdx_map_extent(struct img *img, uint64_t off, uint64_t len,
 {
 	const struct vhdx *s = img->priv;
 	uint64_t bs = s->p.block_size, blk = off / bs, in = off % bs;
-	uint64_t run = MIN(len, bs - in);
+	uint64_t run = MIN(len, bs - in), e;
 
 	assert(blk < s->nblocks);
+	e = vhdx_bat_get(s, blk);
 	ext->len = run;
-	switch (VHDX_BAT_STATE(s->bat[blk])) {
+	switch (VHDX_BAT_STATE(e)) {
 	case VHDX_PAYLOAD_FULLY_PRESENT:	/* at FileOffsetMB */
-		vhdx_map_data(s, blk, in, ext);
+		vhdx_map_data(s, e, blk, in, ext);
 		return 0;
 	case VHDX_PAYLOAD_PARTIALLY_PRESENT: {	/* differencing only: per
 						 * sector, bit 1 here, 0 parent */
@@ -790,7 +813,7 @@ static int vhdx_map_extent(struct img *img, uint64_t off, uint64_t len,
 
 		while (end < last) {
 			if (!(end & 7) && end + 8 <= last &&
-			    bm[end >> 3] == (here ? 0xff : 0)) {
+			    vhdx_bm_byte(bm, end >> 3) == (here ? 0xff : 0)) {
 				end += 8;
 				continue;
 			}
@@ -800,7 +823,7 @@ static int vhdx_map_extent(struct img *img, uint64_t off, uint64_t len,
 		}
 		ext->len = MIN(in + run, end * lss) - in;
 		if (here)
-			vhdx_map_data(s, blk, in, ext);
+			vhdx_map_data(s, e, blk, in, ext);
 		else
 			ext->type = IMG_EXT_UNALLOC;
 		return 0;
@@ -832,7 +855,27 @@ static int vhdx_read(struct img *img, void *buf, size_t n, uint64_t off)
 	uint64_t bs = s->p.block_size, blk = off / bs, in = off % bs;
 
 	assert(blk < s->nblocks && in + n <= bs);
-	return vhdx_file_read(s, buf, n, VHDX_BAT_OFFSET(s->bat[blk]) + in);
+	return vhdx_file_read(s, buf, n,
+			      VHDX_BAT_OFFSET(vhdx_bat_get(s, blk)) + in);
+}
+
+static int vhdx_write(struct img *img, const void *buf, size_t n,
+		      uint64_t off, const struct img_below *below)
+{
+	(void)below;	/* sector-granular: nothing is copied from below */
+	return vhdx_w_write(img->priv, buf, n, off);
+}
+
+static int vhdx_zero(struct img *img, uint64_t off, uint64_t n,
+		     const struct img_below *below)
+{
+	(void)below;
+	return vhdx_w_zero(img->priv, off, n);
+}
+
+static int vhdx_flush(struct img *img)
+{
+	return vhdx_w_flush(img->priv);
 }
 
 const struct img_driver vhdx_driver = {
@@ -844,4 +887,8 @@ const struct img_driver vhdx_driver = {
 	.parent = vhdx_parent,
 	.map_extent = vhdx_map_extent,
 	.read = vhdx_read,	/* blocks a log replay touched */
+	.write = vhdx_write,
+	.flush = vhdx_flush,
+	.zero = vhdx_zero,
+	.create_diff = vhdx_create_diff,
 };

@@ -251,7 +251,13 @@ struct vhdx_overlay {
 	uint64_t end;			/* file size after the replay */
 };
 
-/* The driver's private state; immutable once open() returns. */
+struct vhdx_w;			/* vhdx-write.c: writable state */
+
+/*
+ * The driver's private state; immutable once open() returns, except, for
+ * a writable image (w != NULL), bat[] (atomic loads and release stores)
+ * and the sector bitmaps in w (see vhdx-write.c).
+ */
 struct vhdx {
 	const char *path;	/* borrowed from struct img */
 	int fd;			/* borrowed from struct img */
@@ -273,7 +279,15 @@ struct vhdx {
 				 * served by ->read (replayed or past EOF) */
 	struct vhdx_overlay log;
 	struct vhdx_locator loc;
+	struct vhdx_w *w;	/* owned: writable state, or NULL */
 };
+
+/* ---- vhdx.c: the spec's GUIDs (text order) ---- */
+
+extern const struct guid vhdx_region_bat, vhdx_region_meta,
+	vhdx_meta_file_params, vhdx_meta_disk_size, vhdx_meta_page83,
+	vhdx_meta_logical_sector, vhdx_meta_physical_sector,
+	vhdx_meta_parent_locator, vhdx_locator_type;
 
 /* ---- vhdx.c: pure decoders (path only names the file in messages) ---- */
 
@@ -341,5 +355,20 @@ void vhdx_overlay_free(struct vhdx_overlay *ov);
  * below s->eff_size; bytes past the real end read as zeros.
  */
 int vhdx_file_read(const struct vhdx *s, void *buf, size_t n, uint64_t off);
+
+/* ---- vhdx-write.c ---- */
+
+/* The 1 MiB sector bitmap of chunk c of a writable image, or NULL. */
+const uint8_t *vhdx_w_chunk_bitmap(const struct vhdx *s, uint64_t c);
+/* Set up writing for an opened image: 0, or -EROFS (dirty log), -errno. */
+int vhdx_w_open(struct vhdx *s);
+void vhdx_w_free(struct vhdx *s);
+int vhdx_w_write(struct vhdx *s, const void *buf, size_t n, uint64_t off);
+int vhdx_w_zero(struct vhdx *s, uint64_t off, uint64_t n);
+int vhdx_w_flush(struct vhdx *s);
+struct img_create_parent;
+struct img_create_opts;
+int vhdx_create_diff(const char *path, const struct img_create_parent *parent,
+		     const struct img_create_opts *o);
 
 #endif

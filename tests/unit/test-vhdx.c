@@ -116,8 +116,9 @@ static void read_layers(struct img **l, unsigned n, uint8_t *buf,
 		}
 		ck_assert_int_eq(img_map(l[0], off, len, &e), 0);
 		/* a run never crosses a block boundary */
-		bs = l[0]->block_size;
-		ck_assert_uint_eq(off / bs, (off + e.len - 1) / bs);
+		bs = l[0]->block_size;	/* 0: raw, no blocks */
+		if (bs)
+			ck_assert_uint_eq(off / bs, (off + e.len - 1) / bs);
 		switch (e.type) {
 		case IMG_EXT_DATA:
 			if (e.host_off == IMG_HOST_NONE)
@@ -1770,6 +1771,469 @@ START_TEST(truncated_files)
 }
 END_TEST
 
+/* ---- writing (vhdx-write.c) ---- */
+
+/* A tiny xorshift for write patterns. */
+static uint32_t wr_rand(uint32_t *st)
+{
+	*st ^= *st << 13;
+	*st ^= *st >> 17;
+	*st ^= *st << 5;
+	return *st;
+}
+
+/* Make a parent of the given kind in dir; *flat gets its flat content
+ * (a file), *name its file name.  false: the tool is missing. */
+static bool mk_parent(const char *dir, int kind, uint64_t size, char **ppath,
+		      char **flat)
+{
+	uint8_t *buf = malloc(2 * MiB);
+
+	fx_fill_random(buf, 2 * MiB, 11 + (uint32_t)kind);
+	ck_assert_int_eq(fx_system("mkdir -p '%s'", dir), 0);
+	switch (kind) {
+	case 0:		/* mkvhdx.py: a dynamic VHDX with data */
+		ck_assert_int_eq(fx_system("python3 '%s' chain '%s' --depth 0 "
+					   "--size %llu --seed 5 >/dev/null",
+					   MKVHDX, dir,
+					   (unsigned long long)size), 0);
+		ck_assert_int_ge(asprintf(ppath, "%s/d0.vhdx", dir), 0);
+		ck_assert_int_ge(asprintf(flat, "%s/d0.vhdx.raw", dir), 0);
+		break;
+	case 1:		/* qemu-img: a dynamic VHD */
+		free(buf);
+		if (!have("qemu-img"))
+			return false;
+		buf = malloc(2 * MiB);
+		fx_fill_random(buf, 2 * MiB, 12);
+		ck_assert_int_ge(asprintf(flat, "%s/in.raw", dir), 0);
+		ck_assert_int_ge(asprintf(ppath, "%s/base.vhd", dir), 0);
+		fx_pwrite(*flat, buf, 2 * MiB, 0);
+		fx_pwrite(*flat, buf, MiB + 512, 9 * MiB - 512);
+		ck_assert_int_eq(truncate(*flat, (off_t)size), 0);
+		run("qemu-img convert -q -f raw -O vpc -o subformat=dynamic,"
+		    "force_size=on '%s' '%s'", *flat, *ppath);
+		run("qemu-img convert -q -f vpc -O raw '%s' '%s'", *ppath,
+		    *flat);
+		break;
+	default:	/* raw, sparse */
+		ck_assert_int_ge(asprintf(ppath, "%s/base.img", dir), 0);
+		fx_pwrite(*ppath, buf, 2 * MiB, MiB / 2);
+		fx_pwrite(*ppath, buf, MiB, size - MiB - 3 * 512);
+		ck_assert_int_eq(truncate(*ppath, (off_t)size), 0);
+		*flat = strdup(*ppath);
+		break;
+	}
+	free(buf);
+	return true;
+}
+
+/* Compare [off, off+len) of the layers with the model file. */
+static void cmp_model(struct img **l, unsigned n, int mfd, uint64_t off,
+		      uint64_t len)
+{
+	uint8_t *a = malloc(MiB), *b = malloc(MiB);
+
+	while (len) {
+		size_t k = (size_t)MIN(len, (uint64_t)MiB);
+
+		ck_assert_int_eq(pread_zeropad(mfd, b, k, off), 0);
+		read_layers(l, n, a, off, k);
+		if (memcmp(a, b, k)) {
+			size_t i = 0;
+
+			while (a[i] == b[i])
+				i++;
+			ck_abort_msg("differs from the model at %llu (0x%02x, "
+				     "want 0x%02x)",
+				     (unsigned long long)(off + i), a[i], b[i]);
+		}
+		off += k;
+		len -= k;
+	}
+	free(a);
+	free(b);
+}
+
+/* The same through chain_open_file + chain_pread (a read-only reopen). */
+static void cmp_chain(const char *child, const char *dir, int mfd,
+		      const uint64_t *win, unsigned nwin, int want_id)
+{
+	struct chain_opts o = { 0 };
+	struct chain *c = NULL;
+	uint8_t *a = malloc(MiB), *b = malloc(MiB);
+
+	ck_assert_msg(chain_open_file(child, dir, &o, &c) == 0, "%s",
+		      last_err);
+	ck_assert_uint_eq(c->depth, 2);
+	ck_assert_int_eq(c->layers[0].id_check, want_id);
+	for (unsigned w = 0; w < nwin; w++) {
+		uint64_t off = win[2 * w], len = win[2 * w + 1];
+
+		while (len) {
+			size_t k = (size_t)MIN(len, (uint64_t)MiB);
+
+			ck_assert_int_eq(pread_zeropad(mfd, b, k, off), 0);
+			ck_assert_int_eq(chain_pread(c, a, k, off), 0);
+			ck_assert_msg(!memcmp(a, b, k), "chain differs in "
+				      "[%llu, +%zu)", (unsigned long long)off,
+				      k);
+			off += k;
+			len -= k;
+		}
+	}
+	chain_free(c);
+	free(a);
+	free(b);
+}
+
+static const struct {
+	int kind;		/* 0 VHDX, 1 VHD, 2 raw */
+	uint32_t lss, bs;	/* 0: defaults (parent's, 2 MiB) */
+	uint64_t size;
+} wcases[] = {
+	{ 0, 0, 0, 24 * MiB },
+	{ 0, 4096, MiB, 24 * MiB },
+	{ 1, 0, MiB, 24 * MiB },
+	{ 1, 4096, 0, 24 * MiB },
+	{ 2, 512, MiB, 24 * MiB + 3 * 512 },	/* size not a block multiple */
+	{ 2, 4096, 4 * MiB, 20 * MiB },
+	{ 2, 512, 256 * MiB, 4 * 1024 * MiB + 8 * MiB }, /* two chunks */
+};
+
+/*
+ * create_diff over a VHDX, a VHD and a raw parent; the reader gives back
+ * the locator and the identity; writes at odd sector offsets and sizes
+ * (crossing blocks, and chunks in the large case), zeroing, and writes
+ * into zeroed blocks match an in-memory model: through the writable
+ * image, after a reopen through the chain, and by 7-Zip.
+ */
+START_TEST(diff_create_and_write)
+{
+	char *dir, *ppath, *flat, *child, *model, *abs, *rel, want[600];
+	const struct img_driver *vd = img_driver_find("vhdx");
+	struct img *par, *cimg, *l[2];
+	struct img_create_parent cp;
+	struct img_create_opts co = { 0 };
+	struct img_parent ip;
+	uint64_t size = wcases[_i].size, win[2 * 64];
+	unsigned nwin = 0;
+	uint32_t st = 1234 + (uint32_t)_i, lss;
+	uint8_t *buf = malloc(8 * MiB);
+	bool big = size > 256 * MiB;
+	int mfd;
+
+	setup();
+	ck_assert_int_ge(asprintf(&dir, "%s/w%d", fx_tmpdir(), _i), 0);
+	if (!mk_parent(dir, wcases[_i].kind, size, &ppath, &flat))
+		return;
+	ck_assert_int_eq(img_open(ppath, wcases[_i].kind == 2 ?
+				  img_driver_find("raw") : NULL, false, &par),
+			 0);
+	if (wcases[_i].kind == 1 && strcmp(par->drv->name, "vhd"))
+		return;
+	ck_assert_int_ge(asprintf(&child, "%s/child.vhdx", dir), 0);
+	abs = realpath(ppath, NULL);
+	rel = strrchr(ppath, '/') + 1;
+	cp = (struct img_create_parent){ par, rel, abs, par->drv->name };
+	co.block_size = wcases[_i].bs;
+	co.sector_size = wcases[_i].lss;
+	ck_assert_msg(vd->create_diff(child, &cp, &co) == 0, "%s", last_err);
+	ck_assert_int_eq(vd->create_diff(child, &cp, &co), -EEXIST);
+	nerrors = 0;
+
+	/* the reader gives back what was recorded */
+	cimg = open_ok(child);
+	lss = wcases[_i].lss ? wcases[_i].lss : 512;
+	ck_assert_uint_eq(cimg->sector_size, lss);
+	ck_assert_uint_eq(cimg->block_size, wcases[_i].bs ? wcases[_i].bs :
+			  2 * MiB);
+	ck_assert_uint_eq(cimg->size, (size + lss - 1) / lss * lss);
+	ck_assert_str_eq(cimg->subtype, "differencing");
+	ck_assert_int_eq(cimg->drv->parent(cimg, &ip), 1);
+	if (par->has_id) {
+		ck_assert_int_eq(ip.id_kind, IMG_ID_VHDX_LINKAGE);
+		ck_assert(guid_equal(&ip.id, &par->id));
+	} else {	/* a zero parent_linkage: nothing to check */
+		ck_assert_int_eq(ip.id_kind, IMG_ID_NONE);
+		ck_assert(guid_is_zero(&ip.id));
+	}
+	ck_assert_uint_eq(ip.nrefs, 2);
+	snprintf(want, sizeof(want), ".\\%s", rel);
+	ck_assert_str_eq(ip.refs[0].path, want);
+	ck_assert_str_eq(ip.refs[0].what, "relative_path");
+	for (char *q = abs; *q; q++)
+		if (*q == '/')
+			*q = '\\';
+	ck_assert_str_eq(ip.refs[1].path, abs);
+	img_parent_clear(&ip);
+	img_unref(cimg);
+	if (have("7zz") && wcases[_i].kind == 0)	/* empty: the parent */
+		ck_assert_int_eq(fx_system("cd '%s' && 7zz e -so -tvhdx "
+					   "child.vhdx 2>/dev/null | cmp -s - "
+					   "'%s'", dir, flat), 0);
+
+	/* the model: a sparse copy of the parent's flat content */
+	ck_assert_int_ge(asprintf(&model, "%s/model.raw", dir), 0);
+	run("cp --sparse=always '%s' '%s'", flat, model);
+	ck_assert_int_eq(truncate(model, (off_t)((size + lss - 1) / lss *
+						  lss)), 0);
+	mfd = open(model, O_RDWR);
+	ck_assert_int_ge(mfd, 0);
+
+	ck_assert_msg(img_open(child, NULL, true, &cimg) == 0, "%s", last_err);
+	ck_assert(cimg->writable);
+	l[0] = cimg;
+	l[1] = par;
+	{
+		uint64_t bs = cimg->block_size, ns = cimg->size / lss;
+		uint64_t chunk = (1ull << 23) * 512;	/* at lss 512 */
+		/* a whole block, where buf holds one */
+		uint64_t wb = MIN(bs, 8 * MiB) / lss;
+		struct { uint64_t sec, n; int zero; } ops[40];
+		unsigned nops = 0;
+
+		/* fixed cases: across a block boundary, a whole block, the
+		 * last sector, a chunk boundary, zeroing a whole block and
+		 * then writing into it, zeroing a part */
+		ops[nops++] = (typeof(ops[0])){ bs / lss - 3, 5, 0 };
+		ops[nops++] = (typeof(ops[0])){ bs / lss * 2, wb, 0 };
+		ops[nops++] = (typeof(ops[0])){ ns - 1, 1, 0 };
+		if (big)
+			ops[nops++] = (typeof(ops[0])){ chunk / lss - 7, 9, 0 };
+		ops[nops++] = (typeof(ops[0])){ 0, wb, 1 };
+		ops[nops++] = (typeof(ops[0])){ 5, 3, 0 };
+		ops[nops++] = (typeof(ops[0])){ bs / lss * 3 + 1, 17, 1 };
+		while (nops < ARRAY_SIZE(ops)) {
+			uint64_t n = 1 + wr_rand(&st) % (3 * MiB / lss);
+			uint64_t sec = big && nops % 2 ?
+				(chunk - 2 * MiB) / lss + wr_rand(&st) %
+				(4 * MiB / lss) : wr_rand(&st) % MIN(ns,
+					(uint64_t)24 * MiB / lss);
+
+			if (sec + n > ns)
+				n = ns - sec;
+			ops[nops++] = (typeof(ops[0])){ sec, n, 0 };
+		}
+		for (unsigned i = 0; i < nops; i++) {
+			uint64_t off = ops[i].sec * lss, len = ops[i].n * lss;
+
+			if (ops[i].zero) {
+				memset(buf, 0, len);
+				ck_assert_int_eq(cimg->drv->zero(cimg, off, len,
+								 NULL), 0);
+			} else {
+				fx_fill_random(buf, len, 100 + i);
+				ck_assert_int_eq(cimg->drv->write(cimg, buf, len,
+								  off, NULL),
+						 0);
+			}
+			ck_assert_int_eq(pwrite_full(mfd, buf, len, off), 0);
+			if (ops[i].zero && !ops[i].sec && wb * lss == bs) {
+				struct img_extent e;
+
+				ck_assert_int_eq(img_map(cimg, 0, bs, &e), 0);
+				ck_assert_int_eq(e.type, IMG_EXT_ZERO);
+			}
+			if (nwin < ARRAY_SIZE(win) / 2) {
+				uint64_t a = off > bs ? off - bs : 0;
+
+				win[2 * nwin] = a;
+				win[2 * nwin + 1] = MIN(off + len + bs,
+							cimg->size) - a;
+				nwin++;
+			}
+		}
+		ck_assert_int_eq(cimg->drv->flush(cimg), 0);
+	}
+	if (big) {
+		for (unsigned w = 0; w < nwin; w++)
+			cmp_model(l, 2, mfd, win[2 * w], win[2 * w + 1]);
+	} else {
+		win[0] = 0;
+		win[1] = cimg->size;
+		nwin = 1;
+		cmp_model(l, 2, mfd, 0, cimg->size);
+	}
+	img_unref(cimg);
+	/* reopened, through the chain: parent found by relative_path */
+	cmp_chain(child, dir, mfd, win, nwin, par->has_id ? 1 : 0);
+	/* an independent reader */
+	if (have("7zz") && wcases[_i].kind == 0)
+		ck_assert_int_eq(fx_system("cd '%s' && 7zz e -so -tvhdx "
+					   "child.vhdx 2>/dev/null | cmp - "
+					   "'%s'", dir, model), 0);
+	ck_assert_uint_eq(nerrors, 0);
+	close(mfd);
+	img_unref(par);
+	free(buf);
+	free(abs);
+	free(model);
+	free(child);
+	free(ppath);
+	free(flat);
+	free(dir);
+}
+END_TEST
+
+/* A dirty log: reads work, a writable open is refused with -EROFS. */
+START_TEST(dirty_log_not_writable)
+{
+	char *path = fx_path("dlw.vhdx");
+	struct img *img = NULL;
+	uint8_t *before, *after;
+	size_t len, len2;
+
+	setup();
+	ck_assert_int_eq(fx_system("python3 '%s' dirtylog '%s' --kind all "
+				   "--seed 3 >/dev/null", MKVHDX, path), 0);
+	before = fx_read_file(path, &len);
+	img_unref(open_ok(path));
+	ck_assert_int_eq(img_open(path, NULL, true, &img), -EROFS);
+	ck_assert_ptr_nonnull(strstr(last_err, "log is not empty"));
+	after = fx_read_file(path, &len2);
+	ck_assert_uint_eq(len, len2);
+	ck_assert_mem_eq(before, after, len);	/* not written */
+	free(before);
+	free(after);
+	free(path);
+}
+END_TEST
+
+#include <pthread.h>
+
+struct cc {
+	struct img *img, *par;
+	unsigned t;
+	const uint8_t *want;	/* final content */
+	const uint8_t *pflat;	/* parent content */
+	uint64_t size;
+	int err;
+};
+
+#define CC_RUN 3	/* sectors per run; run r belongs to thread r % 4 */
+
+static void *cc_writer(void *arg)
+{
+	struct cc *c = arg;
+	uint64_t nruns = c->size / 512 / CC_RUN;
+
+	/* from both ends, so allocations race with bitmap updates */
+	for (uint64_t k = 0; k < nruns && !c->err; k++) {
+		uint64_t r = k % 2 ? nruns - 1 - k / 2 : k / 2;
+
+		if (r % 4 != c->t || r % 5 == 0)	/* some stay parent */
+			continue;
+		c->err = c->img->drv->write(c->img, c->want + r * CC_RUN * 512,
+					    CC_RUN * 512, r * CC_RUN * 512,
+					    NULL);
+	}
+	return NULL;
+}
+
+static void *cc_reader(void *arg)
+{
+	struct cc *c = arg;
+	struct img *l[2] = { c->img, c->par };
+	uint8_t *buf = malloc(MiB);
+	uint32_t st = 99 + c->t;
+
+	for (int i = 0; i < 300 && !c->err; i++) {
+		uint64_t off = wr_rand(&st) % (c->size / 512) * 512;
+		uint64_t len = MIN((uint64_t)MiB, c->size - off);
+
+		read_layers(l, 2, buf, off, len);
+		for (uint64_t s = 0; s < len; s += 512)
+			if (memcmp(buf + s, c->want + off + s, 512) &&
+			    memcmp(buf + s, c->pflat + off + s, 512))
+				c->err = -EIO;	/* neither old nor new */
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Four writers on interleaved 3-sector runs (same blocks, same bitmap
+ * bytes) and two readers: no lost bits, readers see old or new. */
+START_TEST(concurrent_writes)
+{
+	char *dir, *ppath, *flat, *child;
+	const struct img_driver *vd = img_driver_find("vhdx");
+	struct img *par, *img;
+	struct img_create_parent cp;
+	struct img_create_opts co = { .block_size = MiB };
+	uint64_t size = 24 * MiB;
+	uint8_t *want, *pflat, *got;
+	size_t len;
+	pthread_t th[6];
+	struct cc c[6];
+
+	setup();
+	ck_assert_int_ge(asprintf(&dir, "%s/cc", fx_tmpdir()), 0);
+	ck_assert(mk_parent(dir, 0, size, &ppath, &flat));
+	img = open_ok(ppath);
+	par = img;
+	ck_assert_int_ge(asprintf(&child, "%s/child.vhdx", dir), 0);
+	cp = (struct img_create_parent){ par, "d0.vhdx", NULL, "vhdx" };
+	ck_assert_int_eq(vd->create_diff(child, &cp, &co), 0);
+	ck_assert_int_eq(img_open(child, NULL, true, &img), 0);
+	pflat = fx_read_file(flat, &len);
+	ck_assert_uint_eq(len, size);
+	want = malloc(size);
+	fx_fill_random(want, size, 4242);
+	for (uint64_t r = 0; r < size / 512 / CC_RUN; r++)
+		if (r % 5 == 0)
+			memcpy(want + r * CC_RUN * 512, pflat + r * CC_RUN * 512,
+			       CC_RUN * 512);
+	memcpy(want + size / 512 / CC_RUN * CC_RUN * 512,
+	       pflat + size / 512 / CC_RUN * CC_RUN * 512,
+	       size % (CC_RUN * 512));
+	for (unsigned t = 0; t < 6; t++) {
+		c[t] = (struct cc){ img, par, t, want, pflat, size, 0 };
+		ck_assert_int_eq(pthread_create(&th[t], NULL,
+						t < 4 ? cc_writer : cc_reader,
+						&c[t]), 0);
+	}
+	for (unsigned t = 0; t < 6; t++) {
+		pthread_join(th[t], NULL);
+		ck_assert_msg(c[t].err == 0, "thread %u: %d", t, c[t].err);
+	}
+	got = malloc(size);
+	{
+		struct img *l[2] = { img, par };
+
+		read_layers(l, 2, got, 0, size);
+		ck_assert_mem_eq(got, want, size);
+		ck_assert_int_eq(img->drv->flush(img), 0);
+		img_unref(img);
+		/* the bits reached the file too */
+		l[0] = open_ok(child);
+		memset(got, 0, size);
+		read_layers(l, 2, got, 0, size);
+		ck_assert_mem_eq(got, want, size);
+		img_unref(l[0]);
+	}
+	if (have("7zz")) {
+		char *wf;
+
+		ck_assert_int_ge(asprintf(&wf, "%s/want.raw", dir), 0);
+		fx_pwrite(wf, want, size, 0);
+		ck_assert_int_eq(fx_system("cd '%s' && 7zz e -so -tvhdx "
+					   "child.vhdx 2>/dev/null | cmp - "
+					   "'%s'", dir, wf), 0);
+		free(wf);
+	}
+	ck_assert_uint_eq(nerrors, 0);
+	img_unref(par);
+	free(got);
+	free(want);
+	free(pflat);
+	free(child);
+	free(ppath);
+	free(flat);
+	free(dir);
+}
+END_TEST
+
 Suite *unit_suite(void)
 {
 	Suite *s = suite_create("vhdx");
@@ -1806,6 +2270,9 @@ Suite *unit_suite(void)
 	tcase_add_test(img, mixed_qcow2_over_vhdx);
 	tcase_add_loop_test(img, mkvhdx_dirty_log, 0, ARRAY_SIZE(dirty));
 	tcase_add_test(img, truncated_files);
+	tcase_add_loop_test(img, diff_create_and_write, 0, ARRAY_SIZE(wcases));
+	tcase_add_test(img, dirty_log_not_writable);
+	tcase_add_test(img, concurrent_writes);
 	suite_add_tcase(s, img);
 
 	tcase_add_unchecked_fixture(dmg, dmg_setup, dmg_teardown);

@@ -14,5 +14,7 @@ int pread_full(int fd, void *buf, size_t n, uint64_t off);
 /* Like pread_full, but bytes past end of file read as zeros. */
 int pread_zeropad(int fd, void *buf, size_t n, uint64_t off);
 int pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
+/* fsync the directory holding path, so a new file's name is durable. */
+int fsync_parent_dir(const char *path);
 
 #endif

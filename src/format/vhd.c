@@ -1405,24 +1405,6 @@ static char *vhd_w2ru_text(const char *rel)
 	return t;
 }
 
-static int vhd_sync_dir(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	size_t len = !slash ? 0 : slash == path ? 1 : (size_t)(slash - path);
-	char *dir = slash ? strndup(path, len) : strdup(".");
-	int fd, r = 0;
-
-	if (!dir)
-		return -ENOMEM;
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) < 0)
-		r = -errno;
-	if (fd >= 0)
-		close(fd);
-	free(dir);
-	return r;
-}
-
 struct vhd_new_locator {
 	uint32_t code;
 	uint8_t *data;		/* owned: UTF-16LE */
@@ -1616,7 +1598,7 @@ static int vhd_create_diff(const char *path,
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0)
-		r = vhd_sync_dir(path);
+		r = fsync_parent_dir(path);
 	if (r < 0) {
 		log_err("vhd: %s: cannot write the new file (%s)", path,
 			strerror(-r));

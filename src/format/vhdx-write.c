@@ -775,22 +775,6 @@ static void region_encode(uint8_t *t, uint64_t bat_off, uint64_t bat_len,
 					      checksum));
 }
 
-static int sync_dir(const char *path)
-{
-	char *copy = strdup(path);
-	int fd, r = 0;
-
-	if (!copy)
-		return -ENOMEM;
-	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) < 0)
-		r = -errno;
-	if (fd >= 0)
-		close(fd);
-	free(copy);
-	return r;
-}
-
 /*
  * Layout: file identifier, headers (sequence 1 and 2, the same GUIDs),
  * region tables, log at 1 MiB (1 MiB, empty: LogGuid zero), metadata at
@@ -880,7 +864,7 @@ int vhdx_create_diff(const char *path, const struct img_create_parent *par,
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0)
-		r = sync_dir(path);
+		r = fsync_parent_dir(path);
 	if (r < 0) {
 		vhdx_err(r, path, "cannot write the new file: %s",
 			 strerror(-r));

@@ -409,6 +409,21 @@ static int resolve_parent(struct resolver *r, struct node *nd,
 	ret = find_parent_file(r, nd, p, &cand);
 	if (ret < 0)
 		return ret;
+	/*
+	 * qemu has no driver for Android sparse images, so an overlay that
+	 * qemu-img made over one can only say "raw".  Read such a parent as
+	 * what it is: as raw it would show the sparse container's bytes.
+	 */
+	if (drv && !strcmp(drv->name, "raw")) {
+		const struct img_driver *probed = img_probe_file(cand.path);
+
+		if (probed && !strcmp(probed->name, "asparse")) {
+			log_info("%s: parent %s recorded as raw is an Android "
+				 "sparse image; reading it as one", nd->path,
+				 cand.path);
+			drv = probed;
+		}
+	}
 	ret = -ENOENT;
 	if (stat(cand.path, &st) < 0)
 		goto out;

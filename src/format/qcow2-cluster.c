@@ -193,13 +193,33 @@ int qcow2_l2_get(uint64_t owner, uint64_t index, size_t nwords, int fd,
 		 uint64_t host_off, const char *drv, const char *path,
 		 struct qcow2_l2_ref *ref)
 {
+	return qcow2_l2_get_gen(owner, index, nwords, fd, host_off, drv, path,
+				NULL, ref);
+}
+
+/*
+ * Why gen makes a miss safe against a writer: the writer pins the table
+ * (which inserts it) before it writes the entry, and bumps gen before it
+ * unpins.  A loader that finds the key cached uses that copy, which the
+ * writer keeps current.  A loader that does not find it knows no writer
+ * holds a pin now; if gen is what it was before the pread, no update
+ * finished since, so what it read is current.  Otherwise it reads again.
+ */
+int qcow2_l2_get_gen(uint64_t owner, uint64_t index, size_t nwords, int fd,
+		     uint64_t host_off, const char *drv, const char *path,
+		     const unsigned *gen, struct qcow2_l2_ref *ref)
+{
 	uint64_t h = key_hash(owner, index);
 	struct l2_shard *sh = &shards[h % QCOW2_SHARDS];
 	unsigned b = (unsigned)(h / QCOW2_SHARDS) % QCOW2_BUCKETS;
 	struct l2_slot *s, *fresh;
+	unsigned g0 = 0;
 	int r;
 
 	pthread_once(&cache_once, cache_init);
+again:
+	if (gen)
+		g0 = __atomic_load_n(gen, __ATOMIC_ACQUIRE);
 	pthread_mutex_lock(&sh->lock);
 	s = bucket_find(sh, b, owner, index);
 	if (s) {
@@ -235,6 +255,11 @@ int qcow2_l2_get(uint64_t owner, uint64_t index, size_t nwords, int fd,
 		free(fresh);
 		goto done;
 	}
+	if (gen && __atomic_load_n(gen, __ATOMIC_ACQUIRE) != g0) {
+		pthread_mutex_unlock(&sh->lock);
+		free(fresh);		/* may predate an update: read again */
+		goto again;
+	}
 	s = fresh;
 	s->hnext = sh->buckets[b];
 	sh->buckets[b] = s;
@@ -259,6 +284,13 @@ void qcow2_l2_put(struct qcow2_l2_ref *ref)
 	__atomic_sub_fetch(&s->pins, 1, __ATOMIC_RELEASE);
 	ref->slot = NULL;
 	ref->table = NULL;
+}
+
+void qcow2_l2_store(struct qcow2_l2_ref *ref, size_t i, uint64_t v)
+{
+	struct l2_slot *s = ref->slot;
+
+	__atomic_store_n(&s->table[i], v, __ATOMIC_RELEASE);
 }
 
 void qcow2_l2_cache_drop(uint64_t owner)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * qcow2.c: QCOW2 images, versions 2 and 3, read-only.
+ * qcow2.c: QCOW2 images, versions 2 and 3: open and the read path.
  *
  * Facts are from qemu's docs/interop/qcow2.txt.  open() validates the
  * header, the header extensions (all inside the first cluster), the
@@ -11,6 +11,9 @@
  * the file size when they are mapped.  Compressed clusters (zlib or zstd)
  * are DATA runs without a host offset, inflated by ->read.  Snapshots are
  * listed (qcow2_snapshot_list) but only the active state is a disk.
+ * Writing, allocation and image creation live in qcow2-write.c and
+ * qcow2-refcount.c; an image opened writable may change under the read
+ * path, which therefore loads L1/L2 entries atomically (see qcow2.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,43 +32,6 @@
 #include "log.h"
 #include "qcow2.h"
 #include "registry.h"
-
-struct qcow2 {
-	struct qcow2_header h;
-	uint64_t owner;			/* cache key, see qcow2_owner_new */
-	uint32_t cluster_bits;
-	uint64_t cluster_size;
-	uint32_t l2_bits;		/* log2 of entries per L2 table */
-	uint32_t l2_words;		/* 64-bit words per L2 table */
-	uint32_t entry_words;		/* 1, or 2 with extended L2 */
-	uint32_t sc_bits;		/* log2 of the subcluster size */
-	bool extl2;
-	uint32_t l1_entries;		/* L1 entries covering the disk */
-	uint64_t *l1;			/* owned: L2 table offsets, 0 = none */
-	uint32_t comp_shift;		/* x of the compressed descriptor */
-	enum qcow2_comp comp;
-	char *backing;			/* owned, NUL-terminated, or NULL */
-	const char *backing_fmt;	/* static driver name, or NULL */
-	char *backing_fmt_name;		/* owned: the format as qemu wrote it */
-	char *data_name;		/* owned: external data file, or NULL */
-	int data_fd;			/* owned, -1 without a data file */
-	uint64_t data_size;		/* size of the file data lives in */
-};
-
-/* A run inside one cluster, as classified from its L2 entry. */
-enum qcow2_kind { Q_UNALLOC, Q_ZERO, Q_DATA, Q_COMP };
-
-struct qcow2_run {
-	enum qcow2_kind kind;
-	uint64_t len;			/* bytes to the end of the state */
-	uint64_t host;			/* Q_DATA: host offset of the start */
-};
-
-/* A problem found while mapping, logged only if it is returned. */
-struct qcow2_bad {
-	const char *what;
-	uint64_t value;
-};
 
 static int qcow2_probe(const struct img_probe *p)
 {
@@ -146,19 +112,31 @@ int qcow2_header_decode(const char *path, const uint8_t *buf, size_t len,
 	return 0;
 }
 
-/* Backing formats as qemu names them, and our driver for each. */
+/*
+ * Backing formats as qemu names them, and our driver for each.  Android
+ * sparse has no qemu name: qemu cannot read it, so an overlay over one
+ * records no backing format (and qemu would probe it as raw).
+ */
+static const struct {
+	const char *qemu, *ours;
+} qcow2_formats[] = {
+	{ "qcow2", "qcow2" }, { "raw", "raw" }, { "vpc", "vhd" },
+	{ "vhdx", "vhdx" }, { "qcow", "qcow" },
+};
+
 static const char *qcow2_map_format(const char *qemu_name)
 {
-	static const struct {
-		const char *qemu, *ours;
-	} map[] = {
-		{ "qcow2", "qcow2" }, { "raw", "raw" }, { "vpc", "vhd" },
-		{ "vhdx", "vhdx" }, { "qcow", "qcow" },
-	};
+	for (size_t i = 0; i < ARRAY_SIZE(qcow2_formats); i++)
+		if (!strcmp(qcow2_formats[i].qemu, qemu_name))
+			return qcow2_formats[i].ours;
+	return NULL;
+}
 
-	for (size_t i = 0; i < ARRAY_SIZE(map); i++)
-		if (!strcmp(map[i].qemu, qemu_name))
-			return map[i].ours;
+const char *qcow2_qemu_format(const char *driver)
+{
+	for (size_t i = 0; driver && i < ARRAY_SIZE(qcow2_formats); i++)
+		if (!strcmp(qcow2_formats[i].ours, driver))
+			return qcow2_formats[i].qemu;
 	return NULL;
 }
 
@@ -446,11 +424,14 @@ static int qcow2_load_l1(struct img *img, struct qcow2 *s)
 		return log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read the L1 table (%s)",
 				   img->path, strerror(-r));
 	for (uint32_t i = 0; i < s->l1_entries; i++) {
-		uint64_t l2 = be64toh(s->l1[i]) & QCOW2_L1E_OFFSET_MASK;
+		uint64_t raw = s->l1[i];
+		uint64_t l2 = be64toh(raw) & QCOW2_L1E_OFFSET_MASK;
 
 		s->l1[i] = l2;
 		if (!l2)
 			continue;
+		if (!(be64toh(raw) & QCOW2_L1E_COPIED))
+			s->l1_shared = true;	/* refcount != 1: snapshots */
 		if (l2 & (cs - 1))
 			return log_err_ret(-EUCLEAN, "qcow2: %s: L2 table offset misaligned (%llu)",
 					   img->path, (unsigned long long)l2);
@@ -494,6 +475,7 @@ static void qcow2_free(struct qcow2 *s)
 {
 	if (!s)
 		return;
+	qcow2_write_free(s);
 	if (s->owner)
 		qcow2_l2_cache_drop(s->owner);
 	if (s->data_fd >= 0)
@@ -591,13 +573,20 @@ static int qcow2_open(struct img *img)
 	if (r < 0)
 		goto fail;
 	s->owner = qcow2_owner_new();
+	s->file_end = img->file_size;
+	if (img->writable) {
+		r = qcow2_write_open(img, s);
+		if (r == -EROFS)
+			img->writable = false;	/* readable; logged why */
+		else if (r < 0)
+			goto fail;
+	}
 
 	img->priv = s;
 	img->size = s->h.size & ~511ull;	/* whole sectors, as qemu */
 	img->sector_size = 512;
 	img->phys_sector_size = 512;
 	img->block_size = (uint32_t)s->cluster_size;
-	img->writable = false;		/* read-only driver */
 	qcow2_subtype(img, s);
 	/* warnings only once the image is known to be usable */
 	if (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
@@ -618,7 +607,11 @@ fail:
 
 static void qcow2_close(struct img *img)
 {
-	qcow2_free(img->priv);
+	struct qcow2 *s = img->priv;
+
+	if (s && s->w && !s->w->broken)
+		qcow2_sync(img);	/* as qemu does; failure is logged */
+	qcow2_free(s);
 	img->priv = NULL;
 }
 
@@ -640,9 +633,8 @@ static int qcow2_parent(struct img *img, struct img_parent *p)
 	return 1;
 }
 
-/* Compressed descriptor: host offset and byte count (spec table). */
-static void qcow2_comp_desc(const struct qcow2 *s, uint64_t entry,
-			    uint64_t *coff, size_t *csize)
+void qcow2_comp_desc(const struct qcow2 *s, uint64_t entry, uint64_t *coff,
+		     size_t *csize)
 {
 	uint64_t nsec;
 
@@ -661,13 +653,9 @@ static enum qcow2_kind qcow2_sc_kind(uint32_t abits, uint32_t zbits,
 	return (zbits >> sc) & 1 ? Q_ZERO : Q_UNALLOC;
 }
 
-/*
- * The state at in_cl inside guest cluster cl, from its L2 entry (and
- * subcluster bitmap with extended L2), and how far it lasts in the cluster.
- */
-static int qcow2_classify(const struct qcow2 *s, uint64_t cl,
-			  uint64_t entry, uint64_t bitmap, uint64_t in_cl,
-			  struct qcow2_run *run, struct qcow2_bad *bad)
+int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
+		   uint64_t bitmap, uint64_t in_cl, struct qcow2_run *run,
+		   struct qcow2_bad *bad)
 {
 	uint64_t cs = s->cluster_size, host, guest = cl << s->cluster_bits;
 	bool alloc;
@@ -757,14 +745,15 @@ static int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
 	struct qcow2_run first = { Q_UNALLOC, 0, 0 };
 	struct qcow2_bad bad = { NULL, 0 };
 	struct qcow2_l2_ref ref;
+	uint64_t l2off = qcow2_l1_get(s, l1i);
 	int r = 0;
 
-	if (!s->l1[l1i]) {
+	if (!l2off) {
 		/* no L2 table: unallocated, and so are the next empty ones */
 		uint64_t cover = (l1i + 1) << shift;
 
 		while (cover < end && l1i + 1 < s->l1_entries &&
-		       !s->l1[l1i + 1]) {
+		       !qcow2_l1_get(s, l1i + 1)) {
 			l1i++;
 			cover += 1ull << shift;
 		}
@@ -772,20 +761,19 @@ static int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
 		ext->len = MIN(end, cover) - off;
 		return 0;
 	}
-	r = qcow2_l2_get(s->owner, l1i, s->l2_words, img->fd, s->l1[l1i],
-			 "qcow2", img->path, &ref);
+	r = qcow2_l2_get_gen(s->owner, l1i, s->l2_words, img->fd, l2off,
+			     "qcow2", img->path, &s->l2_gen, &ref);
 	if (r < 0)
 		return r;
 	l2_end = (l1i + 1) << shift;
 	end = MIN(end, l2_end);
 	for (pos = off; pos < end;) {
 		uint64_t idx = (pos >> cb) & ((1ull << s->l2_bits) - 1);
-		const uint64_t *e = ref.table + idx * s->entry_words;
-		uint64_t in_cl = pos & cmask, step, lim;
+		uint64_t in_cl = pos & cmask, step, lim, e, b;
 		struct qcow2_run run = { Q_UNALLOC, 0, 0 };
 
-		r = qcow2_classify(s, pos >> cb, e[0],
-				   s->extl2 ? e[1] : 0, in_cl, &run, &bad);
+		qcow2_entry_load(s, ref.table, idx, &e, &b);
+		r = qcow2_classify(s, pos >> cb, e, b, in_cl, &run, &bad);
 		if (r < 0)
 			break;
 		if (total && (run.kind != first.kind ||
@@ -794,7 +782,10 @@ static int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
 			break;
 		step = MIN(run.len, end - pos);
 		if (run.kind == Q_DATA) {
-			lim = s->data_fd >= 0 ? s->data_size : img->file_size;
+			/* after the entry: a writer grows file_end before it
+			 * publishes an entry (release/acquire) */
+			lim = s->data_fd >= 0 ? s->data_size :
+				__atomic_load_n(&s->file_end, __ATOMIC_ACQUIRE);
 			if (!range_within(run.host, step, lim)) {
 				bad.what = "data cluster lies past the end of the file";
 				bad.value = run.host;
@@ -836,6 +827,50 @@ static int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
 	return 0;
 }
 
+/*
+ * A writer replaced the compressed cluster the caller mapped (COW or
+ * zero): read what the entry says now, [off, off + n) inside one cluster.
+ */
+static int qcow2_read_replaced(struct img *img, uint64_t entry,
+			       uint64_t bitmap, uint8_t *p, size_t n,
+			       uint64_t off)
+{
+	const struct qcow2 *s = img->priv;
+	uint64_t cmask = s->cluster_size - 1;
+	struct qcow2_bad bad = { NULL, 0 };
+
+	while (n) {
+		struct qcow2_run run = { Q_UNALLOC, 0, 0 };
+		size_t step;
+		int r;
+
+		r = qcow2_classify(s, off >> s->cluster_bits, entry, bitmap,
+				   off & cmask, &run, &bad);
+		if (r < 0)
+			return log_err_ret(r, "qcow2: %s: %s (%llu)", img->path,
+					   bad.what,
+					   (unsigned long long)bad.value);
+		step = (size_t)MIN((uint64_t)n, run.len);
+		if (run.kind == Q_ZERO) {
+			memset(p, 0, step);
+		} else if (run.kind == Q_DATA) {
+			r = pread_full(img->fd, p, step, run.host);
+			if (r < 0)
+				return log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read cluster at %llu (%s)",
+						   img->path,
+						   (unsigned long long)run.host,
+						   strerror(-r));
+		} else {
+			return log_err_ret(-EIO, "qcow2: %s: read of a cluster that is not compressed (%llu)",
+					   img->path, (unsigned long long)off);
+		}
+		p += step;
+		n -= step;
+		off += step;
+	}
+	return 0;
+}
+
 /* Compressed runs only: inflate cluster by cluster. */
 static int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
 {
@@ -847,33 +882,43 @@ static int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
 	int r = 0;
 
 	while (n) {
-		uint64_t cl = off >> cb, l1i = off >> shift, in_cl, entry;
+		uint64_t cl = off >> cb, l1i = off >> shift, in_cl, entry, bitmap;
 		size_t chunk;
 		struct qcow2_zreq z;
 		const uint8_t *data;
 
-		if (l1i >= s->l1_entries || !s->l1[l1i]) {
+		if (l1i >= s->l1_entries || !qcow2_l1_get(s, l1i)) {
 			r = log_err_ret(-EIO, "qcow2: %s: read of a cluster that is not compressed (%llu)",
 					img->path, (unsigned long long)off);
 			break;
 		}
 		if (l1i != ref_l1i) {
 			qcow2_l2_put(&ref);
-			r = qcow2_l2_get(s->owner, l1i, s->l2_words, img->fd,
-					 s->l1[l1i], "qcow2", img->path, &ref);
+			r = qcow2_l2_get_gen(s->owner, l1i, s->l2_words,
+					     img->fd, qcow2_l1_get(s, l1i),
+					     "qcow2", img->path, &s->l2_gen,
+					     &ref);
 			if (r < 0)
 				break;
 			ref_l1i = l1i;
 		}
-		entry = ref.table[(cl & ((1ull << s->l2_bits) - 1)) *
-				  s->entry_words];
-		if (!(entry & QCOW2_L2E_COMPRESSED)) {
-			r = log_err_ret(-EIO, "qcow2: %s: read of a cluster that is not compressed (%llu)",
-					img->path, (unsigned long long)off);
-			break;
-		}
+		qcow2_entry_load(s, ref.table, cl & ((1ull << s->l2_bits) - 1),
+				 &entry, &bitmap);
 		in_cl = off & (s->cluster_size - 1);
 		chunk = (size_t)MIN((uint64_t)n, s->cluster_size - in_cl);
+		if (!(entry & QCOW2_L2E_COMPRESSED)) {
+			if (!s->w) {
+				r = log_err_ret(-EIO, "qcow2: %s: read of a cluster that is not compressed (%llu)",
+						img->path,
+						(unsigned long long)off);
+				break;
+			}
+			r = qcow2_read_replaced(img, entry, bitmap, p, chunk,
+						off);
+			if (r < 0)
+				break;
+			goto next;
+		}
 		z = (struct qcow2_zreq){
 			.drv = "qcow2", .path = img->path, .fd = img->fd,
 			.file_size = img->file_size, .owner = s->owner,
@@ -890,6 +935,7 @@ static int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
 		}
 		if (r < 0)
 			break;
+next:
 		p += chunk;
 		n -= chunk;
 		off += chunk;
@@ -1006,12 +1052,15 @@ void qcow2_snapshot_list_free(struct qcow2_snapshot *list, size_t n)
 
 const struct img_driver qcow2_driver = {
 	.name = "qcow2",
-	.desc = "QEMU copy-on-write v2/v3 (read-only)",
+	.desc = "QEMU copy-on-write v2/v3",
 	.probe = qcow2_probe,
 	.open = qcow2_open,
 	.close = qcow2_close,
 	.parent = qcow2_parent,
 	.map_extent = qcow2_map_extent,
 	.read = qcow2_read,		/* compressed clusters */
-	/* .write/.flush NULL: the chain answers -EROFS */
+	.write = qcow2_write,		/* qcow2-write.c */
+	.flush = qcow2_flush,
+	.zero = qcow2_zero,
+	.create_diff = qcow2_create_diff,
 };

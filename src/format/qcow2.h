@@ -11,6 +11,9 @@
 #ifndef LAYERFS_QCOW2_H
 #define LAYERFS_QCOW2_H
 
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,7 +62,10 @@ _Static_assert(offsetof(struct qcow2_header_raw, compression_type) == 104,
 #define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
 #define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
 #define QCOW2_INCOMPAT_KNOWN 0x1full
+/* compatible_features */
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
 /* autoclear_features */
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
 
 /* ---- header extensions (spec: "Header extensions") ---- */
@@ -86,7 +92,12 @@ _Static_assert(sizeof(struct qcow2_feature_raw) == 48, "spec");
 #define QCOW2_L2E_ZERO (1ull << 0)	/* v3, standard L2 entries only */
 #define QCOW2_L2E_COMPRESSED (1ull << 62)
 #define QCOW2_L2E_COPIED (1ull << 63)
+#define QCOW2_L1E_COPIED (1ull << 63)
 #define QCOW2_SUBCLUSTERS 32u
+#define QCOW2_SC_ALL 0xffffffffull	/* every subcluster of a bitmap half */
+
+/* ---- refcount table entry (spec: "Host cluster management") ---- */
+#define QCOW2_RTE_OFFSET_MASK 0xfffffffffffffe00ull	/* bits 9..63 */
 
 /* ---- snapshot table entry (spec: "Snapshots"), then extra, id, name ---- */
 struct qcow2_snapshot_raw {
@@ -191,7 +202,18 @@ struct qcow2_l2_ref {
 int qcow2_l2_get(uint64_t owner, uint64_t index, size_t nwords, int fd,
 		 uint64_t host_off, const char *drv, const char *path,
 		 struct qcow2_l2_ref *ref);
+/*
+ * The same, for an image that is being written: gen is the image's L2
+ * generation, which a writer bumps after it wrote an entry to disk and
+ * into the pinned cached table.  A table read from disk while gen moved
+ * may be stale and is read again instead of being cached.
+ */
+int qcow2_l2_get_gen(uint64_t owner, uint64_t index, size_t nwords, int fd,
+		     uint64_t host_off, const char *drv, const char *path,
+		     const unsigned *gen, struct qcow2_l2_ref *ref);
 void qcow2_l2_put(struct qcow2_l2_ref *ref);
+/* Store word i of a pinned table (atomic, release): writers only. */
+void qcow2_l2_store(struct qcow2_l2_ref *ref, size_t i, uint64_t v);
 /* Forget every table of owner (at close; none may be pinned). */
 void qcow2_l2_cache_drop(uint64_t owner);
 /* Change the bound (bytes); evicts at once if over.  For tests/daemon. */
@@ -228,5 +250,174 @@ struct qcow2_zreq {
  */
 int qcow2_cluster_inflate(const struct qcow2_zreq *z, uint8_t *dst,
 			  const uint8_t **out);
+
+/* ---- the qcow2 driver's shared state (qcow2.c, qcow2-write.c,
+ *      qcow2-refcount.c); nothing outside the driver uses it ---- */
+
+struct qcow2_w;
+
+struct qcow2 {
+	struct qcow2_header h;
+	uint64_t owner;			/* cache key, see qcow2_owner_new */
+	uint32_t cluster_bits;
+	uint64_t cluster_size;
+	uint32_t l2_bits;		/* log2 of entries per L2 table */
+	uint32_t l2_words;		/* 64-bit words per L2 table */
+	uint32_t entry_words;		/* 1, or 2 with extended L2 */
+	uint32_t sc_bits;		/* log2 of the subcluster size */
+	bool extl2;
+	bool l1_shared;			/* an L1 entry lacks COPIED */
+	uint32_t l1_entries;		/* L1 entries covering the disk */
+	uint64_t *l1;			/* owned: L2 table offsets, 0 = none;
+					 * entries go 0 -> offset once, with an
+					 * atomic store (qcow2-write.c) */
+	uint32_t comp_shift;		/* x of the compressed descriptor */
+	enum qcow2_comp comp;
+	char *backing;			/* owned, NUL-terminated, or NULL */
+	const char *backing_fmt;	/* static driver name, or NULL */
+	char *backing_fmt_name;		/* owned: the format as qemu wrote it */
+	char *data_name;		/* owned: external data file, or NULL */
+	int data_fd;			/* owned, -1 without a data file */
+	uint64_t data_size;		/* size of the file data lives in */
+	uint64_t file_end;		/* atomic: bytes of the image file that
+					 * mapped data may reach (grows) */
+	unsigned l2_gen;		/* atomic: bumped after each L2 update,
+					 * see qcow2_l2_get_gen */
+	unsigned seq;			/* atomic: odd while an extended L2
+					 * entry pair is being replaced */
+	struct qcow2_w *w;		/* owned: write state, NULL read-only */
+};
+
+/* A run inside one cluster, as classified from its L2 entry. */
+enum qcow2_kind { Q_UNALLOC, Q_ZERO, Q_DATA, Q_COMP };
+
+struct qcow2_run {
+	enum qcow2_kind kind;
+	uint64_t len;			/* bytes to the end of the state */
+	uint64_t host;			/* Q_DATA: host offset of the start */
+};
+
+/* A problem found while mapping, logged only if it is returned. */
+struct qcow2_bad {
+	const char *what;
+	uint64_t value;
+};
+
+/*
+ * The state at in_cl inside guest cluster cl, from its L2 entry (and
+ * subcluster bitmap with extended L2), and how far it lasts in the cluster.
+ * 0, or -EUCLEAN with *bad filled.  (qcow2.c)
+ */
+int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
+		   uint64_t bitmap, uint64_t in_cl, struct qcow2_run *run,
+		   struct qcow2_bad *bad);
+/* Compressed descriptor: host offset and byte count (spec table). */
+void qcow2_comp_desc(const struct qcow2 *s, uint64_t entry, uint64_t *coff,
+		     size_t *csize);
+
+/* The L2 table offset of L1 entry i (0: none); pairs with the writer's
+ * release store. */
+static inline uint64_t qcow2_l1_get(const struct qcow2 *s, uint64_t i)
+{
+	return __atomic_load_n(&s->l1[i], __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Entry idx of a pinned L2 table: *e and, with extended L2, the bitmap *b.
+ * A writer replaces an extended pair inside a sequence lock (s->seq), so
+ * the pair read here is always one the writer published whole.
+ */
+static inline void qcow2_entry_load(const struct qcow2 *s,
+				    const uint64_t *table, uint64_t idx,
+				    uint64_t *e, uint64_t *b)
+{
+	const uint64_t *p = table + idx * s->entry_words;
+	unsigned s1;
+
+	if (!s->extl2) {
+		*e = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+		*b = 0;
+		return;
+	}
+	for (;;) {
+		s1 = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+		*e = __atomic_load_n(p, __ATOMIC_RELAXED);
+		*b = __atomic_load_n(p + 1, __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (!(s1 & 1) && __atomic_load_n(&s->seq, __ATOMIC_RELAXED) == s1)
+			return;
+		sched_yield();	/* a writer is between its two stores */
+	}
+}
+
+/* ---- qcow2-write.c: the write side of the driver ---- */
+
+/*
+ * Called by open when the image was opened writable.  0: writes are
+ * supported (s->w set); -EROFS: not for this image (one warning logged
+ * saying why; the image stays readable); other -errno: open fails.
+ * Never modifies the file.
+ */
+int qcow2_write_open(struct img *img, struct qcow2 *s);
+void qcow2_write_free(struct qcow2 *s);
+int qcow2_write(struct img *img, const void *buf, size_t n, uint64_t off,
+		const struct img_below *below);
+int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
+	       const struct img_below *below);
+int qcow2_flush(struct img *img);
+int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
+		      const struct img_create_opts *o);
+/* qemu's name for one of our drivers as a backing format, or NULL */
+const char *qcow2_qemu_format(const char *driver);
+
+/* ---- qcow2-refcount.c: host cluster allocation (under w->lock) ---- */
+
+struct qcow2_w {
+	pthread_mutex_t lock;		/* allocation and every metadata write */
+	uint64_t *rt;			/* owned: refcount table, native */
+	uint64_t rt_entries;
+	uint32_t rc_order;		/* refcount_bits = 1 << rc_order */
+	uint64_t rb_entries;		/* refcounts per refcount block */
+	uint64_t hw;			/* clusters: every cluster at or past
+					 * hw is unused (refcount 0) */
+	bool hdr_done;			/* atomic: header ready for writes */
+	bool broken;			/* a metadata write failed: -EIO */
+	uint8_t *buf;			/* owned: one cluster, under lock */
+	uint8_t *rbuf;			/* owned: one cluster for refcount
+					 * blocks, under lock */
+	uint8_t *zbuf;			/* owned: one cluster of zeros, never
+					 * written after open */
+};
+
+/* Fresh clusters for one allocation step: [start, end) all get refcount 1.
+ * The caller uses [start, start + nuser); new refcount blocks follow. */
+struct qcow2_rc_plan {
+	uint64_t start, nuser, end;	/* cluster indexes */
+	uint64_t nblk;			/* new refcount blocks */
+	uint64_t *blk_ti;		/* owned: reftable index of block i,
+					 * stored at cluster start+nuser+i */
+};
+
+/* Load the refcount table, check it, find the high-water mark. */
+int qcow2_rc_open(struct img *img, struct qcow2 *s);
+void qcow2_rc_close(struct qcow2_w *w);
+/* Reserve nuser fresh clusters (growing the refcount table first if it
+ * must, which writes and syncs).  hw moves past the plan at once. */
+int qcow2_rc_reserve(struct img *img, struct qcow2 *s, uint64_t nuser,
+		     struct qcow2_rc_plan *p);
+void qcow2_rc_plan_free(struct qcow2_rc_plan *p);
+/* Phase A: write the plan's new refcount blocks (unreferenced yet). */
+int qcow2_rc_write_blocks(struct img *img, struct qcow2 *s,
+			  const struct qcow2_rc_plan *p);
+/* Phase B, after a barrier: count the fresh clusters in existing blocks
+ * and link the new blocks into the refcount table. */
+int qcow2_rc_commit(struct img *img, struct qcow2 *s,
+		    const struct qcow2_rc_plan *p);
+/* Drop one reference to each cluster in [off, off + len) (unreferenced
+ * already, durably). */
+int qcow2_rc_release(struct img *img, struct qcow2 *s, uint64_t off,
+		     uint64_t len);
+/* fdatasync, logged on failure */
+int qcow2_sync(struct img *img);
 
 #endif

@@ -17,8 +17,13 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1739,12 +1744,1744 @@ START_TEST(luks_refused)
 	/* qemu's PBKDF benchmark fails now and then on a busy machine
 	 * ("Unable to get accurate CPU usage"): try a few times */
 	run("ok=0; for i in 1 2 3 4 5; do qemu-img create -q -f qcow2 --object secret,id=s0,data=pw "
-	    "-o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=50 e.qcow2 4M 2>/dev/null && "
+	    "-o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=250 e.qcow2 4M 2>/dev/null && "
 	    "{ ok=1; break; }; done; test $ok = 1");
 	cap_start();
 	ck_assert_int_eq(img_open(p, NULL, false, &img), -ENOTSUP);
 	ck_assert_uint_eq(cap_errors, 1);
 	ck_assert_ptr_nonnull(strstr(cap_text, "encrypted images are not supported"));
+	free(p);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* writing: a model in memory; qemu-img check and compare as oracles   */
+
+/*
+ * Power failure, simulated: while pf.fd is set, every pwrite to it is
+ * recorded, and every fdatasync on it is a barrier.  A crash image keeps
+ * every write before the last barrier and any subset of the sectors
+ * written since (the drive may have kept any of them).  With fail_at set
+ * instead, the fail_at'th call on pf.fd (counting from 0) fails with EIO.
+ */
+struct pf_event {
+	uint64_t off;
+	uint8_t *data;			/* owned; NULL: a barrier */
+	size_t len;
+	unsigned epoch;			/* barriers before this write */
+};
+
+static struct {
+	pthread_mutex_t lock;
+	int fd;				/* recorded file, -1: none */
+	struct pf_event *ev;
+	size_t n, cap;
+	unsigned epoch;
+	long fail_at;			/* -1: record instead */
+	long calls;
+} pf = { PTHREAD_MUTEX_INITIALIZER, -1, NULL, 0, 0, 0, -1, 0 };
+
+/* 1 if this call on pf.fd is the one to fail */
+static bool pf_fail_now(void)
+{
+	bool fail;
+
+	pthread_mutex_lock(&pf.lock);
+	fail = pf.fail_at >= 0 && pf.calls++ == pf.fail_at;
+	pthread_mutex_unlock(&pf.lock);
+	return fail;
+}
+
+static void pf_add(const void *data, size_t len, uint64_t off)
+{
+	pthread_mutex_lock(&pf.lock);
+	if (pf.n == pf.cap) {
+		pf.cap = pf.cap ? pf.cap * 2 : 1024;
+		pf.ev = realloc(pf.ev, pf.cap * sizeof(*pf.ev));
+		if (!pf.ev)
+			ck_abort_msg("out of memory");
+	}
+	pf.ev[pf.n].off = off;
+	pf.ev[pf.n].len = len;
+	pf.ev[pf.n].data = NULL;
+	if (data) {
+		pf.ev[pf.n].data = malloc(len);
+		if (!pf.ev[pf.n].data)
+			ck_abort_msg("out of memory");
+		memcpy(pf.ev[pf.n].data, data, len);
+	} else {
+		pf.epoch++;
+	}
+	pf.ev[pf.n].epoch = pf.epoch;
+	pf.n++;
+	pthread_mutex_unlock(&pf.lock);
+}
+
+static void pf_reset(void)
+{
+	for (size_t i = 0; i < pf.n; i++)
+		free(pf.ev[i].data);
+	free(pf.ev);
+	pf.ev = NULL;
+	pf.n = pf.cap = 0;
+	pf.epoch = 0;
+	pf.fd = -1;
+}
+
+/* the library's pwrite and fdatasync end up here (test binary only) */
+ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off)
+{
+	if (fd >= 0 && fd == __atomic_load_n(&pf.fd, __ATOMIC_ACQUIRE)) {
+		if (pf_fail_now()) {
+			errno = EIO;
+			return -1;
+		}
+		if (pf.fail_at < 0 && n)
+			pf_add(buf, n, (uint64_t)off);
+	}
+	return syscall(SYS_pwrite64, fd, buf, n, off);
+}
+
+int fdatasync(int fd)
+{
+	if (fd >= 0 && fd == __atomic_load_n(&pf.fd, __ATOMIC_ACQUIRE)) {
+		if (pf_fail_now()) {
+			errno = EIO;
+			return -1;
+		}
+		if (pf.fail_at < 0)
+			pf_add(NULL, 0, 0);
+	}
+	return (int)syscall(SYS_fdatasync, fd);
+}
+
+static uint32_t rnd_next(uint32_t *x)
+{
+	*x ^= *x << 13;		/* xorshift32 */
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+/* `qemu-img check`: exit 0 (clean), or 3 (leaks only) if leaks_ok */
+static void qemu_check(const char *name, bool leaks_ok)
+{
+	char *out = fx_path("check.txt");
+	uint8_t *txt;
+	size_t len = 0;
+	int st;
+
+	st = fx_system("cd '%s' && qemu-img check -f qcow2 '%s' >'%s' 2>&1",
+		       fx_tmpdir(), name, out);
+	if (st == 0 || (leaks_ok && st == 3)) {
+		free(out);
+		return;
+	}
+	txt = fx_read_file(out, &len);
+	fprintf(stderr, "# qemu-img check %s:\n%.*s", name, (int)len,
+		txt ? (const char *)txt : "");
+	/* Check's messages are short: the first lines only */
+	ck_abort_msg("qemu-img check %s: exit %d: %.300s", name, st,
+		     txt ? (const char *)txt : "");
+}
+
+/* The size of a file in the private directory's qemu-img info output */
+static void qemu_info_has(const char *name, const char *text)
+{
+	char *out = fx_path("info.txt");
+	uint8_t *txt;
+	size_t len;
+
+	run("qemu-img info '%s' > info.txt", name);
+	txt = fx_read_file(out, &len);
+	ck_assert_ptr_nonnull(txt);
+	txt[len] = '\0';
+	ck_assert_msg(strstr((char *)txt, text), "qemu-img info %s lacks \"%s\":\n%s",
+		      name, text, txt);
+	free(txt);
+	free(out);
+}
+
+/* A writable top over read-only layers, and what its disk must read. */
+struct wt {
+	const char *name;		/* the top, in the private directory */
+	char *path;			/* owned */
+	struct img *top;		/* opened writable */
+	struct stack low;		/* the layers below */
+	struct img_below below;
+	uint8_t *model;			/* owned: the disk as it must read */
+	uint64_t size;
+	uint32_t rnd;
+};
+
+static int wt_below_read(void *ctx, void *buf, size_t n, uint64_t off)
+{
+	return stack_read_at(ctx, 0, buf, n, off);
+}
+
+/* lower: the layers below, top first, NULL-terminated */
+static void wt_open(struct wt *w, const char *name, const char *const *lower)
+{
+	char *m = fx_path("model0.raw");
+	size_t len;
+	int r;
+
+	memset(w, 0, sizeof(*w));
+	w->name = name;
+	w->path = fx_path(name);
+	w->rnd = 0x2545f491u;
+	run("qemu-img convert -t unsafe -O raw '%s' model0.raw", name);
+	w->model = fx_read_file(m, &len);
+	ck_assert_ptr_nonnull(w->model);
+	unlink(m);
+	free(m);
+	r = img_open(w->path, NULL, true, &w->top);
+	ck_assert_msg(r == 0, "open %s writable: %s", name, strerror(-r));
+	ck_assert_msg(w->top->writable, "%s: write support refused", name);
+	ck_assert_uint_eq(w->top->size, len);
+	w->size = len;
+	stack_open(&w->low, lower);
+	w->below.read = wt_below_read;
+	w->below.ctx = &w->low;
+}
+
+static void wt_close(struct wt *w)
+{
+	img_unref(w->top);
+	stack_close(&w->low);
+	free(w->model);
+	free(w->path);
+}
+
+static void wt_fill(uint8_t *buf, size_t n, uint32_t seed)
+{
+	fx_fill_random(buf, n, seed);
+}
+
+static void wt_write_seed(struct wt *w, uint64_t off, size_t n, uint32_t seed)
+{
+	uint8_t *buf = malloc(n);
+	int r;
+
+	ck_assert_ptr_nonnull(buf);
+	wt_fill(buf, n, seed);
+	r = w->top->drv->write(w->top, buf, n, off, &w->below);
+	ck_assert_msg(r == 0, "write %llu+%zu: %s", (unsigned long long)off, n,
+		      strerror(-r));
+	memcpy(w->model + off, buf, n);
+	free(buf);
+}
+
+static void wt_write(struct wt *w, uint64_t off, size_t n)
+{
+	wt_write_seed(w, off, n, rnd_next(&w->rnd));
+}
+
+static void wt_zero(struct wt *w, uint64_t off, uint64_t n)
+{
+	int r = w->top->drv->zero(w->top, off, n, &w->below);
+
+	ck_assert_msg(r == 0, "zero %llu+%llu: %s", (unsigned long long)off,
+		      (unsigned long long)n, strerror(-r));
+	memset(w->model + off, 0, n);
+}
+
+/* top over the layers below reads exactly like the model */
+static void wt_compare(struct wt *w, struct img *top)
+{
+	struct stack s = { .n = w->low.n + 1 };
+	size_t bs = 1 << 20;
+	uint8_t *buf = malloc(bs);
+
+	ck_assert_ptr_nonnull(buf);
+	s.l[0] = top;
+	for (unsigned i = 0; i < w->low.n; i++)
+		s.l[i + 1] = w->low.l[i];
+	for (uint64_t off = 0; off < w->size; off += bs) {
+		size_t n = (size_t)MIN((uint64_t)bs, w->size - off);
+
+		ck_assert_int_eq(stack_read(&s, buf, n, off), 0);
+		if (memcmp(buf, w->model + off, n)) {
+			size_t i = 0;
+
+			while (buf[i] == w->model[off + i])
+				i++;
+			ck_abort_msg("%s differs from the model at %llu", w->name,
+				     (unsigned long long)(off + i));
+		}
+	}
+	free(buf);
+}
+
+/*
+ * Flush; then qemu-img check finds nothing at all (no leaks either),
+ * qemu-img compare finds the model, and a read-only open reads it.
+ */
+static void wt_verify(struct wt *w)
+{
+	char *model = fx_write_file("model.raw", w->model, w->size);
+	struct img *ro;
+	int r;
+
+	wt_compare(w, w->top);
+	ck_assert_int_eq(w->top->drv->flush(w->top), 0);
+	qemu_check(w->name, false);
+	r = fx_system("cd '%s' && qemu-img compare -q -f qcow2 -F raw '%s' model.raw",
+		      fx_tmpdir(), w->name);
+	ck_assert_msg(r == 0, "qemu-img compare %s model.raw: exit %d", w->name,
+		      r);
+	ck_assert_int_eq(img_open(w->path, NULL, false, &ro), 0);
+	wt_compare(w, ro);
+	img_unref(ro);
+	unlink(model);
+	free(model);
+}
+
+/* Random writes and zeroings, sector-aligned, often across clusters. */
+static void wt_random(struct wt *w, unsigned nops, uint64_t cs)
+{
+	uint64_t nsec = w->size / 512, csec = cs / 512;
+
+	for (unsigned i = 0; i < nops; i++) {
+		uint32_t k = rnd_next(&w->rnd) % 100;
+		uint64_t sec = rnd_next(&w->rnd) % nsec, len;
+
+		if (k < 40)
+			len = 1 + rnd_next(&w->rnd) % 8;
+		else if (k < 70)
+			len = 1 + rnd_next(&w->rnd) % (2 * csec + 2);
+		else if (k < 80) {	/* whole clusters */
+			sec -= sec % csec;
+			len = csec * (1 + rnd_next(&w->rnd) % 3);
+		} else
+			len = 1 + rnd_next(&w->rnd) % MIN(4 * csec, 2048);
+		len = MIN(len, MIN(nsec - sec, 4096));
+		if (k >= 88 || (k >= 70 && k < 73))
+			wt_zero(w, sec * 512, len * 512);
+		else
+			wt_write(w, sec * 512, (size_t)len * 512);
+	}
+}
+
+static char *wbasedir;	/* made once by the unforked fixture */
+
+/* base.raw, and base.qcow2: the same with zeros and a hole over it */
+static void wbases_setup(void)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	if (fx_system("command -v qemu-img >/dev/null && command -v qemu-io >/dev/null"))
+		return;		/* each case skips (or fails under CI) */
+	ck_assert_int_ge(asprintf(&wbasedir, "%s/layerfs-qcow2-wbases-XXXXXX",
+				  tmp ? tmp : "/tmp"), 0);
+	ck_assert_ptr_nonnull(mkdtemp(wbasedir));
+	make_source_raw_in(wbasedir, "base.raw", 8 << 20);
+	run_in(wbasedir, "qemu-img convert -t unsafe -O qcow2 -o cluster_size=4096 base.raw base.qcow2");
+	run_in(wbasedir, "qemu-io -t unsafe -f qcow2 -c 'write -z 4M 512k' -c 'discard 6M 64k' base.qcow2");
+}
+
+static void wbases_teardown(void)
+{
+	if (wbasedir && !getenv("FX_KEEP"))
+		fx_system("rm -rf '%s'", wbasedir);
+	free(wbasedir);
+	wbasedir = NULL;
+}
+
+static void make_write_bases(void)
+{
+	ck_assert_ptr_nonnull(wbasedir);
+	run("cp '%s/base.raw' '%s/base.qcow2' .", wbasedir, wbasedir);
+}
+
+static const struct {
+	const char *base, *fmt, *qemu_fmt;
+	uint32_t cs;
+} overlays[] = {
+	{ "base.qcow2", "qcow2", "qcow2", 0 },
+	{ "base.raw", "raw", "raw", 4096 },
+	{ "base.vhd", "vhd", "vpc", 512 },
+	{ "base.qcow2", "qcow2", "qcow2", 2u << 20 },
+};
+
+START_TEST(write_create_diff)
+{
+	const char *lower[] = { overlays[_i].base, NULL };
+	struct img_create_parent par = { 0 };
+	struct img_create_opts o = { .block_size = overlays[_i].cs };
+	struct img *base, *top;
+	struct img_parent p;
+	char *bpath, *tpath = fx_path("top.qcow2"), want[96];
+	struct wt w;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	if (!strcmp(overlays[_i].fmt, "vhd"))
+		run("qemu-img convert -t unsafe -O vpc -o subformat=dynamic,force_size=on base.raw base.vhd");
+	bpath = fx_path(overlays[_i].base);
+	ck_assert_int_eq(img_open(bpath, NULL, false, &base), 0);
+	ck_assert_str_eq(base->drv->name, overlays[_i].fmt);
+	par = (struct img_create_parent){ base, overlays[_i].base, bpath,
+					  overlays[_i].fmt };
+	cap_start();
+	ck_assert_int_eq(qcow2_driver.create_diff(tpath, &par, &o), 0);
+	ck_assert_uint_eq(cap_errors + cap_warnings, 0);
+	/* O_EXCL: never over an existing file */
+	ck_assert_int_eq(qcow2_driver.create_diff(tpath, &par, &o), -EEXIST);
+	img_unref(base);
+	qemu_check("top.qcow2", false);
+	snprintf(want, sizeof(want), "backing file: %s\n", overlays[_i].base);
+	qemu_info_has("top.qcow2", want);
+	snprintf(want, sizeof(want), "backing file format: %s\n",
+		 overlays[_i].qemu_fmt);
+	qemu_info_has("top.qcow2", want);
+	qemu_info_has("top.qcow2", "compat: 1.1");
+	qemu_info_has("top.qcow2", "refcount bits: 16");
+	snprintf(want, sizeof(want), "cluster_size: %u\n",
+		 overlays[_i].cs ? overlays[_i].cs : 65536);
+	qemu_info_has("top.qcow2", want);
+	/* we read back what we wrote about the parent */
+	ck_assert_int_eq(img_open(tpath, NULL, false, &top), 0);
+	memset(&p, 0, sizeof(p));
+	ck_assert_int_eq(top->drv->parent(top, &p), 1);
+	ck_assert_str_eq(p.refs[0].path, overlays[_i].base);
+	ck_assert_str_eq(p.format, overlays[_i].fmt);
+	img_parent_clear(&p);
+	img_unref(top);
+
+	wt_open(&w, "top.qcow2", lower);
+	wt_random(&w, 120, w.top->block_size);
+	/* the last sector, and a write over everything at the end */
+	wt_write(&w, w.size - 512, 512);
+	wt_verify(&w);
+	wt_random(&w, 40, w.top->block_size);
+	wt_verify(&w);
+	wt_close(&w);
+	free(bpath);
+	free(tpath);
+}
+END_TEST
+
+/* create_diff refuses what qcow2 cannot hold, and leaves no file */
+START_TEST(write_create_refused)
+{
+	struct img_create_opts o = { .size = 1 << 20 };
+	char *path = fx_path("x.qcow2"), longname[1100];
+	struct img_create_parent par = { 0 };
+
+	cap_start();
+	o.block_size = 1000;
+	ck_assert_int_eq(qcow2_driver.create_diff(path, NULL, &o), -EINVAL);
+	o.block_size = 4u << 20;
+	ck_assert_int_eq(qcow2_driver.create_diff(path, NULL, &o), -EINVAL);
+	o.block_size = 0;
+	o.size = 1000;
+	ck_assert_int_eq(qcow2_driver.create_diff(path, NULL, &o), -EINVAL);
+	o.size = 1ull << 62;	/* an L1 table over 32 MiB */
+	o.block_size = 512;
+	ck_assert_int_eq(qcow2_driver.create_diff(path, NULL, &o), -EFBIG);
+	memset(longname, 'a', sizeof(longname));
+	longname[sizeof(longname) - 1] = '\0';
+	par.rel_path = longname;
+	par.format = "raw";
+	o.size = 1 << 20;
+	o.block_size = 0;
+	ck_assert_int_eq(qcow2_driver.create_diff(path, &par, &o),
+			 -ENAMETOOLONG);
+	longname[600] = '\0';	/* fits 1023, not one 512-byte cluster */
+	o.block_size = 512;
+	ck_assert_int_eq(qcow2_driver.create_diff(path, &par, &o),
+			 -ENAMETOOLONG);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	ck_assert_uint_eq(cap_errors, 6);
+	/* Android sparse: qemu has no name for it, so none is recorded */
+	par.format = "asparse";
+	o.block_size = 0;
+	longname[10] = '\0';
+	ck_assert_int_eq(qcow2_driver.create_diff(path, &par, &o), 0);
+	ck_assert_uint_eq(cap_warnings, 1);
+	ck_assert_ptr_nonnull(strstr(cap_text, "no backing format recorded"));
+	if (have_qemu()) {
+		run("truncate -s 1M aaaaaaaaaa");	/* qemu opens it */
+		qemu_check("x.qcow2", false);
+		run("qemu-img info x.qcow2 | grep -q 'backing file: aaaaaaaaaa' && "
+		    "! qemu-img info x.qcow2 | grep -q 'backing file format'");
+	}
+	free(path);
+}
+END_TEST
+
+/* Tops made by qemu: every cluster size, extended L2, refcount widths. */
+static const struct {
+	const char *opts;
+	uint32_t cs;
+	unsigned nops;
+} wlayouts[] = {
+	{ "cluster_size=512", 512, 100 },
+	{ "cluster_size=4096,refcount_bits=2", 4096, 100 },
+	{ "compression_type=zstd", 65536, 80 },
+	{ "cluster_size=2097152,refcount_bits=8", 2u << 20, 40 },
+	{ "cluster_size=65536,extended_l2=on", 65536, 100 },
+	{ "cluster_size=2097152,extended_l2=on,refcount_bits=32", 2u << 20, 50 },
+	{ "cluster_size=16384,extended_l2=on,refcount_bits=1", 16384, 80 },
+	{ "cluster_size=4096,refcount_bits=64", 4096, 80 },
+	{ "compat=0.10", 65536, 60 },
+};
+
+START_TEST(write_layouts)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	struct wt w;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	run("qemu-img create -q -f qcow2 -o %s -b base.qcow2 -F qcow2 top.qcow2",
+	    wlayouts[_i].opts);
+	/* the top's own data, zero clusters (one zero-allocated), compressed
+	 * clusters and partial subclusters, all of which writes meet */
+	run("qemu-io -t unsafe -f qcow2 -c 'write -c -P 0x73 0 2097152' "
+	    "-c 'write -P 0x71 2097152 4194304' -c 'write -P 0x72 6390272 1536' "
+	    "-c 'write -z 2097152 1048576' -c 'write -z 7340032 65536' top.qcow2");
+	wt_open(&w, "top.qcow2", lower);
+	ck_assert_uint_eq(w.top->block_size, wlayouts[_i].cs);
+	/* inside the compressed region, and over its end */
+	wt_write(&w, 4096 + 512, 1024);
+	wt_write(&w, 2097152 - 3 * 512, 3 * 512);
+	wt_random(&w, wlayouts[_i].nops, wlayouts[_i].cs);
+	wt_verify(&w);
+	wt_zero(&w, 0, w.size);		/* everything, as whole units */
+	wt_write(&w, 5 * 512, 7 * 512);
+	wt_verify(&w);
+	wt_close(&w);
+}
+END_TEST
+
+/* Many 512-byte clusters: refcount blocks are added and the refcount
+ * table grows (64-bit refcounts: one block counts 64 clusters, a
+ * one-cluster table 4096; 16-bit: 256 and 16384). */
+static const struct {
+	const char *how;
+	uint64_t bytes;
+} growths[] = {
+	{ "qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 -b base.qcow2 -F qcow2 top.qcow2", 5 << 20 },
+	{ NULL, 9 << 20 },		/* create_diff: refcount_bits 16 */
+};
+
+START_TEST(write_refcount_growth)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	char *tpath = fx_path("top.qcow2");
+	struct wt w;
+	uint32_t rtc0;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	run("qemu-img resize -q base.qcow2 16M");
+	if (growths[_i].how) {
+		run("%s", growths[_i].how);
+	} else {
+		struct img *base;
+		char *bp = fx_path("base.qcow2"), *tp = fx_path("top.qcow2");
+		struct img_create_parent par = { NULL, "base.qcow2", bp, "qcow2" };
+		struct img_create_opts o = { .block_size = 512 };
+
+		ck_assert_int_eq(img_open(bp, NULL, false, &base), 0);
+		par.img = base;
+		ck_assert_int_eq(qcow2_driver.create_diff(tp, &par, &o), 0);
+		img_unref(base);
+		free(bp);
+		free(tp);
+	}
+	rtc0 = peek_be32(tpath, 56);
+	wt_open(&w, "top.qcow2", lower);
+	for (uint64_t off = 512; off < growths[_i].bytes; off += 256 << 10)
+		wt_write(&w, off, (size_t)MIN(256u << 10,
+					      growths[_i].bytes - off));
+	wt_random(&w, 30, 512);
+	wt_verify(&w);
+	ck_assert_uint_gt(peek_be32(w.path, 56), rtc0);
+	wt_close(&w);
+	free(tpath);
+}
+END_TEST
+
+/*
+ * The table grows exactly when the next free cluster is the first one it
+ * cannot count: the new table then needs a new refcount block for its
+ * own clusters.  512-byte clusters, 64-bit refcounts: 64 per block, and
+ * the one-cluster table counts clusters 0..4095.
+ */
+START_TEST(write_refcount_growth_boundary)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	uint64_t off = 0, rt, k;
+	struct wt w;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	run("qemu-img resize -q base.qcow2 16M");
+	run("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 -b base.qcow2 -F qcow2 top.qcow2");
+	wt_open(&w, "top.qcow2", lower);
+	ck_assert_uint_eq(peek_be32(w.path, 56), 1);
+	while (file_size(w.path) / 512 < 3400) {
+		wt_write(&w, off, 256 << 10);
+		off += 256 << 10;
+	}
+	while (file_size(w.path) / 512 < 3850) {
+		wt_write(&w, off, 32 << 10);
+		off += 32 << 10;
+	}
+	/* L2 tables for 12M..14M (zero clusters need them), no data */
+	wt_zero(&w, 12 << 20, 2 << 20);
+	ck_assert_uint_lt(file_size(w.path) / 512, 4000);
+	/* then one new cluster per write, until the table grows */
+	for (k = 0; peek_be32(w.path, 56) == 1; k++) {
+		ck_assert_uint_lt(k, 4096);
+		wt_write(&w, (12 << 20) + k * 512, 512);
+	}
+	/* the new table, then the block for entry 64 right after it */
+	rt = peek_be64(w.path, 48);
+	ck_assert_uint_eq(rt, 4096 * 512);
+	ck_assert_uint_eq(peek_be64(w.path, rt + 64 * 8),
+			  rt + peek_be32(w.path, 56) * 512ull);
+	wt_write(&w, (12 << 20) + k * 512, 4096);
+	wt_verify(&w);
+	wt_close(&w);
+}
+END_TEST
+
+/* A data cluster without COPIED (refcount unknown) is copied, not
+ * overwritten, and the old one released: check is clean afterwards. */
+START_TEST(write_uncopied_cluster)
+{
+	const char *lower[] = { NULL };
+	char *p = fx_path("u.qcow2");
+	uint64_t l2, e;
+	struct wt w;
+
+	if (!have_qemu())
+		return;
+	run("qemu-img create -q -f qcow2 -o cluster_size=4096 u.qcow2 1M && "
+	    "qemu-io -f qcow2 -c 'write -P 0x11 0 64k' u.qcow2");
+	l2 = peek_be64(p, peek_be64(p, 40)) & QCOW2_L1E_OFFSET_MASK;
+	e = peek_be64(p, l2 + 8);			/* cluster 1 */
+	ck_assert(e & QCOW2_L2E_COPIED);
+	poke_be64(p, l2 + 8, e & ~QCOW2_L2E_COPIED);
+	ck_assert_int_eq(fx_system("cd '%s' && qemu-img check u.qcow2 >/dev/null 2>&1",
+				   fx_tmpdir()), 2);	/* qemu minds */
+	wt_open(&w, "u.qcow2", lower);
+	wt_write(&w, 4096 + 1024, 512);
+	ck_assert_uint_ne(peek_be64(p, l2 + 8) & QCOW2_L2E_OFFSET_MASK,
+			  e & QCOW2_L2E_OFFSET_MASK);
+	ck_assert(peek_be64(p, l2 + 8) & QCOW2_L2E_COPIED);
+	wt_verify(&w);		/* no leak: the old cluster was released */
+	wt_close(&w);
+	free(p);
+}
+END_TEST
+
+/* Version 2 zeroes by writing zeros, but not where nothing is allocated
+ * and there is no backing file. */
+START_TEST(write_zero_v2)
+{
+	const char *lower[] = { NULL };
+	uint64_t before;
+	struct wt w;
+
+	if (!have_qemu())
+		return;
+	run("qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=4096 v2.qcow2 64M && "
+	    "qemu-io -f qcow2 -c 'write -P 0x21 1M 64k' v2.qcow2");
+	wt_open(&w, "v2.qcow2", lower);
+	before = file_size(w.path);
+	wt_zero(&w, 512, w.size - 1024);
+	ck_assert_uint_le(file_size(w.path), before + 4096);	/* a COW */
+	wt_verify(&w);
+	wt_close(&w);
+}
+END_TEST
+
+/* A cluster counted past the end of the file (a crash can leave one) is
+ * never handed out: it stays a leak. */
+START_TEST(write_counted_past_eof)
+{
+	const char *lower[] = { NULL };
+	char *p = fx_path("h.qcow2"), *out;
+	uint64_t hw, rb;
+	uint8_t *txt;
+	size_t len;
+	struct wt w;
+
+	if (!have_qemu())
+		return;
+	run("qemu-img create -q -f qcow2 -o cluster_size=4096 h.qcow2 4M");
+	hw = file_size(p) / 4096;
+	rb = peek_be64(p, peek_be64(p, 48));	/* refcount block 0 */
+	fx_pwrite(p, "\0\1", 2, rb + (hw + 5) * 2);	/* refcount 1 */
+	wt_open(&w, "h.qcow2", lower);
+	wt_write(&w, 0, 64 << 10);		/* 16 clusters and a table */
+	ck_assert_int_eq(w.top->drv->flush(w.top), 0);
+	ck_assert_int_eq(fx_system("cd '%s' && qemu-img check h.qcow2 >check.txt 2>&1",
+				   fx_tmpdir()), 3);
+	out = fx_path("check.txt");
+	txt = fx_read_file(out, &len);
+	txt[len] = '\0';
+	ck_assert_msg(strstr((char *)txt, "1 leaked clusters"), "%s", txt);
+	wt_compare(&w, w.top);
+	wt_close(&w);
+	free(txt);
+	free(out);
+	free(p);
+}
+END_TEST
+
+/* The whole path: a scanned directory, chain_pwrite at any alignment,
+ * chain_zero, chain_flush (the lead's chain over this driver). */
+START_TEST(write_through_chain)
+{
+	struct chain_opts o = { .writable = true };
+	struct chainset *cs;
+	struct chain *c = NULL;
+	char *dir = fx_path("d"), *m = fx_path("model.raw");
+	uint8_t *model, *buf = malloc(70001);
+	size_t len;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	run("mkdir d && mv base.qcow2 d/ && qemu-img create -q -f qcow2 "
+	    "-o cluster_size=4096 -b base.qcow2 -F qcow2 d/top.qcow2");
+	run("qemu-img convert -O raw d/top.qcow2 model.raw");
+	model = fx_read_file(m, &len);
+	ck_assert_int_eq(chainset_scan(dir, &o, &cs), 0);
+	for (size_t i = 0; i < cs->nchains; i++)
+		if (!strcmp(cs->chains[i]->name, "top"))
+			c = cs->chains[i];
+	ck_assert_ptr_nonnull(c);
+	ck_assert(c->writable);
+	fx_fill_random(buf, 70001, 31);
+	ck_assert_int_eq(chain_pwrite(c, buf, 70001, 12345), 0);
+	memcpy(model + 12345, buf, 70001);
+	ck_assert_int_eq(chain_zero(c, (1 << 20) + 100, 300000), 0);
+	memset(model + (1 << 20) + 100, 0, 300000);
+	ck_assert_int_eq(chain_pwrite(c, buf, 777, (4 << 20) - 1), 0);
+	memcpy(model + (4 << 20) - 1, buf, 777);
+	ck_assert_int_eq(chain_flush(c), 0);
+	chainset_free(cs);
+	free(fx_write_file("model.raw", model, len));
+	qemu_check("d/top.qcow2", false);
+	run("qemu-img compare -q -f qcow2 -F raw d/top.qcow2 model.raw");
+	free(model);
+	free(buf);
+	free(dir);
+	free(m);
+}
+END_TEST
+
+/* ---- concurrent writers and readers ---- */
+
+#define WT_WRITERS 4		/* writer i owns clusters c % 4 == i */
+#define WT_CLUSTERS 192		/* clusters the writers share out */
+#define WT_PAIRS 12		/* clusters two threads race to allocate */
+
+struct wthr {
+	struct wt *w;
+	const uint8_t *initial;		/* the disk before any write */
+	uint64_t cs;
+	unsigned id;
+	pthread_barrier_t *bar;		/* the pair of racers */
+	bool *stop;
+	int bad;
+};
+
+/* sector s, version v: an 8-byte tag, then bytes only they produce */
+static void wt_sector(uint8_t *p, uint64_t s, uint32_t v)
+{
+	put_le64(p, s << 20 | v);
+	fx_fill_random(p + 8, 504, (uint32_t)(s * 2654435761u) ^ v);
+}
+
+static void wt_sectors_write(struct wthr *a, uint64_t sec, uint64_t n,
+			     uint32_t v)
+{
+	uint8_t *buf = malloc(n * 512);
+	int r;
+
+	ck_assert_ptr_nonnull(buf);
+	for (uint64_t i = 0; i < n; i++)
+		wt_sector(buf + i * 512, sec + i, v);
+	r = a->w->top->drv->write(a->w->top, buf, n * 512, sec * 512,
+				  &a->w->below);
+	ck_assert_int_eq(r, 0);
+	memcpy(a->w->model + sec * 512, buf, n * 512);	/* disjoint */
+	free(buf);
+}
+
+static void *wt_writer(void *opaque)
+{
+	struct wthr *a = opaque;
+	uint64_t csec = a->cs / 512;
+	uint32_t x = 77 + a->id;
+
+	for (uint32_t v = 1; v <= 3; v++) {
+		for (uint64_t c = a->id; c < WT_CLUSTERS; c += WT_WRITERS) {
+			uint64_t s0 = rnd_next(&x) % csec;
+			uint64_t n = 1 + rnd_next(&x) % (csec - s0);
+			int r;
+
+			if (rnd_next(&x) % 3 && v > 1)
+				continue;	/* not every cluster each round */
+			if (a->id == WT_WRITERS - 1 && v == 2) {
+				/* the zeroing thread: whole or part */
+				r = a->w->top->drv->zero(a->w->top,
+							 (c * csec + s0) * 512,
+							 n * 512, &a->w->below);
+				ck_assert_int_eq(r, 0);
+				memset(a->w->model + (c * csec + s0) * 512, 0,
+				       n * 512);
+				continue;
+			}
+			wt_sectors_write(a, c * csec + s0, n, v);
+		}
+	}
+	return NULL;
+}
+
+/* Two threads: the same unallocated cluster, different sectors. */
+static void *wt_racer(void *opaque)
+{
+	struct wthr *a = opaque;
+	uint64_t csec = a->cs / 512;
+
+	for (uint64_t c = WT_CLUSTERS; c < WT_CLUSTERS + WT_PAIRS; c++) {
+		uint64_t first = c * csec;
+
+		pthread_barrier_wait(a->bar);
+		wt_sectors_write(a, first + a->id, 1, 10 + a->id);
+		pthread_barrier_wait(a->bar);
+		wt_sectors_write(a, first + (a->id ? csec / 2 : csec - 1), 1,
+				 20 + a->id);
+	}
+	return NULL;
+}
+
+/*
+ * A sector read during the writes: as it was, or one written version: 1.
+ * Zeros where nobody writes zeros: 0 at once (a cluster mapped before its
+ * data was written).  Anything else: -1, read again (a buffered read may
+ * see half of a concurrent buffered write of the same sector).
+ */
+static int wt_sector_ok(const struct wthr *a, const uint8_t *p, uint64_t s)
+{
+	uint8_t want[512];
+	uint64_t tag = get_le64(p), c = s / (a->cs / 512);
+	static const uint8_t zero[512];
+
+	if (!memcmp(p, a->initial + s * 512, 512))
+		return 1;
+	if (!memcmp(p, zero, 512))	/* only the zeroing thread's */
+		return c % WT_WRITERS == WT_WRITERS - 1 && c < WT_CLUSTERS;
+	if (tag >> 20 != s)
+		return -1;
+	wt_sector(want, s, (uint32_t)(tag & 0xfffff));
+	return !memcmp(p, want, 512) ? 1 : -1;
+}
+
+static void *wt_reader(void *opaque)
+{
+	struct wthr *a = opaque;
+	struct stack s = { .n = a->w->low.n + 1 };
+	uint64_t nsec = (WT_CLUSTERS + WT_PAIRS) * (a->cs / 512);
+	uint8_t *buf = malloc(64 * 512);
+	uint32_t x = 991 + a->id;
+
+	s.l[0] = a->w->top;
+	for (unsigned i = 0; i < a->w->low.n; i++)
+		s.l[i + 1] = a->w->low.l[i];
+	while (!__atomic_load_n(a->stop, __ATOMIC_ACQUIRE) && buf) {
+		uint64_t sec = rnd_next(&x) % nsec;
+		uint64_t n = MIN(1 + rnd_next(&x) % 64, nsec - sec);
+
+		if (stack_read(&s, buf, n * 512, sec * 512) < 0) {
+			a->bad++;
+			continue;
+		}
+		for (uint64_t i = 0; i < n; i++) {
+			int ok = wt_sector_ok(a, buf + i * 512, sec + i);
+
+			for (int t = 0; ok < 0 && t < 5; t++) {
+				sched_yield();
+				if (stack_read(&s, buf + i * 512, 512,
+					       (sec + i) * 512) < 0)
+					break;
+				ok = wt_sector_ok(a, buf + i * 512, sec + i);
+			}
+			if (ok <= 0)
+				a->bad++;
+		}
+	}
+	free(buf);
+	return NULL;
+}
+
+static const struct {
+	const char *opts;
+	uint32_t cs;
+} wthreads[] = {
+	{ "cluster_size=4096", 4096 },
+	{ "cluster_size=32768,extended_l2=on", 32768 },
+};
+
+START_TEST(write_threads)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	struct wthr args[WT_WRITERS + 4];
+	pthread_t th[WT_WRITERS + 4];
+	pthread_barrier_t bar;
+	uint8_t *initial;
+	bool stop = false;
+	struct wt w;
+	unsigned n = 0;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	ck_assert_uint_le((WT_CLUSTERS + WT_PAIRS) * wthreads[_i].cs, 8u << 20);
+	run("qemu-img create -q -f qcow2 -o %s -b base.qcow2 -F qcow2 top.qcow2",
+	    wthreads[_i].opts);
+	run("qemu-io -t unsafe -f qcow2 -c 'write -P 0x5c 0 %u' top.qcow2",
+	    8 * wthreads[_i].cs);
+	wt_open(&w, "top.qcow2", lower);
+	initial = malloc(w.size);
+	ck_assert_ptr_nonnull(initial);
+	memcpy(initial, w.model, w.size);
+	pthread_barrier_init(&bar, NULL, 2);
+	/* a tiny L2 cache: tables are evicted and reloaded all the time */
+	qcow2_l2_cache_set_budget(3 * wthreads[_i].cs);
+	for (unsigned i = 0; i < WT_WRITERS + 4; i++)
+		args[i] = (struct wthr){ &w, initial, wthreads[_i].cs, i, &bar,
+					 &stop, 0 };
+	for (unsigned i = 0; i < 2; i++, n++) {
+		args[n].id = 100 + i;
+		ck_assert_int_eq(pthread_create(&th[n], NULL, wt_reader,
+						&args[n]), 0);
+	}
+	for (unsigned i = 0; i < WT_WRITERS; i++, n++) {
+		args[n].id = i;
+		ck_assert_int_eq(pthread_create(&th[n], NULL, wt_writer,
+						&args[n]), 0);
+	}
+	for (unsigned i = 0; i < 2; i++, n++) {
+		args[n].id = i;
+		ck_assert_int_eq(pthread_create(&th[n], NULL, wt_racer,
+						&args[n]), 0);
+	}
+	for (unsigned i = 2; i < n; i++)
+		pthread_join(th[i], NULL);
+	__atomic_store_n(&stop, true, __ATOMIC_RELEASE);
+	for (unsigned i = 0; i < 2; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(args[i].bad, 0);
+	}
+	qcow2_l2_cache_set_budget(QCOW2_L2_CACHE_DEFAULT);
+	pthread_barrier_destroy(&bar);
+	wt_verify(&w);
+	wt_close(&w);
+	free(initial);
+}
+END_TEST
+
+/* ---- crashes ---- */
+
+/* Op j of a crash run: a write (data from its seed) or a zeroing. */
+struct wop {
+	uint64_t off, len;
+	bool zero;
+	uint32_t seed;
+};
+
+static struct wop wt_op(uint32_t run_seed, unsigned j, uint64_t size,
+			uint64_t cs)
+{
+	uint32_t x = run_seed ^ (j * 2654435761u) ^ 0x9e3779b9u;
+	uint64_t nsec = size / 512, csec = cs / 512;
+	struct wop op;
+	uint64_t sec, len;
+
+	rnd_next(&x);
+	/* mostly in one MiB around the compressed cluster at 2M, so that
+	 * ops meet: in place, new subclusters, zeroed clusters written */
+	if (rnd_next(&x) % 4 && nsec > 5 * 2048)
+		sec = 3 * 1024 + rnd_next(&x) % 2048;
+	else
+		sec = rnd_next(&x) % nsec;
+	len = 1 + rnd_next(&x) % (rnd_next(&x) % 4 ? 8 : 3 * csec);
+	len = MIN(len, MIN(nsec - sec, 2048));
+	op.off = sec * 512;
+	op.len = len * 512;
+	op.zero = rnd_next(&x) % 7 == 0;
+	op.seed = rnd_next(&x);
+	return op;
+}
+
+/* The disk after ops [0, k) of a run, from the disk before them. */
+static void wt_replay(uint8_t *disk, uint32_t run_seed, unsigned k,
+		      uint64_t size, uint64_t cs)
+{
+	for (unsigned j = 0; j < k; j++) {
+		struct wop op = wt_op(run_seed, j, size, cs);
+
+		if (op.zero)
+			memset(disk + op.off, 0, op.len);
+		else
+			wt_fill(disk + op.off, op.len, op.seed);
+	}
+}
+
+/*
+ * After a crash: every op before the last completed flush reads back; a
+ * sector a later op (up to `last`) touched reads as before it or as one
+ * of those ops wrote it.  With ops_only, only the sectors the first
+ * `last` ops touched are read (faster; nothing else was written).
+ */
+static void wt_check_crashed_ops(struct wt *w, const char *name,
+				 uint32_t run_seed, unsigned flushed,
+				 unsigned last, uint64_t cs, bool ops_only)
+{
+	uint8_t *durable = malloc(w->size), *got = malloc(w->size);
+	uint8_t *look = calloc(w->size / 512, 1);
+	struct stack s = { .n = w->low.n + 1 };
+	unsigned nlater = last > flushed ? last - flushed : 0;
+	struct wop *ops = calloc(nlater + 1, sizeof(*ops));
+	uint8_t **data = calloc(nlater + 1, sizeof(*data));
+	struct img *img;
+	char *path = fx_path(name);
+
+	/* what the ops after the flush may have left: their data */
+	for (unsigned j = 0; j < nlater; j++) {
+		ops[j] = wt_op(run_seed, flushed + j, w->size, cs);
+		data[j] = calloc(1, ops[j].len);
+		ck_assert_ptr_nonnull(data[j]);
+		if (!ops[j].zero)
+			wt_fill(data[j], ops[j].len, ops[j].seed);
+	}
+	ck_assert_ptr_nonnull(durable);
+	ck_assert_ptr_nonnull(got);
+	ck_assert_ptr_nonnull(look);
+	memcpy(durable, w->model, w->size);	/* the disk before the run */
+	wt_replay(durable, run_seed, flushed, w->size, cs);
+	ck_assert_int_eq(img_open(path, NULL, false, &img), 0);
+	s.l[0] = img;
+	for (unsigned i = 0; i < w->low.n; i++)
+		s.l[i + 1] = w->low.l[i];
+	if (!ops_only) {
+		ck_assert_int_eq(stack_read(&s, got, w->size, 0), 0);
+		memset(look, 1, w->size / 512);
+	}
+	for (unsigned j = 0; ops_only && j < last; j++) {
+		struct wop op = wt_op(run_seed, j, w->size, cs);
+
+		if (stack_read(&s, got + op.off, op.len, op.off) < 0)
+			ck_abort_msg("%s: read failed", name);
+		memset(look + op.off / 512, 1, op.len / 512);
+	}
+	img_unref(img);
+	for (uint64_t sec = 0; sec < w->size / 512; sec++) {
+		const uint8_t *p = got + sec * 512;
+		bool ok = !look[sec] || !memcmp(p, durable + sec * 512, 512);
+
+		for (unsigned j = flushed; !ok && j < last; j++) {
+			const struct wop *op = &ops[j - flushed];
+
+			if (sec * 512 >= op->off && sec * 512 < op->off + op->len)
+				ok = !memcmp(p, data[j - flushed] +
+						       (sec * 512 - op->off), 512);
+		}
+		if (!ok)	/* not ck_assert: it is slow in a hot loop */
+			ck_abort_msg("%s: sector %llu lost (flushed %u of %u ops)",
+				     name, (unsigned long long)sec, flushed,
+				     last);
+	}
+	for (unsigned j = 0; j < nlater; j++)
+		free(data[j]);
+	free(data);
+	free(ops);
+	free(durable);
+	free(got);
+	free(look);
+	free(path);
+}
+
+static void wt_check_crashed(struct wt *w, const char *name, uint32_t run_seed,
+			     unsigned flushed, unsigned last, uint64_t cs)
+{
+	wt_check_crashed_ops(w, name, run_seed, flushed, last, cs, false);
+}
+
+/* The tops a crash test starts from (copies of top.qcow2). */
+static const struct {
+	const char *how;	/* NULL: create_diff, 4 KiB clusters */
+	uint32_t cs;
+} crashes[] = {
+	{ NULL, 4096 },
+	{ "cluster_size=32768,extended_l2=on", 32768 },
+	{ "cluster_size=512,refcount_bits=64", 512 },
+};
+
+static void make_crash_top(unsigned k)
+{
+	if (crashes[k].how) {
+		run("qemu-img create -q -f qcow2 -o %s -b base.qcow2 -F qcow2 top.qcow2",
+		    crashes[k].how);
+	} else {
+		struct img *base;
+		char *bp = fx_path("base.qcow2"), *tp = fx_path("top.qcow2");
+		struct img_create_parent par = { NULL, "base.qcow2", bp, "qcow2" };
+		struct img_create_opts o = { .block_size = crashes[k].cs };
+
+		ck_assert_int_eq(img_open(bp, NULL, false, &base), 0);
+		par.img = base;
+		ck_assert_int_eq(qcow2_driver.create_diff(tp, &par, &o), 0);
+		img_unref(base);
+		free(bp);
+		free(tp);
+	}
+	/* some data, a compressed cluster and zeros for the writes to meet */
+	run("qemu-io -t unsafe -f qcow2 -c 'write -P 0x44 1M 300k' "
+	    "-c 'write -c -P 0x45 2M 64k' -c 'write -z 3M 64k' top.qcow2");
+	/* 512-byte clusters, 64-bit refcounts: the one-cluster refcount
+	 * table counts 4096 clusters; fill it nearly, so that it grows
+	 * during the run */
+	if (crashes[k].cs == 512)
+		run("qemu-io -t unsafe -f qcow2 -c 'write -P 0x46 4M 1600k' top.qcow2");
+}
+
+/* the child of write_crash_kill: ops until killed, progress in shared */
+static void wt_crash_child(const char *path, const struct wt *w, uint32_t seed,
+			   uint64_t cs, volatile unsigned *shared)
+{
+	struct img *img;
+
+	if (img_open(path, NULL, true, &img) < 0 || !img->writable)
+		_exit(2);
+	for (unsigned j = 0; j < 400; j++) {
+		struct wop op = wt_op(seed, j, w->size, cs);
+		uint8_t *d = malloc(op.len);
+		int r;
+
+		shared[0] = j + 1;		/* started */
+		__sync_synchronize();
+		if (op.zero) {
+			r = img->drv->zero(img, op.off, op.len, &w->below);
+		} else {
+			wt_fill(d, op.len, op.seed);
+			r = img->drv->write(img, d, op.len, op.off, &w->below);
+		}
+		free(d);
+		if (r < 0)
+			_exit(3);
+		if (j % 6 == 5) {
+			if (img->drv->flush(img) < 0)
+				_exit(4);
+			__sync_synchronize();
+			shared[1] = j + 1;	/* flushed */
+		}
+	}
+	_exit(0);
+}
+
+/* SIGKILL a writer at random moments: never corrupt, nothing flushed lost. */
+START_TEST(write_crash_kill)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	volatile unsigned *shared;
+	uint32_t x = 4242;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne((void *)shared, MAP_FAILED);
+	for (unsigned k = 0; k < ARRAY_SIZE(crashes); k++) {
+		struct wt w;
+
+		make_crash_top(k);
+		run("cp top.qcow2 top0.qcow2");
+		wt_open(&w, "top.qcow2", lower);	/* model: before */
+		img_unref(w.top);
+		w.top = NULL;
+		for (unsigned it = 0; it < 7; it++) {
+			uint32_t seed = rnd_next(&x);
+			int status;
+			pid_t pid;
+
+			run("cp top0.qcow2 top.qcow2");
+			shared[0] = shared[1] = 0;
+			pid = fork();
+			ck_assert_int_ge(pid, 0);
+			if (pid == 0)
+				wt_crash_child(w.path, &w, seed, crashes[k].cs,
+					       shared);
+			usleep(1000 + rnd_next(&x) % 25000);
+			kill(pid, SIGKILL);
+			ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+			ck_assert_msg(WIFSIGNALED(status) ||
+				      WEXITSTATUS(status) == 0,
+				      "crash child exit %d", WEXITSTATUS(status));
+			qemu_check("top.qcow2", true);
+			wt_check_crashed(&w, "top.qcow2", seed, shared[1],
+					 shared[0], crashes[k].cs);
+		}
+		wt_close(&w);
+	}
+	munmap((void *)shared, 4096);
+}
+END_TEST
+
+/* The file as a power cut after event `cut` leaves it (malloc'd). */
+static uint8_t *pf_crash_image(const uint8_t *initial, size_t init_len,
+			       size_t cut, uint32_t *x, size_t *out_len)
+{
+	unsigned epoch = cut ? pf.ev[cut - 1].epoch : 0;
+	size_t len = init_len;
+	uint8_t *img;
+
+	for (size_t i = 0; i < cut; i++)
+		if (pf.ev[i].data)
+			len = MAX(len, (size_t)(pf.ev[i].off + pf.ev[i].len));
+	img = calloc(1, len);
+	ck_assert_ptr_nonnull(img);
+	memcpy(img, initial, init_len);
+	len = init_len;
+	for (size_t i = 0; i < cut; i++) {
+		const struct pf_event *e = &pf.ev[i];
+
+		if (!e->data)
+			continue;
+		for (size_t o = 0; o < e->len;) {
+			/* sector by sector: each may or may not have made it */
+			uint64_t at = e->off + o;
+			size_t n = (size_t)MIN(e->len - o, 512 - at % 512);
+
+			if (e->epoch < epoch || rnd_next(x) % 2) {
+				memcpy(img + at, e->data + o, n);
+				len = MAX(len, (size_t)(at + n));
+			}
+			o += n;
+		}
+	}
+	*out_len = len;
+	return img;
+}
+
+static void pf_crash_file(const uint8_t *initial, size_t init_len,
+			  size_t cut, uint32_t *x, const char *name)
+{
+	char *path = fx_path(name);
+	size_t len;
+	uint8_t *img = pf_crash_image(initial, init_len, cut, x, &len);
+	int fd;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pwrite_full(fd, img, len, 0), 0);
+	close(fd);
+	free(img);
+	free(path);
+}
+
+/* refcount entry i of a block (spec: sub-byte widths from bit 0) */
+static uint64_t mc_refcount(const uint8_t *blk, unsigned order, uint64_t i)
+{
+	unsigned bits = 1u << order;
+
+	switch (order) {
+	case 6: return get_be64(blk + i * 8);
+	case 5: return get_be32(blk + i * 4);
+	case 4: return get_be16(blk + i * 2);
+	case 3: return blk[i];
+	default:
+		return (blk[i * bits / 8] >> (i * bits % 8)) & ((1u << bits) - 1);
+	}
+}
+
+struct mc {
+	const uint8_t *f;
+	size_t len;
+	uint64_t cs, ncl;
+	uint32_t *refs;			/* references per cluster */
+	unsigned errs;
+	char why[160];
+};
+
+static void __attribute__((format(printf, 2, 3)))
+mc_bad(struct mc *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (m->errs++)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(m->why, sizeof(m->why), fmt, ap);
+	va_end(ap);
+}
+
+/* count a reference to every cluster of [off, off + n); 0 if outside */
+static bool mc_ref(struct mc *m, uint64_t off, uint64_t n, const char *what)
+{
+	uint64_t c0 = off / m->cs, c1 = (off + n + m->cs - 1) / m->cs;
+
+	if (off + n > m->ncl * m->cs) {
+		mc_bad(m, "%s at %llu lies past the end", what,
+		       (unsigned long long)off);
+		return false;
+	}
+	for (uint64_t c = c0; c < c1; c++)
+		m->refs[c]++;
+	return true;
+}
+
+/*
+ * What `qemu-img check` checks, in memory and much faster, so that every
+ * barrier of a run can be cut: each referenced cluster (header, refcount
+ * table and blocks, L1 and L2 tables, data, compressed data) lies in the
+ * file, its refcount is at least its references, and COPIED is set on an
+ * L1/L2 entry exactly when the refcount is 1.  Leaks are fine.
+ */
+static unsigned mini_check(const uint8_t *f, size_t len, char *why,
+			   size_t wlen)
+{
+	struct mc m = { .f = f, .len = len };
+	uint32_t version = get_be32(f + 4), cb = get_be32(f + 20);
+	unsigned order = version >= 3 ? get_be32(f + 96) : 4;
+	bool extl2 = version >= 3 && (get_be64(f + 72) & (1u << 4));
+	uint64_t l1off = get_be64(f + 40), rtoff = get_be64(f + 48);
+	uint64_t l1n = get_be32(f + 36), rtn, rbe, es = extl2 ? 16 : 8;
+	struct { uint64_t host; bool copied; } *ents = NULL;
+	size_t nents = 0, cap = 0;
+
+	m.cs = 1ull << cb;
+	m.ncl = (len + m.cs - 1) / m.cs;
+	m.refs = calloc(m.ncl + 1, sizeof(*m.refs));
+	ck_assert_ptr_nonnull(m.refs);
+	rtn = get_be32(f + 56) * m.cs / 8;
+	rbe = m.cs * 8 >> order;
+	mc_ref(&m, 0, m.cs, "header");
+	if (mc_ref(&m, rtoff, rtn * 8, "refcount table"))
+		for (uint64_t t = 0; t < rtn; t++) {
+			uint64_t b = get_be64(f + rtoff + t * 8) & ~511ull;
+
+			if (b)
+				mc_ref(&m, b, m.cs, "refcount block");
+		}
+	else
+		rtn = 0;
+	if (mc_ref(&m, l1off, l1n * 8, "L1 table")) {
+		for (uint64_t i = 0; i < l1n; i++) {
+			uint64_t e = get_be64(f + l1off + i * 8);
+			uint64_t l2 = e & QCOW2_L1E_OFFSET_MASK;
+
+			if (!l2 || !mc_ref(&m, l2, m.cs, "L2 table"))
+				continue;
+			if (nents + m.cs / es + 1 > cap) {
+				cap = (nents + m.cs / es + 1) * 2;
+				ents = realloc(ents, cap * sizeof(*ents));
+				ck_assert_ptr_nonnull(ents);
+			}
+			ents[nents].host = l2;
+			ents[nents++].copied = e >> 63;
+			for (uint64_t j = 0; j < m.cs / es; j++) {
+				uint64_t le = get_be64(f + l2 + j * es), h;
+
+				if (le & QCOW2_L2E_COMPRESSED) {
+					unsigned x = 62 - (cb - 8);
+					uint64_t coff = le & ((1ull << x) - 1);
+					uint64_t nsec = ((le >> x) &
+							 ((1ull << (cb - 8)) - 1)) + 1;
+
+					mc_ref(&m, coff & ~511ull, nsec * 512,
+					       "compressed data");
+					continue;
+				}
+				h = le & QCOW2_L2E_OFFSET_MASK;
+				if (!h || !mc_ref(&m, h, m.cs, "data cluster"))
+					continue;
+				ents[nents].host = h;
+				ents[nents++].copied = le >> 63;
+			}
+		}
+	}
+	for (uint64_t c = 0; c < m.ncl; c++) {
+		uint64_t t = c / rbe, b = t < rtn ?
+			get_be64(f + rtoff + t * 8) & ~511ull : 0, rc = 0;
+
+		if (b && b + m.cs <= len)
+			rc = mc_refcount(f + b, order, c % rbe);
+		if (rc < m.refs[c])
+			mc_bad(&m, "cluster %llu: refcount %llu, %u references",
+			       (unsigned long long)c, (unsigned long long)rc,
+			       m.refs[c]);
+		m.refs[c] = (uint32_t)MIN(rc, 2u);	/* for COPIED */
+	}
+	for (size_t i = 0; i < nents; i++)
+		if ((m.refs[ents[i].host / m.cs] == 1) != ents[i].copied)
+			mc_bad(&m, "COPIED wrong on the entry of cluster %llu",
+			       (unsigned long long)(ents[i].host / m.cs));
+	snprintf(why, wlen, "%s", m.why);
+	free(ents);
+	free(m.refs);
+	return m.errs;
+}
+
+/*
+ * Every epoch (the writes between two barriers), cut before its barrier:
+ * everything before it is durable, and of its own writes all but one
+ * (for each one: this finds any two writes it needs in order), or a
+ * random sector subset.  The metadata of each is checked in memory; the
+ * data the ops wrote once per epoch, through the driver.
+ */
+static void pf_sweep(struct wt *w, const uint8_t *initial, size_t init_len,
+		     const size_t *flush_ev, const unsigned *flush_op,
+		     unsigned nflush, uint32_t seed, unsigned nops, uint32_t *x)
+{
+	size_t cap = init_len, dlen = init_len, a = 0, flen = 0;
+	uint8_t *durable, *img, *shadow;
+	char why[160], *path = fx_path("crash.qcow2");
+	int fd;
+
+	for (size_t i = 0; i < pf.n; i++)
+		if (pf.ev[i].data)
+			cap = MAX(cap, (size_t)(pf.ev[i].off + pf.ev[i].len));
+	durable = calloc(1, cap);
+	img = malloc(cap);
+	shadow = calloc(1, cap);	/* what crash.qcow2 holds */
+	ck_assert_ptr_nonnull(durable);
+	ck_assert_ptr_nonnull(img);
+	ck_assert_ptr_nonnull(shadow);
+	memcpy(durable, initial, init_len);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	ck_assert_int_ge(fd, 0);
+	while (a <= pf.n) {
+		size_t b = a, len = dlen, dskip;
+		unsigned flushed = 0;
+
+		while (b < pf.n && pf.ev[b].data)
+			b++;		/* [a, b): the epoch's writes */
+		for (unsigned f = 0; f < nflush; f++)
+			if (flush_ev[f] <= b)
+				flushed = flush_op[f];
+		dskip = a + rnd_next(x) % (b - a + 1);
+		for (size_t skip = a; skip <= b; skip++) {
+			/* skip == b: a random subset of sectors instead */
+			len = dlen;
+			memcpy(img, durable, dlen);
+			for (size_t i = a; i < b; i++) {
+				const struct pf_event *e = &pf.ev[i];
+
+				if (i == skip)
+					continue;
+				for (size_t o = 0; o < e->len; o += 512) {
+					size_t n = MIN(e->len - o, 512);
+
+					if (skip == b && rnd_next(x) % 2)
+						continue;
+					memcpy(img + e->off + o, e->data + o, n);
+					len = MAX(len, (size_t)(e->off + o + n));
+				}
+			}
+			if (mini_check(img, len, why, sizeof(why)))
+				ck_abort_msg("cut before event %zu of %zu, without %zu: %s",
+					     b, pf.n, skip, why);
+			if (skip == dskip) {
+				/* write only what changed since last time */
+				for (size_t o = 0; o < len; o += 4096) {
+					size_t n = MIN(len - o, 4096);
+
+					if (o + n <= flen &&
+					    !memcmp(shadow + o, img + o, n))
+						continue;
+					if (pwrite_full(fd, img + o, n, o) < 0)
+						ck_abort_msg("cannot write");
+				}
+				ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+				memcpy(shadow, img, len);
+				flen = len;
+				/* a flush every 10 ops: none after
+				 * flushed + 10 started */
+				wt_check_crashed_ops(w, "crash.qcow2", seed,
+						     flushed,
+						     MIN(nops, flushed + 10),
+						     w->top->block_size, true);
+			}
+		}
+		for (size_t i = a; i < b; i++) {
+			memcpy(durable + pf.ev[i].off, pf.ev[i].data,
+			       pf.ev[i].len);
+			dlen = MAX(dlen, (size_t)(pf.ev[i].off + pf.ev[i].len));
+		}
+		a = b + 1;
+	}
+	close(fd);
+	free(path);
+	free(shadow);
+	free(durable);
+	free(img);
+}
+
+/* Power cuts at any point between writes: never corrupt, flushes kept. */
+START_TEST(write_crash_powerfail)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	size_t flush_ev[64], init_len;
+	unsigned flush_op[64], nflush = 0, nops = 60;
+	uint32_t seed = 555 + (uint32_t)_i, x = 99 + (uint32_t)_i;
+	uint8_t *initial, *before;
+	uint64_t cs = crashes[_i].cs;
+	char *tpath;
+	struct wt w;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	make_crash_top(_i);
+	tpath = fx_path("top.qcow2");
+	initial = fx_read_file(tpath, &init_len);
+	free(tpath);
+	ck_assert_ptr_nonnull(initial);
+	wt_open(&w, "top.qcow2", lower);
+	before = malloc(w.size);
+	memcpy(before, w.model, w.size);
+	__atomic_store_n(&pf.fd, w.top->fd, __ATOMIC_RELEASE);
+	for (unsigned j = 0; j < nops; j++) {
+		struct wop op = wt_op(seed, j, w.size, cs);
+
+		if (op.zero)
+			wt_zero(&w, op.off, op.len);
+		else
+			wt_write_seed(&w, op.off, op.len, op.seed);
+		if (j % 10 == 9) {
+			ck_assert_int_eq(w.top->drv->flush(w.top), 0);
+			flush_ev[nflush] = pf.n;
+			flush_op[nflush++] = j + 1;
+		}
+	}
+	__atomic_store_n(&pf.fd, -1, __ATOMIC_RELEASE);
+	memcpy(w.model, before, w.size);	/* wt_check_crashed replays */
+	if (cs == 512)		/* the run grew the refcount table */
+		ck_assert_uint_gt(peek_be32(w.path, 56), 1);
+	pf_sweep(&w, initial, init_len, flush_ev, flush_op, nflush, seed,
+		 nops, &x);
+	/* and some cuts anywhere, checked by qemu, with their data */
+	for (unsigned c = 0; c < 8; c++) {
+		size_t cut = c == 7 ? pf.n : rnd_next(&x) % (pf.n + 1);
+		unsigned flushed = 0;
+
+		for (unsigned f = 0; f < nflush; f++)
+			if (flush_ev[f] <= cut)
+				flushed = flush_op[f];
+		pf_crash_file(initial, init_len, cut, &x, "crash.qcow2");
+		qemu_check("crash.qcow2", true);
+		wt_check_crashed(&w, "crash.qcow2", seed, flushed, nops, cs);
+	}
+	pf_reset();
+	wt_close(&w);
+	free(before);
+	free(initial);
+}
+END_TEST
+
+/*
+ * An I/O error at each write or sync of the steps below: the request
+ * fails, the file (as the page cache holds it) has no corruption, every
+ * sector reads as before or as written, and after a half-done metadata
+ * update writes stay refused.
+ */
+static const struct {
+	uint64_t off, len;
+	int fill;			/* -1: zero() */
+} ioe_ops[] = {
+	{ (2 << 20) + 512, 8192, 0x5a },	/* COW of a compressed cluster */
+	{ 2 << 20, 64 << 10, -1 },		/* releases compressed ones */
+	{ 7 << 20, 1024, 0x5b },		/* a new L2 table */
+	{ (1 << 20) + 4096, 512, 0x5c },	/* in place */
+};
+
+START_TEST(write_io_error)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	bool passed = false;
+	uint8_t *model0;
+	struct wt w;
+	long k;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	make_crash_top(0);
+	wt_open(&w, "top.qcow2", lower);
+	wt_write(&w, (5 << 20) + 512, 2048);	/* allocates */
+	ck_assert_int_eq(w.top->drv->flush(w.top), 0);
+	img_unref(w.top);
+	w.top = NULL;
+	run("cp top.qcow2 top0.qcow2");
+	model0 = malloc(w.size);
+	ck_assert_ptr_nonnull(model0);
+	memcpy(model0, w.model, w.size);
+	cap_start();
+	for (k = 0; !passed; k++) {
+		struct stack s = { .n = 2 };
+		uint8_t buf[64 << 10], *got;
+		unsigned failed = ARRAY_SIZE(ioe_ops);
+		struct img *ro;
+		int r = 0;
+
+		ck_assert_int_lt(k, 64);
+		run("cp top0.qcow2 top.qcow2");
+		memcpy(w.model, model0, w.size);
+		ck_assert_int_eq(img_open(w.path, NULL, true, &w.top), 0);
+		pthread_mutex_lock(&pf.lock);
+		pf.calls = 0;
+		pf.fail_at = k;
+		pthread_mutex_unlock(&pf.lock);
+		__atomic_store_n(&pf.fd, w.top->fd, __ATOMIC_RELEASE);
+		for (unsigned i = 0; i < ARRAY_SIZE(ioe_ops); i++) {
+			memset(buf, ioe_ops[i].fill < 0 ? 0 : ioe_ops[i].fill,
+			       ioe_ops[i].len);
+			if (ioe_ops[i].fill < 0)
+				r = w.top->drv->zero(w.top, ioe_ops[i].off,
+						     ioe_ops[i].len, &w.below);
+			else
+				r = w.top->drv->write(w.top, buf,
+						      ioe_ops[i].len,
+						      ioe_ops[i].off, &w.below);
+			if (r < 0) {
+				failed = i;
+				break;
+			}
+			memcpy(w.model + ioe_ops[i].off, buf, ioe_ops[i].len);
+		}
+		__atomic_store_n(&pf.fd, -1, __ATOMIC_RELEASE);
+		pf.fail_at = -1;
+		if (failed == ARRAY_SIZE(ioe_ops)) {
+			passed = true;		/* k is past the last call */
+			wt_verify(&w);
+			break;
+		}
+		ck_assert_int_eq(r, -EIO);
+		/* leaks at most: qemu checks every fourth case, all in memory */
+		if (k % 4 == 0)
+			qemu_check("top.qcow2", true);
+		{
+			char why[160];
+			size_t flen;
+			uint8_t *f = fx_read_file(w.path, &flen);
+
+			ck_assert_ptr_nonnull(f);
+			if (mini_check(f, flen, why, sizeof(why)))
+				ck_abort_msg("k %ld: %s", k, why);
+			free(f);
+		}
+		ck_assert_int_eq(img_open(w.path, NULL, false, &ro), 0);
+		s.l[0] = ro;
+		s.l[1] = w.low.l[0];
+		got = malloc(w.size);
+		ck_assert_int_eq(stack_read(&s, got, w.size, 0), 0);
+		img_unref(ro);
+		for (uint64_t sec = 0; sec < w.size / 512; sec++) {
+			uint64_t at = sec * 512;
+			bool ok = !memcmp(got + at, w.model + at, 512);
+
+			if (!ok && at >= ioe_ops[failed].off &&
+			    at < ioe_ops[failed].off + ioe_ops[failed].len)
+				ok = !memcmp(got + at, buf, 512);
+			ck_assert_msg(ok, "k %ld: sector %llu", k,
+				      (unsigned long long)sec);
+		}
+		free(got);
+		r = w.top->drv->write(w.top, buf, 512, 6 << 20, &w.below);
+		ck_assert(r == 0 || r == -EIO);
+		img_unref(w.top);
+		w.top = NULL;
+	}
+	ck_assert_int_gt(k, 8);		/* there were many calls to fail */
+	wt_close(&w);
+	free(model0);
+}
+END_TEST
+
+/* ---- what is refused, and what open leaves alone ---- */
+
+static const struct {
+	const char *make, *why;
+} refusals[] = {
+	{ "qemu-img snapshot -c s1 r.qcow2", "internal snapshots" },
+	{ "qemu-img create -q -f qcow2 -o data_file=r.data r.qcow2 4M", "external data file" },
+	{ "printf '\\001' | dd of=r.qcow2 bs=1 seek=79 conv=notrunc status=none", "dirty bit" },
+	{ "printf '\\002' | dd of=r.qcow2 bs=1 seek=79 conv=notrunc status=none", "marked corrupt" },
+};
+
+START_TEST(write_refused)
+{
+	char *p = fx_path("r.qcow2");
+	uint8_t *a, *b, buf[512] = { 1 };
+	size_t alen, blen;
+	struct img *img;
+
+	if (!have_qemu())
+		return;
+	run("qemu-img create -q -f qcow2 r.qcow2 4M && qemu-io -f qcow2 -c 'write 0 64k' r.qcow2");
+	run("%s", refusals[_i].make);
+	a = fx_read_file(p, &alen);
+	cap_start();
+	ck_assert_int_eq(img_open(p, NULL, true, &img), 0);
+	ck_assert(!img->writable);
+	ck_assert_uint_ge(cap_warnings, 1);	/* corrupt: one more */
+	ck_assert_ptr_nonnull(strstr(cap_text, refusals[_i].why));
+	ck_assert_int_eq(img->drv->write(img, buf, 512, 0, NULL), -EROFS);
+	ck_assert_int_eq(img->drv->zero(img, 0, 512, NULL), -EROFS);
+	img_unref(img);
+	b = fx_read_file(p, &blen);
+	ck_assert(alen == blen && !memcmp(a, b, alen));	/* untouched */
+	free(a);
+	free(b);
+	free(p);
+}
+END_TEST
+
+/* Opening writable changes nothing; the first write clears autoclear. */
+START_TEST(write_open_untouched)
+{
+	char *p = fx_path("b.qcow2");
+	uint8_t *a, *b, buf[4096];
+	size_t alen, blen;
+	struct img *img;
+
+	if (!have_qemu())
+		return;
+	run("qemu-img create -q -f qcow2 b.qcow2 4M && qemu-img bitmap --add b.qcow2 bm0 2>&1");
+	ck_assert_uint_eq(peek_be64(p, 88) & 1, 1);	/* bitmaps bit */
+	a = fx_read_file(p, &alen);
+	ck_assert_int_eq(img_open(p, NULL, true, &img), 0);
+	ck_assert(img->writable);
+	img_unref(img);
+	b = fx_read_file(p, &blen);
+	ck_assert(alen == blen && !memcmp(a, b, alen));
+	free(a);
+	free(b);
+	ck_assert_int_eq(img_open(p, NULL, true, &img), 0);
+	memset(buf, 0x3c, sizeof(buf));
+	ck_assert_int_eq(img->drv->write(img, buf, sizeof(buf), 8192, NULL), 0);
+	ck_assert_int_eq(img->drv->flush(img), 0);
+	img_unref(img);
+	/* the bitmap is no longer trusted: its clusters are leaks now */
+	ck_assert_uint_eq(peek_be64(p, 88), 0);
+	qemu_check("b.qcow2", true);
+	run("qemu-io -r -f qcow2 -c 'read -P 0x3c 8192 4096' b.qcow2 2>&1");
 	free(p);
 }
 END_TEST
@@ -1789,6 +3526,29 @@ Suite *unit_suite(void)
 	tcase_add_unchecked_fixture(tc, bases_setup, bases_teardown);
 	tcase_add_loop_test(tc, damaged_image, 0, (int)ARRAY_SIZE(bad));
 	tcase_add_test(tc, luks_refused);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("write");
+	tcase_set_timeout(tc, 120);
+	tcase_add_unchecked_fixture(tc, wbases_setup, wbases_teardown);
+	tcase_add_loop_test(tc, write_create_diff, 0,
+			    (int)ARRAY_SIZE(overlays));
+	tcase_add_test(tc, write_create_refused);
+	tcase_add_loop_test(tc, write_layouts, 0, (int)ARRAY_SIZE(wlayouts));
+	tcase_add_loop_test(tc, write_refcount_growth, 0,
+			    (int)ARRAY_SIZE(growths));
+	tcase_add_test(tc, write_refcount_growth_boundary);
+	tcase_add_test(tc, write_uncopied_cluster);
+	tcase_add_test(tc, write_counted_past_eof);
+	tcase_add_test(tc, write_zero_v2);
+	tcase_add_test(tc, write_through_chain);
+	tcase_add_test(tc, write_io_error);
+	tcase_add_loop_test(tc, write_threads, 0, (int)ARRAY_SIZE(wthreads));
+	tcase_add_test(tc, write_crash_kill);
+	tcase_add_loop_test(tc, write_crash_powerfail, 0,
+			    (int)ARRAY_SIZE(crashes));
+	tcase_add_loop_test(tc, write_refused, 0, (int)ARRAY_SIZE(refusals));
+	tcase_add_test(tc, write_open_untouched);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -1,0 +1,512 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * qcow2-refcount.c: host cluster allocation for a writable qcow2 image.
+ *
+ * Facts are from qemu's docs/interop/qcow2.txt ("Host cluster
+ * management"): a two-level table, a refcount table (contiguous, in the
+ * header) of refcount blocks (one cluster each, 1 << refcount_order bits
+ * per entry; sub-byte entries start at the least significant bit).  Every
+ * order 0..6 is supported.
+ *
+ * Allocation only ever appends.  open() finds the high-water mark hw: the
+ * end of the file, or past the last cluster that any refcount block counts
+ * if that is further (a crash can leave counted clusters past the end).
+ * Every cluster at or past hw is unused, so a fresh cluster's refcount is
+ * set from 0 to 1 without looking at anything else, and a released
+ * cluster is never handed out again: a reader that mapped it a moment ago
+ * still finds the old bytes there.
+ *
+ * A step that needs n clusters reserves [hw, hw + n) plus a refcount block
+ * for every refcount table entry in the range that has none (placed after
+ * the range, and covered by the range, so the loop that places them also
+ * covers them).  If the refcount table itself is too small it is replaced
+ * by a bigger copy first, in a step of its own (qcow2_rc_grow).
+ *
+ * Only the refcount table is kept in memory.  A refcount update reads the
+ * bytes it changes from the block, modifies them and writes them back;
+ * everything here runs under w->lock, which makes that safe.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checked.h"
+#include "compiler.h"
+#include "endian-io.h"
+#include "img.h"
+#include "io.h"
+#include "log.h"
+#include "qcow2.h"
+
+#define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
+
+/* ---- entries of a refcount block (spec: "Refcount block entry") ---- */
+
+static uint64_t rc_get(const uint8_t *p, unsigned order, uint64_t i)
+{
+	unsigned bits = 1u << order;
+	uint64_t bit;
+
+	switch (order) {
+	case 6:
+		return get_be64(p + i * 8);
+	case 5:
+		return get_be32(p + i * 4);
+	case 4:
+		return get_be16(p + i * 2);
+	case 3:
+		return p[i];
+	default:	/* sub-byte: bit 0 is the least significant bit */
+		bit = i * bits;
+		return (uint64_t)(p[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
+	}
+}
+
+static void rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v)
+{
+	unsigned bits = 1u << order, mask;
+	uint64_t bit;
+
+	switch (order) {
+	case 6:
+		put_be64(p + i * 8, v);
+		break;
+	case 5:
+		put_be32(p + i * 4, (uint32_t)v);
+		break;
+	case 4:
+		put_be16(p + i * 2, (uint16_t)v);
+		break;
+	case 3:
+		p[i] = (uint8_t)v;
+		break;
+	default:	/* bits < 8 */
+		mask = (1u << bits) - 1;
+		bit = i * bits;
+		p[bit / 8] = (uint8_t)((p[bit / 8] & ~(mask << (bit % 8))) |
+				       ((v & mask) << (bit % 8)));
+		break;
+	}
+}
+
+int qcow2_sync(struct img *img)
+{
+	if (fdatasync(img->fd) < 0) {
+		int r = -errno;
+
+		return log_err_ret(r, "qcow2: %s: fdatasync failed (%s)",
+				   img->path, strerror(-r));
+	}
+	return 0;
+}
+
+/*
+ * Add +1 (fresh: the entries must be 0) or -1 (release: they must not be)
+ * to entries [i0, i1) of the refcount block at blk: read, change, write.
+ */
+static int rc_block_add(struct img *img, struct qcow2 *s, uint64_t blk,
+			uint64_t i0, uint64_t i1, bool fresh)
+{
+	struct qcow2_w *w = s->w;
+	unsigned order = w->rc_order, bits = 1u << order;
+	uint64_t b0 = i0 * bits / 8, b1 = DIV_ROUND_UP(i1 * bits, 8);
+	uint64_t base = b0 * 8 / bits;
+	size_t len = (size_t)(b1 - b0);
+	int r;
+
+	r = pread_full(img->fd, w->rbuf, len, blk + b0);
+	if (r < 0)
+		return log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read refcount block at %llu (%s)",
+				   img->path, (unsigned long long)blk,
+				   strerror(-r));
+	for (uint64_t i = i0; i < i1; i++) {
+		uint64_t v = rc_get(w->rbuf, order, i - base);
+
+		if (fresh && v != 0)
+			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of an unused cluster is %llu (block %llu, entry %llu)",
+					   img->path, (unsigned long long)v,
+					   (unsigned long long)blk,
+					   (unsigned long long)i);
+		if (!fresh && v == 0)
+			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of a cluster in use is 0 (block %llu, entry %llu)",
+					   img->path, (unsigned long long)blk,
+					   (unsigned long long)i);
+		rc_set(w->rbuf, order, i - base, fresh ? v + 1 : v - 1);
+	}
+	r = pwrite_full(img->fd, w->rbuf, len, blk + b0);
+	if (r < 0)
+		return log_err_ret(r, "qcow2: %s: cannot write refcount block at %llu (%s)",
+				   img->path, (unsigned long long)blk,
+				   strerror(-r));
+	return 0;
+}
+
+/*
+ * Count fresh clusters [p->start, p->end) in the refcount blocks that
+ * cover them: with new_blocks, build and write the plan's new blocks
+ * (phase A); without, add to the existing ones (phase B).  rt is the
+ * table the plan was made against.
+ */
+static int rc_fresh(struct img *img, struct qcow2 *s,
+		    const struct qcow2_rc_plan *p, const uint64_t *rt,
+		    bool new_blocks)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t rbe = w->rb_entries, cs = s->cluster_size, k = 0;
+	int r;
+
+	for (uint64_t t = p->start / rbe; t <= (p->end - 1) / rbe; t++) {
+		uint64_t lo = MAX(p->start, t * rbe) - t * rbe;
+		uint64_t hi = MIN(p->end, (t + 1) * rbe) - t * rbe;
+
+		if (k < p->nblk && p->blk_ti[k] == t) {
+			uint64_t at = (p->start + p->nuser + k) * cs;
+
+			k++;
+			if (!new_blocks)
+				continue;
+			memset(w->rbuf, 0, cs);
+			for (uint64_t i = lo; i < hi; i++)
+				rc_set(w->rbuf, w->rc_order, i, 1);
+			r = pwrite_full(img->fd, w->rbuf, cs, at);
+			if (r < 0)
+				return log_err_ret(r, "qcow2: %s: cannot write refcount block at %llu (%s)",
+						   img->path,
+						   (unsigned long long)at,
+						   strerror(-r));
+			continue;
+		}
+		if (new_blocks)
+			continue;
+		assert(rt[t]);
+		r = rc_block_add(img, s, rt[t], lo, hi, true);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * Place refcount blocks for [p->start, p->start + p->nuser) against table
+ * rt of n entries: one after the range for each entry that has none.
+ * 0, 1 if the table is too small, or -ENOMEM.
+ */
+static int rc_plan(const struct qcow2_w *w, const uint64_t *rt, uint64_t n,
+		   struct qcow2_rc_plan *p)
+{
+	uint64_t rbe = w->rb_entries, t = p->start / rbe, cap = 0;
+
+	assert(p->nuser > 0);
+	free(p->blk_ti);
+	p->blk_ti = NULL;
+	p->nblk = 0;
+	p->end = p->start + p->nuser;
+	/* end grows as blocks are placed; they are covered in turn */
+	for (; t <= (p->end - 1) / rbe; t++) {
+		if (t >= n)
+			return 1;
+		if (rt[t])
+			continue;
+		if (p->nblk == cap) {
+			uint64_t *nb;
+
+			cap = cap ? cap * 2 : 4;
+			nb = realloc(p->blk_ti, cap * sizeof(*nb));
+			if (!nb)
+				return -ENOMEM;
+			p->blk_ti = nb;
+		}
+		p->blk_ti[p->nblk++] = t;
+		p->end++;
+	}
+	return 0;
+}
+
+void qcow2_rc_plan_free(struct qcow2_rc_plan *p)
+{
+	free(p->blk_ti);
+	p->blk_ti = NULL;
+	p->nblk = 0;
+}
+
+/*
+ * Replace the refcount table by one of at least min_entries entries:
+ *   new refcount blocks + the new table (its entries name them) + counts
+ *   for the new clusters in existing blocks -> barrier -> the header's
+ *   two refcount table fields (one 12-byte write inside the first sector)
+ *   -> barrier -> release the old table's clusters.
+ * A crash before the header write leaks the new clusters; after it, the
+ * old table's clusters (still counted) at worst.
+ */
+static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t cs = s->cluster_size, per = cs / 8, n, tc = 0;
+	uint64_t old_off = s->h.refcount_table_offset;
+	uint64_t old_bytes = (uint64_t)s->h.refcount_table_clusters * cs;
+	struct qcow2_rc_plan p = { 0 };
+	uint64_t *nt = NULL;
+	uint8_t *raw = NULL, hdr[12];
+	int r;
+
+	n = MAX(w->rt_entries * 2, min_entries);
+	for (;;) {
+		tc = DIV_ROUND_UP(n, per);
+		n = tc * per;
+		if (tc * cs > QCOW2_MAX_REFTABLE_BYTES) {
+			r = log_err_ret(-EFBIG, "qcow2: %s: the refcount table would exceed %u bytes",
+					img->path, QCOW2_MAX_REFTABLE_BYTES);
+			goto out;
+		}
+		nt = calloc(n, sizeof(*nt));
+		if (!nt) {
+			r = -ENOMEM;
+			goto out;
+		}
+		memcpy(nt, w->rt, w->rt_entries * sizeof(*nt));
+		p.start = w->hw;
+		p.nuser = tc;		/* the table's own clusters */
+		r = rc_plan(w, nt, n, &p);
+		if (r < 0)
+			goto out;
+		if (r == 0)
+			break;
+		free(nt);
+		nt = NULL;
+		n *= 2;
+	}
+	if ((p.end << s->cluster_bits) > QCOW2_L2E_OFFSET_MASK) {
+		r = log_err_ret(-EFBIG, "qcow2: %s: the image file would exceed 64 PiB",
+				img->path);
+		goto out;
+	}
+	DBG(FORMAT, "qcow2: %s: refcount table grows to %llu clusters at %llu",
+	    img->path, (unsigned long long)tc,
+	    (unsigned long long)(p.start * cs));
+	for (uint64_t k = 0; k < p.nblk; k++)
+		nt[p.blk_ti[k]] = (p.start + p.nuser + k) * cs;
+	raw = malloc(tc * cs);
+	if (!raw) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t i = 0; i < n; i++)
+		put_be64(raw + i * 8, nt[i]);
+	w->hw = p.end;		/* whatever happens, never hand these out */
+	r = rc_fresh(img, s, &p, nt, true);
+	if (r == 0) {
+		r = pwrite_full(img->fd, raw, tc * cs, p.start * cs);
+		if (r < 0)
+			log_err("qcow2: %s: cannot write the refcount table (%s)",
+				img->path, strerror(-r));
+	}
+	if (r == 0)
+		r = rc_fresh(img, s, &p, nt, false);
+	if (r == 0)
+		r = qcow2_sync(img);
+	if (r < 0)
+		goto out;
+	put_be64(hdr, p.start * cs);
+	put_be32(hdr + 8, (uint32_t)tc);
+	r = pwrite_full(img->fd, hdr, sizeof(hdr),
+			offsetof(struct qcow2_header_raw,
+				 refcount_table_offset));
+	if (r < 0) {
+		w->broken = true;	/* the header may be half written */
+		log_err("qcow2: %s: cannot write the header (%s)", img->path,
+			strerror(-r));
+		goto out;
+	}
+	free(w->rt);
+	w->rt = nt;
+	nt = NULL;
+	w->rt_entries = n;
+	s->h.refcount_table_offset = p.start * cs;
+	s->h.refcount_table_clusters = (uint32_t)tc;
+	r = qcow2_sync(img);
+	if (r == 0)
+		r = qcow2_rc_release(img, s, old_off, old_bytes);
+	if (r < 0)
+		w->broken = true;
+out:
+	qcow2_rc_plan_free(&p);
+	free(raw);
+	free(nt);
+	return r;
+}
+
+int qcow2_rc_reserve(struct img *img, struct qcow2 *s, uint64_t nuser,
+		     struct qcow2_rc_plan *p)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t rbe = w->rb_entries;
+	int r;
+
+	memset(p, 0, sizeof(*p));
+	for (;;) {
+		p->start = w->hw;
+		p->nuser = nuser;
+		r = rc_plan(w, w->rt, w->rt_entries, p);
+		if (r < 0)
+			goto fail;
+		if (r == 0)
+			break;
+		/* room for this step's blocks, then some */
+		r = rc_grow(img, s, (p->start + nuser + nuser / (rbe - 1) + 3) /
+					    rbe + 1);
+		if (r < 0)
+			goto fail;
+	}
+	if ((p->end << s->cluster_bits) > QCOW2_L2E_OFFSET_MASK) {
+		r = log_err_ret(-EFBIG, "qcow2: %s: the image file would exceed 64 PiB",
+				img->path);
+		goto fail;
+	}
+	w->hw = p->end;
+	return 0;
+fail:
+	qcow2_rc_plan_free(p);
+	return r;
+}
+
+int qcow2_rc_write_blocks(struct img *img, struct qcow2 *s,
+			  const struct qcow2_rc_plan *p)
+{
+	return p->nblk ? rc_fresh(img, s, p, s->w->rt, true) : 0;
+}
+
+int qcow2_rc_commit(struct img *img, struct qcow2 *s,
+		    const struct qcow2_rc_plan *p)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t cs = s->cluster_size, t0, t1;
+	uint8_t *raw;
+	int r;
+
+	r = rc_fresh(img, s, p, w->rt, false);
+	if (r < 0 || !p->nblk)
+		return r;
+	/* link the new blocks: one write for the span of entries they use */
+	t0 = p->blk_ti[0];
+	t1 = p->blk_ti[p->nblk - 1] + 1;
+	raw = malloc((t1 - t0) * 8);
+	if (!raw)
+		return -ENOMEM;
+	for (uint64_t t = t0; t < t1; t++)
+		put_be64(raw + (t - t0) * 8, w->rt[t]);
+	for (uint64_t k = 0; k < p->nblk; k++)
+		put_be64(raw + (p->blk_ti[k] - t0) * 8,
+			 (p->start + p->nuser + k) * cs);
+	r = pwrite_full(img->fd, raw, (t1 - t0) * 8,
+			s->h.refcount_table_offset + t0 * 8);
+	free(raw);
+	if (r < 0)
+		return log_err_ret(r, "qcow2: %s: cannot write the refcount table (%s)",
+				   img->path, strerror(-r));
+	for (uint64_t k = 0; k < p->nblk; k++)
+		w->rt[p->blk_ti[k]] = (p->start + p->nuser + k) * cs;
+	return 0;
+}
+
+int qcow2_rc_release(struct img *img, struct qcow2 *s, uint64_t off,
+		     uint64_t len)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t rbe = w->rb_entries, cs = s->cluster_size;
+	uint64_t c = off / cs, end = DIV_ROUND_UP(off + len, cs);
+	int r;
+
+	while (c < end) {
+		uint64_t t = c / rbe, stop = MIN(end, (t + 1) * rbe);
+
+		if (t >= w->rt_entries || !w->rt[t])
+			return log_err_ret(-EUCLEAN, "qcow2: %s: cluster in use has no refcount block (%llu)",
+					   img->path,
+					   (unsigned long long)(c * cs));
+		r = rc_block_add(img, s, w->rt[t], c - t * rbe, stop - t * rbe,
+				 false);
+		if (r < 0)
+			return r;
+		c = stop;
+	}
+	return 0;
+}
+
+/* Writes are refused for this image: say why, once. */
+static int rc_refuse(struct img *img, const char *why, uint64_t value)
+{
+	log_warn("qcow2: %s: writes are not supported: %s (%llu); the image stays read-only",
+		 img->path, why, (unsigned long long)value);
+	return -EROFS;
+}
+
+int qcow2_rc_open(struct img *img, struct qcow2 *s)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t cs = s->cluster_size, rt_off = s->h.refcount_table_offset;
+	uint64_t rt_bytes = (uint64_t)s->h.refcount_table_clusters * cs;
+	uint64_t rbe, hw;
+	int r;
+
+	w->rc_order = s->h.refcount_order;
+	w->rb_entries = rbe = (cs * 8) >> w->rc_order;
+	if (!rt_bytes)
+		return rc_refuse(img, "no refcount table", 0);
+	/* open checked the size cap and the alignment */
+	if (!range_within(rt_off, rt_bytes, img->file_size))
+		return rc_refuse(img, "refcount table lies past the end of the file",
+				 rt_off);
+	w->rt_entries = rt_bytes / 8;
+	w->rt = malloc(rt_bytes);
+	if (!w->rt)
+		return -ENOMEM;
+	r = pread_full(img->fd, w->rt, rt_bytes, rt_off);
+	if (r < 0)
+		return rc_refuse(img, "cannot read the refcount table", rt_off);
+	for (uint64_t t = 0; t < w->rt_entries; t++) {
+		uint64_t blk = be64toh(w->rt[t]) & QCOW2_RTE_OFFSET_MASK;
+
+		w->rt[t] = blk;
+		if (!blk)
+			continue;
+		if (blk & (cs - 1))
+			return rc_refuse(img, "refcount block offset misaligned",
+					 blk);
+		if (!range_within(blk, cs, img->file_size))
+			return rc_refuse(img, "refcount block lies past the end of the file",
+					 blk);
+	}
+	/* hw: past the file, and past every cluster a block counts */
+	hw = DIV_ROUND_UP(img->file_size, cs);
+	for (uint64_t t = hw / rbe; t < w->rt_entries; t++) {
+		uint64_t lo = hw > t * rbe ? hw - t * rbe : 0;
+
+		if (!w->rt[t])
+			continue;
+		r = pread_full(img->fd, w->rbuf, cs, w->rt[t]);
+		if (r < 0)
+			return rc_refuse(img, "cannot read a refcount block",
+					 w->rt[t]);
+		for (uint64_t i = rbe; i > lo; i--) {
+			if (rc_get(w->rbuf, w->rc_order, i - 1)) {
+				hw = t * rbe + i;
+				break;
+			}
+		}
+	}
+	if (hw > DIV_ROUND_UP(img->file_size, cs))
+		DBG(FORMAT, "qcow2: %s: clusters counted past the end of the file (up to %llu)",
+		    img->path, (unsigned long long)(hw * cs));
+	w->hw = hw;
+	return 0;
+}
+
+void qcow2_rc_close(struct qcow2_w *w)
+{
+	free(w->rt);
+	w->rt = NULL;
+}

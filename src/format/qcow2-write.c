@@ -1,0 +1,1244 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * qcow2-write.c: a qcow2 image as the writable top layer, and new overlays.
+ *
+ * Facts are from qemu's docs/interop/qcow2.txt.  Writes are write-through
+ * and keep the refcounts exact at every instant: no dirty bit, no lazy
+ * refcounts, nothing left to repair at the next open.
+ *
+ * ORDERING.  qemu's rule: a refcount increment reaches the disk before any
+ * reference to the cluster, and a reference is gone from the disk before
+ * the refcount drops.  A crash at any instant then leaves at worst leaked
+ * clusters (counted but unreferenced; `qemu-img check` reports leaks, not
+ * corruption), never a reference to a cluster whose refcount is 0.  On top
+ * of that, data reaches the disk before the entry that maps it, so a crash
+ * never exposes a cluster that was never written.  One allocation step (a
+ * batch of neighbouring clusters, all of it under w->lock) is:
+ *
+ *   A  data into fresh clusters (copy-on-write writes the whole cluster:
+ *      the caller's bytes and the old contents around them; with extended
+ *      L2 only the touched subclusters), new L2 tables (already holding
+ *      their new entries), new refcount blocks (counting themselves and
+ *      every fresh cluster of the step they cover).  Nothing on disk
+ *      points at any of it yet.
+ *   -- fdatasync, only if there are new refcount blocks --
+ *   B  the fresh clusters' refcounts in existing refcount blocks, and the
+ *      refcount table entries of the new blocks (complete on disk since
+ *      the barrier).  Nothing references the fresh clusters yet, so any
+ *      part of A and B that survives a crash is a leak, nothing more:
+ *      that is why data and refcounts share one barrier.
+ *   -- fdatasync --
+ *   C  L2 entries in existing tables and L1 entries of new tables (COPIED
+ *      set: refcount 1).  Each target's data and refcount are durable.
+ *      Only then are the cached tables and the in-memory L1 updated, so a
+ *      reader never maps a cluster whose data is not written.
+ *   -- fdatasync, only if the step replaced clusters --
+ *   D  release what was replaced (a compressed cluster, or one shared
+ *      without COPIED): its references are durably gone.
+ *
+ * So an allocating step costs one fdatasync, two when it adds a refcount
+ * block.  New subclusters inside a cluster the image owns, or a zero-
+ * allocated cluster written again, are A, barrier, C; zeroing where the
+ * L2 table exists is C alone.  A cluster the image owns (COPIED,
+ * refcount 1, standard, not zero) is overwritten in place by a plain pwrite
+ * without any lock: nothing about it changes, and nothing ever frees it.
+ * The refcount table grows in a step of its own (qcow2-refcount.c).
+ * ->flush is one fdatasync: every step leaves the metadata consistent.
+ *
+ * CONCURRENCY.  The chain calls ->write with its lock shared.  Metadata
+ * changes only under w->lock, and each allocation decision is taken again
+ * under it, so two writers of one unallocated cluster allocate it once
+ * (the second finds it owned and writes in place).  Readers take no lock:
+ * L1 entries and standard L2 entries change by single atomic 64-bit
+ * stores; an extended pair (entry + bitmap) is replaced inside a sequence
+ * lock (qcow2_entry_load).  The cached copy of an L2 table is pinned while
+ * it is updated and the image's L2 generation bumped afterwards, so a
+ * concurrent cache miss never installs a stale copy (qcow2_l2_get_gen).
+ * Allocation only appends and released clusters are never reused, so a
+ * reader or fast-path writer holding an old mapping still reaches the
+ * cluster it mapped.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checked.h"
+#include "compiler.h"
+#include "endian-io.h"
+#include "img.h"
+#include "io.h"
+#include "log.h"
+#include "qcow2.h"
+
+#define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
+#define Q2_BATCH_BYTES (32ull << 20)	/* guest bytes per allocation step */
+#define Q2_BATCH_CLUSTERS 1024u
+
+enum q2_kind {
+	Q2_INPLACE,		/* the caller's bytes into the image's own cluster */
+	Q2_ALLOC,		/* into a fresh cluster; new entry */
+	Q2_REUSE,		/* into the entry's own host cluster; new entry
+				 * (a zero-allocated cluster, new subclusters) */
+	Q2_META,		/* new entry only (zeroing) */
+};
+
+/* What one step does to one guest cluster. */
+struct q2_op {
+	enum q2_kind kind;
+	uint64_t gcl;			/* guest cluster index */
+	uint64_t old_e, old_b;		/* L2 entry and bitmap before */
+	uint64_t new_e, new_b;		/* after (ALLOC: host added later) */
+	uint64_t host;			/* host cluster written (not META) */
+	uint32_t w0, w1;		/* the caller's bytes in the cluster */
+	uint32_t t0, t1;		/* bytes written to host, [w0,w1) inside */
+	const uint8_t *src;		/* borrowed: the caller's [w0, w1) */
+	uint64_t free_off, free_len;	/* replaced clusters to release */
+	int tab;			/* new L2 table of the step, or -1 */
+};
+
+/* An L2 table the step creates. */
+struct q2_tab {
+	uint64_t l1i;
+	uint64_t host;
+	uint8_t *raw;			/* owned: one cluster, big-endian */
+};
+
+struct q2_batch {
+	struct q2_op *ops;		/* owned, by guest cluster */
+	size_t nops, ops_cap;
+	struct q2_tab *tabs;		/* owned, by L1 index */
+	size_t ntabs, tabs_cap;
+	uint64_t nalloc;		/* Q2_ALLOC ops */
+	struct qcow2_l2_ref ref;	/* pinned while planning */
+	uint64_t ref_l1i;
+};
+
+/* bits f..l of a subcluster bitmap half */
+static uint64_t q2_sc_mask(unsigned f, unsigned l)
+{
+	return ((2ull << l) - 1) & ~((1ull << f) - 1);
+}
+
+static int q2_refuse(struct img *img, const char *why)
+{
+	log_warn("qcow2: %s: writes are not supported: %s; the image stays read-only",
+		 img->path, why);
+	return -EROFS;
+}
+
+int qcow2_write_open(struct img *img, struct qcow2 *s)
+{
+	const struct qcow2_header *h = &s->h;
+	size_t cs = (size_t)s->cluster_size;
+	struct qcow2_w *w;
+	int r;
+
+	if (h->incompatible_features & QCOW2_INCOMPAT_DIRTY)
+		return q2_refuse(img, "the dirty bit is set (refcounts may be stale; `qemu-img check -r all` repairs them)");
+	if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+		return q2_refuse(img, "the image is marked corrupt");
+	if (s->data_fd >= 0)
+		return q2_refuse(img, "external data file");
+	if (h->nb_snapshots)
+		return q2_refuse(img, "internal snapshots share its clusters");
+	if (s->l1_shared)
+		return q2_refuse(img, "an L2 table is shared (L1 entry without COPIED)");
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	s->w = w;
+	pthread_mutex_init(&w->lock, NULL);
+	w->buf = malloc(cs);
+	w->rbuf = malloc(cs);
+	w->zbuf = calloc(1, cs);
+	if (!w->buf || !w->rbuf || !w->zbuf) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = qcow2_rc_open(img, s);
+	if (r < 0)
+		goto fail;
+	/* autoclear bits (bitmaps) are cleared at the first write, not now */
+	w->hdr_done = h->version < 3 || !h->autoclear_features;
+	DBG(FORMAT, "qcow2: %s: writable, refcount_bits %u, %llu clusters in use",
+	    img->path, 1u << w->rc_order, (unsigned long long)w->hw);
+	return 0;
+fail:
+	qcow2_write_free(s);
+	return r;
+}
+
+void qcow2_write_free(struct qcow2 *s)
+{
+	struct qcow2_w *w = s->w;
+
+	if (!w)
+		return;
+	qcow2_rc_close(w);
+	pthread_mutex_destroy(&w->lock);
+	free(w->buf);
+	free(w->rbuf);
+	free(w->zbuf);
+	free(w);
+	s->w = NULL;
+}
+
+/*
+ * Before the first write: clear the autoclear bits, since we do not keep
+ * dirty bitmaps up to date (spec: a writer that does not maintain an
+ * autoclear feature clears its bit first).  -EIO once a step failed half
+ * way: the in-memory metadata may no longer match the file.
+ */
+static int q2_prepare(struct img *img, struct qcow2 *s)
+{
+	struct qcow2_w *w = s->w;
+	uint8_t zero[8] = { 0 };
+	int r = 0;
+
+	if (__atomic_load_n(&w->broken, __ATOMIC_ACQUIRE))
+		return -EIO;
+	if (__atomic_load_n(&w->hdr_done, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&w->lock);
+	if (!w->hdr_done) {
+		r = pwrite_full(img->fd, zero, sizeof(zero),
+				offsetof(struct qcow2_header_raw,
+					 autoclear_features));
+		if (r < 0)
+			log_err("qcow2: %s: cannot write the header (%s)",
+				img->path, strerror(-r));
+		else
+			r = qcow2_sync(img);
+		if (r == 0) {
+			s->h.autoclear_features = 0;
+			__atomic_store_n(&w->hdr_done, true, __ATOMIC_RELEASE);
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* old contents, for copy-on-write                                     */
+
+/* Guest bytes from the layers below; zeros past the virtual size. */
+static int q2_read_below(struct img *img, const struct img_below *below,
+			 uint8_t *dst, size_t n, uint64_t off)
+{
+	size_t in = off < img->size ? (size_t)MIN((uint64_t)n,
+						  img->size - off) : 0;
+	int r;
+
+	if (!below || !below->read)
+		in = 0;			/* no parent: zeros */
+	if (in) {
+		r = below->read(below->ctx, dst, in, off);
+		if (r < 0)
+			return log_err_ret(r, "qcow2: %s: cannot read the layer below for copy-on-write at %llu (%s)",
+					   img->path, (unsigned long long)off,
+					   strerror(-r));
+	}
+	memset(dst + in, 0, n - in);
+	return 0;
+}
+
+/* Bytes [from, to) of op's cluster as its old entry reads them. */
+static int q2_read_old(struct img *img, struct qcow2 *s,
+		       const struct q2_op *op, const struct img_below *below,
+		       uint64_t from, uint64_t to, uint8_t *dst)
+{
+	struct qcow2_bad bad = { NULL, 0 };
+
+	while (from < to) {
+		struct qcow2_run run = { Q_UNALLOC, 0, 0 };
+		struct qcow2_zreq z;
+		const uint8_t *data;
+		size_t step;
+		int r;
+
+		r = qcow2_classify(s, op->gcl, op->old_e, op->old_b, from, &run,
+				   &bad);
+		if (r < 0)
+			return log_err_ret(r, "qcow2: %s: %s (%llu)", img->path,
+					   bad.what,
+					   (unsigned long long)bad.value);
+		step = (size_t)MIN(run.len, to - from);
+		switch (run.kind) {
+		case Q_UNALLOC:		/* spec: the backing file's bytes */
+			r = q2_read_below(img, below, dst, step,
+					  (op->gcl << s->cluster_bits) + from);
+			break;
+		case Q_ZERO:		/* spec: zeros, whatever is below */
+			memset(dst, 0, step);
+			break;
+		case Q_DATA:
+			r = pread_full(img->fd, dst, step, run.host);
+			if (r < 0)
+				r = log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read cluster at %llu for copy-on-write (%s)",
+						img->path,
+						(unsigned long long)run.host,
+						strerror(-r));
+			break;
+		case Q_COMP:
+			z = (struct qcow2_zreq){
+				.drv = "qcow2", .path = img->path,
+				.fd = img->fd, .file_size = img->file_size,
+				.owner = s->owner, .key = op->old_e,
+				.cluster_size = (size_t)s->cluster_size,
+				.type = s->comp,
+			};
+			qcow2_comp_desc(s, op->old_e, &z.coff, &z.csize);
+			r = qcow2_cluster_inflate(&z, NULL, &data);
+			if (r == 0)
+				memcpy(dst, data + from, step);
+			break;
+		}
+		if (r < 0)
+			return r;
+		dst += step;
+		from += step;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* planning a step (under w->lock)                                     */
+
+static void q2_batch_init(struct q2_batch *b)
+{
+	memset(b, 0, sizeof(*b));
+	b->ref_l1i = UINT64_MAX;
+}
+
+static void q2_batch_free(struct q2_batch *b)
+{
+	qcow2_l2_put(&b->ref);
+	for (size_t i = 0; i < b->ntabs; i++)
+		free(b->tabs[i].raw);
+	free(b->tabs);
+	free(b->ops);
+}
+
+/* The entry of guest cluster gcl now; 0 without an L2 table. */
+static int q2_entry_now(struct img *img, struct qcow2 *s, struct q2_batch *b,
+			uint64_t gcl, uint64_t *e, uint64_t *bm)
+{
+	uint64_t l1i = gcl >> s->l2_bits, l2off = qcow2_l1_get(s, l1i);
+	int r;
+
+	*e = *bm = 0;
+	if (!l2off)
+		return 0;
+	if (b->ref_l1i != l1i) {
+		qcow2_l2_put(&b->ref);
+		b->ref_l1i = UINT64_MAX;
+		r = qcow2_l2_get_gen(s->owner, l1i, s->l2_words, img->fd, l2off,
+				     "qcow2", img->path, &s->l2_gen, &b->ref);
+		if (r < 0)
+			return r;
+		b->ref_l1i = l1i;
+	}
+	qcow2_entry_load(s, b->ref.table, gcl & ((1ull << s->l2_bits) - 1), e,
+			 bm);
+	return 0;
+}
+
+/* Append op; it gets a new L2 table if its table does not exist. */
+static int q2_add(struct qcow2 *s, struct q2_batch *b, const struct q2_op *op)
+{
+	uint64_t l1i = op->gcl >> s->l2_bits;
+	int tab = -1;
+
+	if (!qcow2_l1_get(s, l1i)) {
+		if (!b->ntabs || b->tabs[b->ntabs - 1].l1i != l1i) {
+			if (b->ntabs == b->tabs_cap) {
+				size_t cap = b->tabs_cap ? b->tabs_cap * 2 : 4;
+				struct q2_tab *t = realloc(b->tabs,
+							   cap * sizeof(*t));
+
+				if (!t)
+					return -ENOMEM;
+				b->tabs = t;
+				b->tabs_cap = cap;
+			}
+			b->tabs[b->ntabs].raw = calloc(1, s->cluster_size);
+			if (!b->tabs[b->ntabs].raw)
+				return -ENOMEM;
+			b->tabs[b->ntabs].l1i = l1i;
+			b->tabs[b->ntabs].host = 0;
+			b->ntabs++;
+		}
+		tab = (int)b->ntabs - 1;
+	}
+	if (b->nops == b->ops_cap) {
+		size_t cap = b->ops_cap ? b->ops_cap * 2 : 16;
+		struct q2_op *o = realloc(b->ops, cap * sizeof(*o));
+
+		if (!o)
+			return -ENOMEM;
+		b->ops = o;
+		b->ops_cap = cap;
+	}
+	b->ops[b->nops] = *op;
+	b->ops[b->nops].tab = tab;
+	b->nops++;
+	if (op->kind == Q2_ALLOC)
+		b->nalloc++;
+	return 0;
+}
+
+/* The old clusters behind a replaced entry (compressed, or not owned). */
+static void q2_release_old(const struct qcow2 *s, struct q2_op *op)
+{
+	size_t csize;
+
+	if (op->old_e & QCOW2_L2E_COMPRESSED) {
+		/* the sectors the descriptor names, each cluster once */
+		qcow2_comp_desc(s, op->old_e, &op->free_off, &csize);
+		op->free_len = csize;
+	} else {
+		op->free_off = op->old_e & QCOW2_L2E_OFFSET_MASK;
+		op->free_len = s->cluster_size;
+	}
+}
+
+/* Decide how to write [w0, w1) of op's cluster, given its old entry. */
+static void q2_decide_write(const struct qcow2 *s, struct q2_op *op)
+{
+	uint64_t e = op->old_e, cs = s->cluster_size;
+	bool comp = e & QCOW2_L2E_COMPRESSED;
+	uint64_t hold = comp ? 0 : e & QCOW2_L2E_OFFSET_MASK;
+	bool own = hold && (e & QCOW2_L2E_COPIED);
+	unsigned f, l, scb = s->sc_bits;
+	uint32_t abits = (uint32_t)op->old_b;
+	uint64_t m;
+
+	op->host = hold;
+	op->t0 = op->w0;
+	op->t1 = op->w1;
+	op->new_b = op->old_b;
+	if (comp || (hold && !own))
+		q2_release_old(s, op);	/* copied into a fresh cluster */
+	if (!s->extl2) {
+		if (own && !(e & QCOW2_L2E_ZERO)) {
+			op->kind = Q2_INPLACE;
+			return;
+		}
+		/* copy-on-write of the whole cluster (a zero-allocated one
+		 * keeps its host cluster) */
+		op->kind = own ? Q2_REUSE : Q2_ALLOC;
+		op->t0 = 0;
+		op->t1 = (uint32_t)cs;
+		op->new_e = (own ? hold : 0) | QCOW2_L2E_COPIED;
+		return;
+	}
+	if (comp || (hold && !own)) {
+		/* no subclusters to keep: the whole cluster, all allocated */
+		op->kind = Q2_ALLOC;
+		op->t0 = 0;
+		op->t1 = (uint32_t)cs;
+		op->new_e = QCOW2_L2E_COPIED;
+		op->new_b = QCOW2_SC_ALL;
+		return;
+	}
+	f = op->w0 >> scb;
+	l = (op->w1 - 1) >> scb;
+	m = q2_sc_mask(f, l);
+	if (own && (abits & m) == m) {
+		op->kind = Q2_INPLACE;
+		return;
+	}
+	/* copy-on-write per subcluster: only the touched ones are written;
+	 * an allocated one at either end is written in place (only the
+	 * caller's bytes: a fast-path writer may be writing the rest) */
+	op->kind = own ? Q2_REUSE : Q2_ALLOC;
+	op->t0 = own && ((abits >> f) & 1) ? op->w0 : f << scb;
+	op->t1 = own && ((abits >> l) & 1) ? op->w1 : (l + 1) << scb;
+	op->new_e = (own ? hold : 0) | QCOW2_L2E_COPIED;
+	op->new_b = (op->old_b | m) & ~(m << 32);
+}
+
+/* Plan the writes of [off, off + n) up to one step; *planned bytes. */
+static int q2_plan_write(struct img *img, struct qcow2 *s, struct q2_batch *b,
+			 const uint8_t *p, size_t n, uint64_t off,
+			 size_t *planned)
+{
+	uint64_t cs = s->cluster_size, cmask = cs - 1;
+	uint64_t max = MAX(1, MIN(Q2_BATCH_CLUSTERS,
+				  Q2_BATCH_BYTES >> s->cluster_bits));
+	int r;
+
+	*planned = 0;
+	while (n && b->nops < max) {
+		struct q2_op op = { .gcl = off >> s->cluster_bits };
+		size_t chunk;
+
+		op.w0 = (uint32_t)(off & cmask);
+		op.w1 = (uint32_t)MIN(cs, op.w0 + (uint64_t)n);
+		op.src = p;
+		r = q2_entry_now(img, s, b, op.gcl, &op.old_e, &op.old_b);
+		if (r < 0)
+			return r;
+		q2_decide_write(s, &op);
+		r = q2_add(s, b, &op);
+		if (r < 0)
+			return r;
+		chunk = op.w1 - op.w0;
+		p += chunk;
+		n -= chunk;
+		off += chunk;
+		*planned += chunk;
+	}
+	return 0;
+}
+
+/*
+ * Plan zeroing whole units (clusters, or subclusters with extended L2) of
+ * [off, off + n), up to one step.  Stops before a cluster that can only
+ * be zeroed by writing zeros (*fallback): part of a compressed cluster, or
+ * of one the image does not own.
+ */
+static int q2_plan_zero(struct img *img, struct qcow2 *s, struct q2_batch *b,
+			uint64_t off, uint64_t n, uint64_t *planned,
+			bool *fallback)
+{
+	uint64_t cs = s->cluster_size, cmask = cs - 1;
+	uint64_t max = MAX(1, MIN(Q2_BATCH_CLUSTERS,
+				  Q2_BATCH_BYTES >> s->cluster_bits));
+	int r;
+
+	*planned = 0;
+	*fallback = false;
+	while (n && b->nops < max) {
+		struct q2_op op = { .kind = Q2_META,
+				    .gcl = off >> s->cluster_bits };
+		uint64_t z0 = off & cmask, z1 = MIN(cs, z0 + n), e, hold;
+		bool comp, own, skip = false;
+
+		r = q2_entry_now(img, s, b, op.gcl, &op.old_e, &op.old_b);
+		if (r < 0)
+			return r;
+		e = op.old_e;
+		comp = e & QCOW2_L2E_COMPRESSED;
+		hold = comp ? 0 : e & QCOW2_L2E_OFFSET_MASK;
+		own = hold && (e & QCOW2_L2E_COPIED);
+		op.new_e = e;
+		op.new_b = op.old_b;
+		if (!s->extl2) {
+			/* spec: bit 0, the cluster reads as zeros; an owned
+			 * host cluster stays allocated (qemu: zero-allocated) */
+			if (!comp && (e & QCOW2_L2E_ZERO))
+				skip = true;
+			else if (!comp && !hold && !s->backing)
+				skip = true;	/* unallocated, no backing */
+			else if (own)
+				op.new_e = hold | QCOW2_L2E_COPIED |
+					   QCOW2_L2E_ZERO;
+			else
+				op.new_e = QCOW2_L2E_ZERO;
+		} else {
+			uint64_t m = q2_sc_mask((unsigned)(z0 >> s->sc_bits),
+						(unsigned)((z1 - 1) >>
+							   s->sc_bits));
+
+			if (comp || (hold && !own)) {
+				if (m != QCOW2_SC_ALL) {
+					*fallback = true;
+					break;
+				}
+				op.new_e = 0;
+				op.new_b = QCOW2_SC_ALL << 32;
+			} else if (!hold && !s->backing) {
+				skip = true;	/* reads zeros already */
+			} else {
+				/* spec: zero bit set, allocation bit clear */
+				op.new_b = (op.old_b & ~m) | (m << 32);
+			}
+		}
+		if (op.new_e == op.old_e && op.new_b == op.old_b)
+			skip = true;
+		if (!skip) {
+			if (comp || (hold && !own))
+				q2_release_old(s, &op);
+			r = q2_add(s, b, &op);
+			if (r < 0)
+				return r;
+		}
+		off += z1 - z0;
+		n -= z1 - z0;
+		*planned += z1 - z0;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* running a step (under w->lock)                                      */
+
+/* Phase A for one op: [t0, t1) of its host cluster. */
+static int q2_write_data(struct img *img, struct qcow2 *s, struct q2_op *op,
+			 const struct img_below *below)
+{
+	struct qcow2_w *w = s->w;
+	const uint8_t *src = op->src;
+	uint64_t end = op->host + op->t1;
+	int r;
+
+	if (op->t0 < op->w0 || op->w1 < op->t1) {
+		if (op->t0 < op->w0) {
+			r = q2_read_old(img, s, op, below, op->t0, op->w0,
+					w->buf + op->t0);
+			if (r < 0)
+				return r;
+		}
+		memcpy(w->buf + op->w0, op->src, op->w1 - op->w0);
+		if (op->w1 < op->t1) {
+			r = q2_read_old(img, s, op, below, op->w1, op->t1,
+					w->buf + op->w1);
+			if (r < 0)
+				return r;
+		}
+		src = w->buf + op->t0;
+	}
+	r = pwrite_full(img->fd, src, op->t1 - op->t0, op->host + op->t0);
+	if (r < 0)
+		return log_err_ret(r, "qcow2: %s: cannot write cluster at %llu (%s)",
+				   img->path, (unsigned long long)op->host,
+				   strerror(-r));
+	/* readers check mapped data against file_end: grow it first */
+	if (end > __atomic_load_n(&s->file_end, __ATOMIC_RELAXED))
+		__atomic_store_n(&s->file_end, end, __ATOMIC_RELEASE);
+	return 0;
+}
+
+/* Replace entry idx of a pinned table in memory (writers, under lock). */
+static void q2_publish(struct qcow2 *s, struct qcow2_l2_ref *ref, uint64_t idx,
+		       uint64_t e, uint64_t bm)
+{
+	unsigned q;
+
+	if (!s->extl2) {
+		qcow2_l2_store(ref, idx, e);
+		return;
+	}
+	/* sequence lock writer: odd, the pair, even */
+	q = __atomic_load_n(&s->seq, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->seq, q + 1, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	qcow2_l2_store(ref, idx * 2, e);
+	qcow2_l2_store(ref, idx * 2 + 1, bm);
+	__atomic_store_n(&s->seq, q + 2, __ATOMIC_RELEASE);
+}
+
+static bool q2_changes_entry(const struct q2_op *op)
+{
+	return op->kind != Q2_INPLACE;
+}
+
+/* Phase C: entries in existing tables, then L1 entries of new tables. */
+static int q2_link(struct img *img, struct qcow2 *s, struct q2_batch *b)
+{
+	struct qcow2_w *w = s->w;
+	size_t eb = s->entry_words * 8, i = 0;
+	uint64_t l2mask = (1ull << s->l2_bits) - 1;
+	int r;
+
+	while (i < b->nops) {
+		struct qcow2_l2_ref ref = { NULL, NULL };
+		uint64_t l1i = b->ops[i].gcl >> s->l2_bits, l2off, idx0, idx1;
+		size_t j = i, last = i;
+
+		if (!q2_changes_entry(&b->ops[i]) || b->ops[i].tab >= 0) {
+			i++;
+			continue;
+		}
+		/* one write for the span of changed entries in this table */
+		for (; j < b->nops && (b->ops[j].gcl >> s->l2_bits) == l1i; j++)
+			if (q2_changes_entry(&b->ops[j]))
+				last = j;
+		l2off = qcow2_l1_get(s, l1i);
+		r = qcow2_l2_get_gen(s->owner, l1i, s->l2_words, img->fd, l2off,
+				     "qcow2", img->path, &s->l2_gen, &ref);
+		if (r < 0)
+			return r;
+		idx0 = b->ops[i].gcl & l2mask;
+		idx1 = b->ops[last].gcl & l2mask;
+		for (uint64_t x = idx0; x <= idx1; x++) {
+			uint64_t e, bm;
+
+			qcow2_entry_load(s, ref.table, x, &e, &bm);
+			put_be64(w->buf + (x - idx0) * eb, e);
+			if (s->extl2)
+				put_be64(w->buf + (x - idx0) * eb + 8, bm);
+		}
+		for (size_t k = i; k <= last; k++) {
+			const struct q2_op *op = &b->ops[k];
+			uint8_t *at = w->buf + ((op->gcl & l2mask) - idx0) * eb;
+
+			if (!q2_changes_entry(op))
+				continue;
+			put_be64(at, op->new_e);
+			if (s->extl2)
+				put_be64(at + 8, op->new_b);
+		}
+		r = pwrite_full(img->fd, w->buf, (idx1 - idx0 + 1) * eb,
+				l2off + idx0 * eb);
+		if (r == 0) {
+			for (size_t k = i; k <= last; k++)
+				if (q2_changes_entry(&b->ops[k]))
+					q2_publish(s, &ref,
+						   b->ops[k].gcl & l2mask,
+						   b->ops[k].new_e,
+						   b->ops[k].new_b);
+		}
+		__atomic_add_fetch(&s->l2_gen, 1, __ATOMIC_RELEASE);
+		qcow2_l2_put(&ref);
+		if (r < 0)
+			return log_err_ret(r, "qcow2: %s: cannot write L2 table at %llu (%s)",
+					   img->path, (unsigned long long)l2off,
+					   strerror(-r));
+		i = j;
+	}
+	/* new tables: their L1 entries, one write per run of neighbours */
+	for (size_t a = 0, z; a < b->ntabs; a = z) {
+		uint64_t l1a = b->tabs[a].l1i;
+
+		for (z = a + 1; z < b->ntabs && b->tabs[z].l1i == l1a + (z - a);
+		     z++)
+			;
+		for (size_t k = a; k < z; k++)
+			put_be64(w->buf + (k - a) * 8,
+				 b->tabs[k].host | QCOW2_L1E_COPIED);
+		r = pwrite_full(img->fd, w->buf, (z - a) * 8,
+				s->h.l1_table_offset + l1a * 8);
+		if (r < 0)
+			return log_err_ret(r, "qcow2: %s: cannot write the L1 table (%s)",
+					   img->path, strerror(-r));
+		for (size_t k = a; k < z; k++)
+			__atomic_store_n(&s->l1[b->tabs[k].l1i],
+					 b->tabs[k].host, __ATOMIC_RELEASE);
+	}
+	return 0;
+}
+
+/* One step: phases A to D of the comment at the top. */
+static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
+		  const struct img_below *below)
+{
+	struct qcow2_w *w = s->w;
+	struct qcow2_rc_plan plan = { 0 };
+	uint64_t cs = s->cluster_size, next, l2mask = (1ull << s->l2_bits) - 1;
+	bool wrote = false, link = false, release = false;
+	int r = 0;
+
+	qcow2_l2_put(&b->ref);		/* planning is over */
+	b->ref_l1i = UINT64_MAX;
+	if (!b->nops)
+		return 0;
+	if (b->ntabs + b->nalloc) {
+		r = qcow2_rc_reserve(img, s, b->ntabs + b->nalloc, &plan);
+		if (r < 0)
+			return r;
+		next = plan.start;
+		for (size_t i = 0; i < b->ntabs; i++)
+			b->tabs[i].host = next++ * cs;
+		for (size_t i = 0; i < b->nops; i++) {
+			if (b->ops[i].kind != Q2_ALLOC)
+				continue;
+			b->ops[i].host = next++ * cs;
+			b->ops[i].new_e |= b->ops[i].host;
+		}
+	}
+	/* A */
+	for (size_t i = 0; i < b->nops; i++) {
+		struct q2_op *op = &b->ops[i];
+
+		if (q2_changes_entry(op))
+			link = true;
+		if (op->free_len)
+			release = true;
+		if (op->kind == Q2_META)
+			continue;
+		r = q2_write_data(img, s, op, below);
+		if (r < 0)
+			goto out;
+		if (op->kind != Q2_INPLACE)
+			wrote = true;
+	}
+	for (size_t i = 0; i < b->ntabs; i++) {
+		struct q2_tab *t = &b->tabs[i];
+		size_t eb = s->entry_words * 8;
+
+		for (size_t k = 0; k < b->nops; k++) {
+			const struct q2_op *op = &b->ops[k];
+			uint8_t *at = t->raw + (op->gcl & l2mask) * eb;
+
+			if (op->tab != (int)i)
+				continue;
+			put_be64(at, op->new_e);
+			if (s->extl2)
+				put_be64(at + 8, op->new_b);
+		}
+		r = pwrite_full(img->fd, t->raw, cs, t->host);
+		if (r < 0) {
+			log_err("qcow2: %s: cannot write L2 table at %llu (%s)",
+				img->path, (unsigned long long)t->host,
+				strerror(-r));
+			goto out;
+		}
+		wrote = true;
+	}
+	if (plan.nblk) {
+		/* the blocks are complete before the table points at them */
+		r = qcow2_rc_write_blocks(img, s, &plan);
+		if (r == 0)
+			r = qcow2_sync(img);
+		if (r < 0)
+			goto out;
+	}
+	/* B: from here on a failure leaves memory and file apart */
+	if (plan.nuser) {
+		r = qcow2_rc_commit(img, s, &plan);
+		if (r < 0)
+			goto broken;
+	}
+	if (link && (wrote || plan.nuser)) {
+		r = qcow2_sync(img);
+		if (r < 0)
+			goto broken;
+	}
+	/* C */
+	if (link) {
+		r = q2_link(img, s, b);
+		if (r < 0)
+			goto broken;
+	}
+	/* D */
+	if (release) {
+		r = qcow2_sync(img);
+		for (size_t i = 0; r == 0 && i < b->nops; i++)
+			if (b->ops[i].free_len)
+				r = qcow2_rc_release(img, s, b->ops[i].free_off,
+						     b->ops[i].free_len);
+		if (r < 0)
+			goto broken;
+	}
+	goto out;
+broken:
+	log_err("qcow2: %s: metadata update failed; no more writes to this image until it is reopened",
+		img->path);
+	__atomic_store_n(&w->broken, true, __ATOMIC_RELEASE);
+	r = -EIO;
+out:
+	qcow2_rc_plan_free(&plan);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* ->write, ->zero, ->flush                                            */
+
+static bool q2_owned(const struct qcow2 *s, uint64_t e, uint64_t bm,
+		     uint64_t w0, uint64_t w1)
+{
+	uint64_t m;
+
+	if ((e & QCOW2_L2E_COMPRESSED) || !(e & QCOW2_L2E_COPIED) ||
+	    !(e & QCOW2_L2E_OFFSET_MASK))
+		return false;
+	if (!s->extl2)
+		return !(e & QCOW2_L2E_ZERO);
+	m = q2_sc_mask((unsigned)(w0 >> s->sc_bits),
+		       (unsigned)((w1 - 1) >> s->sc_bits));
+	return (bm & m) == m;
+}
+
+/* The leading clusters of the request the image owns: pwrite, no lock. */
+static int q2_write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
+			 size_t n, uint64_t off, size_t *done)
+{
+	struct qcow2_l2_ref ref = { NULL, NULL };
+	uint64_t cs = s->cluster_size, ref_l1i = UINT64_MAX;
+	int r = 0;
+
+	*done = 0;
+	while (n) {
+		uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
+		uint64_t l2off = qcow2_l1_get(s, l1i), in_cl, e, bm;
+		size_t chunk;
+
+		if (!l2off)
+			break;
+		if (l1i != ref_l1i) {
+			qcow2_l2_put(&ref);
+			ref_l1i = UINT64_MAX;
+			r = qcow2_l2_get_gen(s->owner, l1i, s->l2_words,
+					     img->fd, l2off, "qcow2", img->path,
+					     &s->l2_gen, &ref);
+			if (r < 0)
+				break;
+			ref_l1i = l1i;
+		}
+		qcow2_entry_load(s, ref.table,
+				 (off >> s->cluster_bits) &
+					 ((1ull << s->l2_bits) - 1),
+				 &e, &bm);
+		in_cl = off & (cs - 1);
+		chunk = (size_t)MIN((uint64_t)n, cs - in_cl);
+		if (!q2_owned(s, e, bm, in_cl, in_cl + chunk))
+			break;
+		r = pwrite_full(img->fd, p, chunk,
+				(e & QCOW2_L2E_OFFSET_MASK) + in_cl);
+		if (r < 0) {
+			log_err("qcow2: %s: cannot write cluster at %llu (%s)",
+				img->path,
+				(unsigned long long)(e & QCOW2_L2E_OFFSET_MASK),
+				strerror(-r));
+			break;
+		}
+		p += chunk;
+		n -= chunk;
+		off += chunk;
+		*done += chunk;
+	}
+	qcow2_l2_put(&ref);
+	return r;
+}
+
+/* One allocation step from off, under the lock; *done bytes. */
+static int q2_write_slow(struct img *img, struct qcow2 *s, const uint8_t *p,
+			 size_t n, uint64_t off, const struct img_below *below,
+			 size_t *done)
+{
+	struct qcow2_w *w = s->w;
+	struct q2_batch b;
+	int r;
+
+	q2_batch_init(&b);
+	pthread_mutex_lock(&w->lock);
+	if (w->broken)
+		r = -EIO;
+	else
+		r = q2_plan_write(img, s, &b, p, n, off, done);
+	if (r == 0)
+		r = q2_run(img, s, &b, below);
+	pthread_mutex_unlock(&w->lock);
+	q2_batch_free(&b);
+	return r;
+}
+
+int qcow2_write(struct img *img, const void *buf, size_t n, uint64_t off,
+		const struct img_below *below)
+{
+	struct qcow2 *s = img->priv;
+	const uint8_t *p = buf;
+	int r;
+
+	if (!s->w)
+		return -EROFS;
+	r = q2_prepare(img, s);
+	while (r == 0 && n) {
+		size_t done = 0;
+
+		r = q2_write_fast(img, s, p, n, off, &done);
+		p += done;
+		n -= done;
+		off += done;
+		if (r < 0 || !n)
+			break;
+		r = q2_write_slow(img, s, p, n, off, below, &done);
+		p += done;
+		n -= done;
+		off += done;
+	}
+	return r;
+}
+
+/* Zeros through the write path (partial units, version 2). */
+static int q2_zero_by_write(struct img *img, uint64_t off, uint64_t n,
+			    const struct img_below *below)
+{
+	struct qcow2 *s = img->priv;
+	int r = 0;
+
+	while (r == 0 && n) {
+		size_t chunk = (size_t)MIN(n, s->cluster_size);
+
+		r = qcow2_write(img, s->w->zbuf, chunk, off, below);
+		off += chunk;
+		n -= chunk;
+	}
+	return r;
+}
+
+/*
+ * Version 2 has no zero flag: zeros are written, except where nothing is
+ * allocated and there is no backing file (those read as zeros already).
+ */
+static int q2_zero_v2(struct img *img, uint64_t off, uint64_t n,
+		      const struct img_below *below)
+{
+	struct qcow2 *s = img->priv;
+
+	while (n) {
+		struct img_extent e;
+		int r = img_map(img, off, n, &e);
+
+		if (r < 0)
+			return r;
+		if (e.type != IMG_EXT_UNALLOC || s->backing) {
+			r = q2_zero_by_write(img, off, e.len, below);
+			if (r < 0)
+				return r;
+		}
+		off += e.len;
+		n -= e.len;
+	}
+	return 0;
+}
+
+int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
+	       const struct img_below *below)
+{
+	struct qcow2 *s = img->priv;
+	struct qcow2_w *w = s->w;
+	uint64_t unit, a, z, pos, end = off + n;
+	int r;
+
+	if (!w)
+		return -EROFS;
+	r = q2_prepare(img, s);
+	if (r < 0)
+		return r;
+	if (s->h.version < 3)
+		return q2_zero_v2(img, off, n, below);
+	unit = s->extl2 ? 1ull << s->sc_bits : s->cluster_size;
+	a = (off + unit - 1) & ~(unit - 1);
+	z = end & ~(unit - 1);
+	if (a >= z)
+		return q2_zero_by_write(img, off, n, below);
+	r = q2_zero_by_write(img, off, a - off, below);
+	for (pos = a; r == 0 && pos < z;) {
+		struct q2_batch b;
+		uint64_t planned = 0;
+		bool fallback = false;
+
+		q2_batch_init(&b);
+		pthread_mutex_lock(&w->lock);
+		if (w->broken)
+			r = -EIO;
+		else
+			r = q2_plan_zero(img, s, &b, pos, z - pos, &planned,
+					 &fallback);
+		if (r == 0)
+			r = q2_run(img, s, &b, below);
+		pthread_mutex_unlock(&w->lock);
+		q2_batch_free(&b);
+		pos += planned;
+		if (r == 0 && fallback) {
+			uint64_t stop = MIN(z, (pos | (s->cluster_size - 1)) +
+						       1);
+
+			r = q2_zero_by_write(img, pos, stop - pos, below);
+			pos = stop;
+		}
+	}
+	if (r == 0)
+		r = q2_zero_by_write(img, z, end - z, below);
+	return r;
+}
+
+int qcow2_flush(struct img *img)
+{
+	struct qcow2 *s = img->priv;
+
+	if (!s->w)
+		return 0;		/* nothing was written */
+	if (__atomic_load_n(&s->w->broken, __ATOMIC_ACQUIRE))
+		return -EIO;
+	return qcow2_sync(img);
+}
+
+/* ------------------------------------------------------------------ */
+/* ->create_diff                                                       */
+
+/* qemu's names for the features, so tools can name a bit they lack */
+static const struct {
+	uint8_t type, bit;
+	const char *name;
+} q2_feature_names[] = {
+	{ 0, 0, "dirty bit" },
+	{ 0, 1, "corrupt bit" },
+	{ 0, 2, "external data file" },
+	{ 0, 3, "compression type" },
+	{ 0, 4, "extended L2 entries" },
+	{ 1, 0, "lazy refcounts" },
+	{ 2, 0, "bitmaps" },
+	{ 2, 1, "raw external data" },
+};
+
+/* Append header extension (type, data) at *pos of the first cluster. */
+static void q2_put_ext(uint8_t *cl, size_t *pos, uint32_t type,
+		       const void *data, size_t len)
+{
+	struct qcow2_ext_raw *e = (void *)(cl + *pos);
+
+	put_be32(e->type, type);
+	put_be32(e->len, (uint32_t)len);
+	if (len)
+		memcpy(cl + *pos + sizeof(*e), data, len);
+	*pos += sizeof(*e) + ((len + 7) & ~(size_t)7);
+}
+
+/*
+ * Layout of a new image, as qemu lays one out: the header cluster, the
+ * refcount table, the refcount blocks counting every cluster of the file,
+ * then the L1 table (zeros: nothing allocated, all reads go to the
+ * backing file).  Refcount order 4, no lazy refcounts.
+ */
+int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
+		      const struct img_create_opts *o)
+{
+	uint64_t cs = o->block_size ? o->block_size : 65536, size = o->size;
+	const char *name = NULL, *fmt = NULL;
+	uint64_t l1n, l1c, rtc = 1, nblk = 1, total, rbe, span;
+	size_t pos = sizeof(struct qcow2_header_raw), name_len = 0;
+	struct qcow2_feature_raw ftable[ARRAY_SIZE(q2_feature_names)];
+	struct qcow2_header_raw *h;
+	uint8_t *cl = NULL, *rt = NULL, *blocks = NULL;
+	unsigned cb;
+	int fd = -1, r;
+
+	if (!is_pow2(cs) || cs < 512 || cs > (2u << 20))
+		return log_err_ret(-EINVAL, "qcow2: %s: cluster size must be a power of two from 512 bytes to 2 MiB (%llu)",
+				   path, (unsigned long long)cs);
+	if (parent) {
+		const char *drv = parent->format ? parent->format :
+			parent->img ? parent->img->drv->name : NULL;
+
+		name = parent->rel_path ? parent->rel_path : parent->abs_path;
+		if (!name || !*name)
+			return log_err_ret(-EINVAL, "qcow2: %s: no path for the backing file",
+					   path);
+		name_len = strlen(name);
+		if (name_len > QCOW2_MAX_BACKING_NAME)
+			return log_err_ret(-ENAMETOOLONG, "qcow2: %s: backing file name too long (%zu)",
+					   path, name_len);
+		fmt = qcow2_qemu_format(drv);
+		if (!fmt)
+			log_warn("qcow2: %s: qemu cannot read the backing file's format (%s); no backing format recorded",
+				 path, drv ? drv : "unknown");
+		if (!size && parent->img)	/* past its end: zeros */
+			size = (parent->img->size + 511) & ~511ull;
+	}
+	if (size & 511)
+		return log_err_ret(-EINVAL, "qcow2: %s: virtual size is not a multiple of 512 (%llu)",
+				   path, (unsigned long long)size);
+	cb = (unsigned)__builtin_ctzll(cs);
+	span = 1ull << (cb + cb - 3);	/* guest bytes per L2 table */
+	l1n = size / span + (size % span != 0);
+	if (l1n > QCOW2_MAX_L1_BYTES / 8)
+		return log_err_ret(-EFBIG, "qcow2: %s: virtual size too big for %llu-byte clusters (%llu)",
+				   path, (unsigned long long)cs,
+				   (unsigned long long)size);
+	l1c = DIV_ROUND_UP(l1n * 8, cs);
+	rbe = cs * 8 / 16;
+	for (;;) {		/* enough blocks to count every cluster */
+		uint64_t nb, nr;
+
+		total = 1 + rtc + nblk + l1c;
+		nb = DIV_ROUND_UP(total, rbe);
+		nr = DIV_ROUND_UP(nb * 8, cs);
+		if (nb == nblk && nr == rtc)
+			break;
+		nblk = nb;
+		rtc = nr;
+	}
+
+	cl = calloc(1, cs);
+	rt = calloc(rtc, cs);
+	blocks = calloc(nblk, cs);
+	if (!cl || !rt || !blocks) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (fmt)
+		q2_put_ext(cl, &pos, QCOW2_EXT_BACKING_FORMAT, fmt,
+			   strlen(fmt));
+	/* the feature name table is optional: left out if it does not fit
+	 * (512-byte clusters), as qemu does */
+	if (pos + 8 + sizeof(ftable) + 8 + name_len <= cs) {
+		memset(ftable, 0, sizeof(ftable));
+		for (size_t i = 0; i < ARRAY_SIZE(q2_feature_names); i++) {
+			struct qcow2_feature_raw *f = &ftable[i];
+
+			f->type = q2_feature_names[i].type;
+			f->bit = q2_feature_names[i].bit;
+			memcpy(f->name, q2_feature_names[i].name,
+			       strlen(q2_feature_names[i].name));
+		}
+		q2_put_ext(cl, &pos, QCOW2_EXT_FEATURE_TABLE, ftable,
+			   sizeof(ftable));
+	}
+	pos += sizeof(struct qcow2_ext_raw);	/* end of extensions */
+	if (pos + name_len > cs) {
+		r = log_err_ret(-ENAMETOOLONG, "qcow2: %s: backing file name does not fit in one %llu-byte cluster",
+				path, (unsigned long long)cs);
+		goto out;
+	}
+	h = (void *)cl;
+	memcpy(h->magic, QCOW_MAGIC, 4);
+	put_be32(h->version, 3);
+	if (name) {
+		memcpy(cl + pos, name, name_len);
+		put_be64(h->backing_file_offset, pos);
+		put_be32(h->backing_file_size, (uint32_t)name_len);
+	}
+	put_be32(h->cluster_bits, cb);
+	put_be64(h->size, size);
+	put_be32(h->l1_size, (uint32_t)l1n);
+	put_be64(h->l1_table_offset, (1 + rtc + nblk) * cs);
+	put_be64(h->refcount_table_offset, cs);
+	put_be32(h->refcount_table_clusters, (uint32_t)rtc);
+	put_be32(h->refcount_order, 4);
+	put_be32(h->header_length, sizeof(*h));
+	for (uint64_t i = 0; i < nblk; i++)
+		put_be64(rt + i * 8, (1 + rtc + i) * cs);
+	for (uint64_t c = 0; c < total; c++)
+		put_be16(blocks + c * 2, 1);	/* block c / rbe, entry c % rbe */
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		r = -errno;
+		log_err("qcow2: %s: cannot create (%s)", path, strerror(-r));
+		goto out;
+	}
+	r = pwrite_full(fd, cl, cs, 0);
+	if (r == 0)
+		r = pwrite_full(fd, rt, rtc * cs, cs);
+	if (r == 0)
+		r = pwrite_full(fd, blocks, nblk * cs, (1 + rtc) * cs);
+	if (r == 0 && ftruncate(fd, (off_t)(total * cs)) < 0)
+		r = -errno;
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r == 0)
+		r = fsync_parent_dir(path);
+	if (r < 0) {
+		log_err("qcow2: %s: cannot write the new image (%s)", path,
+			strerror(-r));
+		unlink(path);
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	free(cl);
+	free(rt);
+	free(blocks);
+	return r;
+}

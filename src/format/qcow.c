@@ -202,19 +202,9 @@ static void qcow_close(struct img *img)
 static int qcow_parent(struct img *img, struct img_parent *p)
 {
 	const struct qcow *s = img->priv;
-	int r;
 
-	if (!s->backing)
-		return 0;
-	memset(p, 0, sizeof(*p));
-	r = img_parent_add_ref(p, s->backing[0] == '/' ? IMG_REF_ABSOLUTE :
-						       IMG_REF_RELATIVE,
-			       "backing file", s->backing);
-	if (r < 0)
-		return r;
-	p->id_kind = IMG_ID_NONE;
-	p->format = NULL;	/* v1 records no backing format */
-	return 1;
+	/* v1 records no backing format */
+	return qcow_backing_parent(p, s->backing, NULL);
 }
 
 static void qcow_comp_desc(const struct qcow *s, uint64_t e, uint64_t *coff,

@@ -615,22 +615,29 @@ static void qcow2_close(struct img *img)
 	img->priv = NULL;
 }
 
-static int qcow2_parent(struct img *img, struct img_parent *p)
+int qcow_backing_parent(struct img_parent *p, const char *backing,
+			const char *format)
 {
-	const struct qcow2 *s = img->priv;
 	int r;
 
-	if (!s->backing)
+	if (!backing)
 		return 0;
 	memset(p, 0, sizeof(*p));
-	r = img_parent_add_ref(p, s->backing[0] == '/' ? IMG_REF_ABSOLUTE :
-						       IMG_REF_RELATIVE,
-			       "backing file", s->backing);
+	r = img_parent_add_ref(p, backing[0] == '/' ? IMG_REF_ABSOLUTE
+						    : IMG_REF_RELATIVE,
+			       "backing file", backing);
 	if (r < 0)
 		return r;
 	p->id_kind = IMG_ID_NONE;
-	p->format = s->backing_fmt;
+	p->format = format;
 	return 1;
+}
+
+static int qcow2_parent(struct img *img, struct img_parent *p)
+{
+	const struct qcow2 *s = img->priv;
+
+	return qcow_backing_parent(p, s->backing, s->backing_fmt);
 }
 
 void qcow2_comp_desc(const struct qcow2 *s, uint64_t entry, uint64_t *coff,

@@ -420,4 +420,12 @@ int qcow2_rc_release(struct img *img, struct qcow2 *s, uint64_t off,
 /* fdatasync, logged on failure */
 int qcow2_sync(struct img *img);
 
+/*
+ * Describe a backing file name as a parent (qcow and qcow2 alike):
+ * relative to the image unless it starts with '/'; format may be NULL.
+ * Returns 1 (a parent), 0 (backing NULL) or -errno.
+ */
+int qcow_backing_parent(struct img_parent *p, const char *backing,
+			const char *format);
+
 #endif

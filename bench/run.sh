@@ -2,11 +2,14 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # bench/run.sh: read a 1 GiB chain of depth 1, 5 and 10 through layerfs and
 # through qemu-storage-daemon's FUSE export of the same data, with fio
-# (O_DIRECT on the exposed file), and print the ratios as Markdown.
+# (O_DIRECT on the exposed file), and print the ratios as Markdown; then
+# write into fresh top layers (layerfs: qcow2, VHD, VHDX) and into a fresh
+# qcow2 overlay exported writable by qemu-storage-daemon, side by side.
 #
-#   bench/run.sh                      # as root; ~10-11 min, plus ~2.5 min once for the images
+#   bench/run.sh                      # as root; ~13-14 min, plus ~2.5 min once for the images
 #   RUNTIME=2 REPS=1 bench/run.sh     # quick look
-#   ONLY='qcow2' bench/run.sh         # regex over row labels
+#   ONLY='qcow2' bench/run.sh         # regex over row labels (reads)
+#   READS=0 bench/run.sh              # the write benchmark only, ~3 min
 #
 # Environment:
 #   LAYERFS     daemon binary (default build-bench/src/layerfs, else build/src/layerfs)
@@ -14,6 +17,10 @@
 #   RUNTIME     seconds per fio job (default 4); REPS round-robin reps, medians (default 3)
 #   ONLY        regex over row labels; VERIFY=0 skips the sha256 check through the mounts
 #   REBUILD=1   rebuild the images; OUT  Markdown file (default bench/results/DATE.md)
+#   READS=0     skip the read benchmark; WRITES=0 skip the write benchmark
+#   RUNTIME_W   seconds per random-write job (default RUNTIME); SEQ_W_MIB MiB per
+#               seq-write job (default 512); KEEP_W=1 keeps the written layers
+#   WOUT        write report (default bench/results/DATE-writes.md)
 #
 # Images (built once, identical bytes everywhere: every chain flattens to base.raw):
 #   base.raw                  1 GiB of splitmix64 output (seed 0x5eed1234, as ../shared/bench)
@@ -44,6 +51,11 @@ REPS=${REPS:-3}
 ONLY=${ONLY:-}
 VERIFY=${VERIFY:-1}
 REBUILD=${REBUILD:-0}
+READS=${READS:-1}
+WRITES=${WRITES:-1}
+RUNTIME_W=${RUNTIME_W:-$RUNTIME}
+SEQ_W_MIB=${SEQ_W_MIB:-512}
+KEEP_W=${KEEP_W:-0}
 SEED=0x5eed1234
 SIZE_MIB=1024
 CHUNK=65536
@@ -58,6 +70,10 @@ mkdir -p "$IMG" "$WORK" "$MNTR" "$BIN" "$LOG"
 if [ -z "${OUT:-}" ]; then
 	OUT=$HERE/results/$(date +%F).md
 	[ -e "$OUT" ] && OUT=$HERE/results/$(date +%F-%H%M).md
+fi
+if [ -z "${WOUT:-}" ]; then
+	WOUT=$HERE/results/$(date +%F)-writes.md
+	[ -e "$WOUT" ] && WOUT=$HERE/results/$(date +%F-%H%M)-writes.md
 fi
 T_START=$(date +%s)
 
@@ -377,129 +393,222 @@ for t in "${T[@]}"; do
 	ROWS+=("$id")
 	LABEL[$id]=$label KIND[$id]=$kind ARG[$id]=$arg REF[$id]=$ref BACK[$id]=$back
 done
-[ ${#ROWS[@]} -gt 0 ] || die "ONLY='$ONLY' selects no row"
+[ "$READS" != 1 ] || [ ${#ROWS[@]} -gt 0 ] || die "ONLY='$ONLY' selects no row"
 
-# ------------------------------------------------------------ main
-for m in $(awk -v r="$MNTR/" 'index($2, r) == 1 {print $2}' /proc/mounts); do
-	note "stale mount $m from an earlier run: unmounting"
-	fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"
+# ------------------------------------------------------------ writes
+# Each job writes into its own fresh, empty top layer over the same 1 GiB
+# base, created just before the job and deleted after it:
+#   qsd:     qemu-img create -f qcow2 -b qcow2-d1.qcow2 overlay, exported by a
+#            qemu-storage-daemon of its own (driver=qcow2, writable=on, the
+#            default cache mode: cache.direct=off, cache.no-flush=off)
+#   layerfs: -o newlayer=BASE:fresh-JOB.EXT in a scratch IMAGEDIR holding hard
+#            links of the bases, over qcow2-d1, vhd-d1 and vhdx-d1
+# fio --direct=1 --end_fsync=1 on the exposed file, so the final flush to the
+# disk is inside every figure: seq write 1M psync QD1 (SEQ_W_MIB MiB from 0),
+# randwrite 4k psync QD1 and libaio QD16 (RUNTIME_W s over the whole disk).
+WDIR=$ROOT/wimg
+WMNT=$MNTR/w
+declare -A WS=() WR=() WLABEL=() WKIND=() WBASE=() WEXT=()
+WROWS=()
+WJOBS=(seq qd1 qd16)
+for t in "wq|qsd, fresh qcow2 overlay on qcow2-d1|qsd|qcow2-d1.qcow2|qcow2" \
+	"wlq|layerfs, fresh qcow2 layer on qcow2-d1|ours|qcow2-d1.qcow2|qcow2" \
+	"wlv|layerfs, fresh VHD layer on vhd-d1|ours|vhd-d1.vhd|vhd" \
+	"wlx|layerfs, fresh VHDX layer on vhdx-d1|ours|vhdx-d1.vhdx|vhdx"; do
+	IFS='|' read -r id label kind base ext <<<"$t"
+	WROWS+=("$id")
+	WLABEL[$id]=$label WKIND[$id]=$kind WBASE[$id]=$base WEXT[$id]=$ext
 done
-build_imgtool
-build_passthrough
-build_images
 
-log "mounting ${#ROWS[@]} targets"
-OK=()
-for id in "${ROWS[@]}"; do
-	if ! mount_target "$id"; then
-		note "${LABEL[$id]}: mount failed (logs in $LOG)"
-		DATA[$id]="mount failed"
-		continue
+prepare_writes() {
+	mkdir -p "$WDIR" "$WMNT"
+	rm -f "$WDIR"/fresh-* "$WDIR"/*.tmp
+	if [ ! -s "$IMG/vhdx-d1.vhdx" ] || [ "$IMG/vhdx-d1.vhdx" -ot "$IMG/.stamp" ]; then
+		nice qemu-img convert -f raw -O vhdx "$IMG/base.raw" "$IMG/vhdx-d1.vhdx.tmp" &&
+			qemu-img compare -q -f vhdx -F raw "$IMG/vhdx-d1.vhdx.tmp" "$IMG/base.raw" &&
+			mv "$IMG/vhdx-d1.vhdx.tmp" "$IMG/vhdx-d1.vhdx" || die "vhdx-d1"
 	fi
-	if [ "$VERIFY" = 1 ]; then
-		# O_DIRECT: checks the path fio uses, leaves no page cache of the FUSE file
-		sha=$(dd if="${FILEOF[$id]}" bs=4M iflag=direct status=none 2>>"$LOG/verify.err" |
-			sha256sum | cut -d' ' -f1)
-		if [ "$sha" != "$BASE_SHA" ]; then
-			note "${LABEL[$id]}: sha256 of the exposed file differs from base.raw: not measured"
-			DATA[$id]="BAD"
-			continue
-		fi
-		DATA[$id]="ok"
-	else
-		DATA[$id]="not checked"
-	fi
-	OK+=("$id")
-done
-[ "$VERIFY" = 1 ] || cat "$IMG/base.raw" "$DIR"/* >/dev/null	# page cache warm
-
-psi_cpu() { awk -F'total=' '/^some/ {print $2}' /proc/pressure/cpu 2>/dev/null || echo 0; }
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-PSI0=$(psi_cpu)
-TM0=$(date +%s)
-n=${#OK[@]}
-for ((rep = 0; rep < REPS; rep++)); do
-	log "rep $((rep + 1))/$REPS over $n targets (fio ${RUNTIME}s x 3 jobs each)"
-	for ((j = 0; j < n; j++)); do
-		id=${OK[$(( (j + rep) % n ))]}	# rotate the order: load bursts hit all alike
-		cat ${BACK[$id]} >/dev/null	# the image files stay in the page cache
-		read -r v a b c <<<"$(fio_read3 "${FILEOF[$id]}" "${PIDOF[$id]}")"
-		add "$id" seq "$v"
-		add "$id" qd1 "$a"
-		add "$id" qd16 "$b"
-		add "$id" cpu "$c"
-	done
-done
-TM1=$(date +%s)
-PSI1=$(psi_cpu)
-for id in "${OK[@]}"; do
-	for k in seq qd1 qd16 cpu; do R[$id,$k]=$(printf '%s\n' ${S[$id,$k]:-} | median); done
-	R[$id,rss]=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' /proc/"${PIDOF[$id]}"/status 2>/dev/null)
-	R[$id,thr]=$(awk '/^Threads/ {print $2}' /proc/"${PIDOF[$id]}"/status 2>/dev/null)
-done
-cleanup
-
-# ------------------------------------------------------------ report
-check() { # label value reference ge|gt factor -> PASS/FAIL line
-	awk -v l="$1" -v a="$2" -v b="$3" -v op="$4" -v f="$5" 'BEGIN {
-		if (a == "-" || b == "-" || a == "" || b == "") { printf "- %s: not measured\n", l; exit }
-		ok = (op == "gt") ? (a > f * b) : (a >= f * b)
-		printf "- %s: %.0f vs %.0f MB/s = %.2f (needs %s %.2f): %s\n", l, a, b, a / b,
-			(op == "gt") ? ">" : ">=", f, ok ? "PASS" : "FAIL" }'
+	# hard links: the new layers name their parent by file name, and the
+	# scratch directory keeps the read benchmark's directory untouched
+	ln -f "$DIR/qcow2-d1.qcow2" "$DIR/vhd-d1.vhd" "$IMG/vhdx-d1.vhdx" "$WDIR/" ||
+		die "cannot hard-link the bases into $WDIR"
 }
-git_rev=$(git -C "$TOP" describe --always --dirty 2>/dev/null || echo unknown)
-{
-	echo "## layerfs read benchmark, $(date '+%F %H:%M')"
+base_shas() { (cd "$WDIR" && sha256sum qcow2-d1.qcow2 vhd-d1.vhd vhdx-d1.vhdx); }
+
+# wmount id job -> WFILE, WPID (the layer file is $WDIR/fresh-JOB.EXT)
+WFILE= WPID=
+wmount() {
+	local id=$1 job=$2 ext=${WEXT[$1]} f=fresh-$2 i
+	rm -f "$WDIR/$f.$ext"
+	if [ "${WKIND[$id]}" = qsd ]; then
+		qemu-img create -q -f qcow2 -b "${WBASE[$id]}" -F qcow2 "$WDIR/$f.$ext" ||
+			{ note "qemu-img create failed"; return 1; }
+		rm -rf "$WMNT/qsd"; touch "$WMNT/qsd"
+		qemu-storage-daemon \
+			--blockdev "{\"driver\":\"qcow2\",\"node-name\":\"n0\",\"file\":{\"driver\":\"file\",\"filename\":\"$WDIR/$f.$ext\"}}" \
+			--export "type=fuse,id=e0,node-name=n0,mountpoint=$WMNT/qsd,writable=on" \
+			>>"$LOG/qsd-w.log" 2>&1 &
+		WPID=$!
+		MOUNTED[$WMNT/qsd]=$WPID
+		MKIND[$WMNT/qsd]=qsd
+		wait_mount "$WMNT/qsd" "$WPID" || return 1
+		WFILE=$WMNT/qsd
+	else
+		mkdir -p "$WMNT/ours"
+		"$LAYERFS" -f -o "newlayer=${WBASE[$id]%.*}:$f.$ext" "$WDIR" "$WMNT/ours" \
+			>>"$LOG/layerfs-w.log" 2>&1 &
+		WPID=$!
+		MOUNTED[$WMNT/ours]=$WPID
+		wait_mount "$WMNT/ours" "$WPID" || return 1
+		WFILE=$WMNT/ours/$f/disk
+		for i in $(seq 1 50); do [ -e "$WFILE" ] && break; sleep 0.1; done
+		[ -e "$WFILE" ] || return 1
+	fi
+}
+wumount() {
+	local m=$WMNT/ours
+	[ "${WKIND[$1]}" = qsd ] && m=$WMNT/qsd
+	umount_one "$m"
+	[ "$KEEP_W" = 1 ] || rm -f "$WDIR/fresh-$2.${WEXT[$1]}"
+}
+
+# fio_write file pid job -> "value cpu": MB/s (seq) or IOPS, and for seq the
+# daemon's CPU seconds (user + system) per GiB written
+fio_write() {
+	local f=$1 pid=$2 job=$3 c0 c1 a out
+	local common=(--output-format=terse --terse-version=3 --filename="$f" --direct=1
+		--invalidate=0 --end_fsync=1 --randrepeat=1 --norandommap --size=${SIZE_MIB}M)
+	case $job in
+	seq)  a=(--rw=write --bs=1M --ioengine=psync --iodepth=1 --io_size=${SEQ_W_MIB}M) ;;
+	qd1)  a=(--rw=randwrite --bs=4k --ioengine=psync --iodepth=1 --runtime="$RUNTIME_W" --time_based) ;;
+	qd16) a=(--rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 --runtime="$RUNTIME_W" --time_based) ;;
+	esac
+	c0=$(cpu_ticks "$pid")
+	out=$(fio "${common[@]}" --name="$job" "${a[@]}" 2>>"$LOG/fio-w.err")
+	c1=$(cpu_ticks "$pid")
+	awk -F';' -v job="$job" -v c=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" '
+		$1 == "3" && $48 > 0 {
+			if (job == "seq") printf "%s %s\n", $48 * 1024 / 1e6, (c / hz) / ($47 / 1048576)
+			else printf "%s -\n", $49
+			ok = 1 }
+		END { if (!ok) print "- -" }' <<<"$out"
+}
+
+# once per layerfs format, before measuring: fio writes 32 MiB with crc32c
+# headers and reads them back through the mount; for qcow2, qemu-img then
+# compares the whole new chain (qemu reading it) with layerfs's read-only view
+verify_writes() {
+	local id ext f vok
+	for id in "${WROWS[@]}"; do
+		[ "${WKIND[$id]}" = ours ] || continue
+		ext=${WEXT[$id]}
+		wmount "$id" verify || { WDATA[$id]="mount failed"; continue; }
+		vok=ok
+		fio --name=verify --filename="$WFILE" --direct=1 --rw=write --bs=64k \
+			--ioengine=psync --size=32M --offset=64M --verify=crc32c --do_verify=1 \
+			--end_fsync=1 >>"$LOG/fio-verify.log" 2>&1 || vok="fio verify FAILED"
+		umount_one "$WMNT/ours"
+		if [ "$vok" = ok ] && [ "$ext" = qcow2 ]; then
+			"$LAYERFS" -f "$WDIR" "$WMNT/ours" >>"$LOG/layerfs-w.log" 2>&1 &
+			MOUNTED[$WMNT/ours]=$!
+			if wait_mount "$WMNT/ours" "$!" && qemu-img compare -q -f qcow2 -F raw \
+				"$WDIR/fresh-verify.qcow2" "$WMNT/ours/fresh-verify/disk"; then
+				vok="ok, qemu-img compare ok"
+			else
+				vok="qemu-img compare FAILED"
+			fi
+			umount_one "$WMNT/ours"
+		fi
+		rm -f "$WDIR/fresh-verify.$ext"
+		WDATA[$id]=$vok
+		[ "${vok%%,*}" = ok ] || note "${WLABEL[$id]}: write check: $vok"
+	done
+}
+
+declare -A WDATA=()
+write_phase() {
+	local rep j id job n=${#WROWS[@]} v c sha0 sha1
+	prepare_writes
+	sha0=$(base_shas)
+	verify_writes
+	WTM0=$(date +%s)
+	WPSI0=$(psi_cpu)
+	for ((rep = 0; rep < REPS; rep++)); do
+		log "write rep $((rep + 1))/$REPS over $n targets (fresh layer per job)"
+		for ((j = 0; j < n; j++)); do
+			id=${WROWS[$(( (j + rep) % n ))]}
+			for job in "${WJOBS[@]}"; do
+				if ! wmount "$id" "$job"; then
+					note "${WLABEL[$id]}: mount failed (logs in $LOG)"
+					wumount "$id" "$job"
+					continue
+				fi
+				read -r v c <<<"$(fio_write "$WFILE" "$WPID" "$job")"
+				WS[$id,$job]="${WS[$id,$job]:-} $v"
+				[ "$job" = seq ] && WS[$id,cpu]="${WS[$id,cpu]:-} $c"
+				wumount "$id" "$job"
+			done
+		done
+	done
+	WTM1=$(date +%s)
+	WPSI1=$(psi_cpu)
+	sha1=$(base_shas)
+	if [ "$sha0" = "$sha1" ]; then
+		WBASE_OK="unchanged (sha256 of qcow2-d1, vhd-d1, vhdx-d1 before and after the write phase)"
+	else
+		WBASE_OK="CHANGED: before $(echo $sha0) after $(echo $sha1)"
+		note "a base image changed during the write phase"
+	fi
+	for id in "${WROWS[@]}"; do
+		for k in "${WJOBS[@]}" cpu; do WR[$id,$k]=$(printf '%s\n' ${WS[$id,$k]:-} | median); done
+	done
+}
+wg() { local v=${WR[$1,$2]:-}; echo "${v:--}"; }
+
+write_report() {
+	local id r1 r2 r3 k
+	echo "## layerfs write benchmark, $(date '+%F %H:%M')"
 	echo
 	echo "host: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) CPUs," \
-		"$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r);" \
-		"loadavg start $LOAD0, end $(cut -d' ' -f1-3 /proc/loadavg);" \
-		"some task waited for a CPU $(awk -v a="$PSI0" -v b="$PSI1" -v w=$((TM1 - TM0 + 1)) \
+		"kernel $(uname -r); loadavg at the end $(cut -d' ' -f1-3 /proc/loadavg);" \
+		"some task waited for a CPU $(awk -v a="$WPSI0" -v b="$WPSI1" -v w=$((WTM1 - WTM0 + 1)) \
 			'BEGIN { printf "%.0f%%", (b - a) / 1e4 / w }') of the measuring time (PSI)  "
 	echo "layerfs $git_rev ($LAYERFS), $(qemu-storage-daemon --version | head -1), $(fio --version)  "
-	echo "method: 1 GiB images, every chain's flat content sha256-checked through its mount;" \
-		"fio --direct=1 on the exposed file: seq read bs=1M psync QD1, randread 4k psync QD1," \
-		"randread 4k libaio QD16; ${RUNTIME}s per job, median of $REPS round-robin reps" \
-		"(measuring took $((TM1 - TM0)) s); the target's image files are read into the page cache before each rep." \
-		"Ratios: layerfs / qsd qcow2 of the same depth (raw row: / qsd raw)." \
-		"Daemon CPU: user + system time of the daemon (all threads) during the seq job, per GiB read;" \
-		"other users' load inflates wall-clock figures much more than this one."
+	echo "method: every job writes into its own fresh, empty top layer over the same 1 GiB base" \
+		"(base.raw's bytes), created before the job and deleted after it." \
+		"qsd: \`qemu-img create -f qcow2 -b qcow2-d1.qcow2 -F qcow2\` overlay, exported by its own" \
+		"qemu-storage-daemon (\`--blockdev driver=qcow2,file.driver=file\`, \`--export type=fuse,writable=on\`," \
+		"qsd's default cache mode: host page cache, flushes honoured: cache.direct=off, cache.no-flush=off)." \
+		"layerfs: \`-o newlayer=BASE:fresh-JOB.EXT\` in a scratch image directory holding hard links of" \
+		"the bases (layerfs writes through, no cache of its own; fsync = fdatasync of the layer)." \
+		"fio --direct=1 --end_fsync=1 on the exposed file (the final flush to disk is inside every figure):" \
+		"seq write bs=1M psync QD1, ${SEQ_W_MIB} MiB from offset 0; randwrite 4k psync QD1 and libaio QD16," \
+		"${RUNTIME_W}s each over the whole disk; median of $REPS round-robin reps" \
+		"(measuring took $((WTM1 - WTM0)) s). Ratios: layerfs / qsd." \
+		"Daemon CPU: user + system time of the daemon during the seq job, per GiB written.  "
+	echo "base images: $WBASE_OK"
 	echo
-	echo "| target | data | seq 1M MB/s | 4k QD1 IOPS | 4k QD16 IOPS | seq vs qsd | QD1 vs qsd | QD16 vs qsd | daemon CPU s/GiB seq | threads | RSS MiB |"
-	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	for id in "${ROWS[@]}"; do
-		ref=${REF[$id]}
-		[ "$ref" = "$id" ] && ref=
+	echo "| target | data check | seq write 1M MB/s | 4k randwrite QD1 IOPS | 4k randwrite QD16 IOPS | seq vs qsd | QD1 vs qsd | QD16 vs qsd | daemon CPU s/GiB seq |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+	for id in "${WROWS[@]}"; do
 		r1=-; r2=-; r3=-
-		if [ -n "$ref" ]; then
-			r1=$(ratio "$(g $id seq)" "$(g $ref seq)")
-			r2=$(ratio "$(g $id qd1)" "$(g $ref qd1)")
-			r3=$(ratio "$(g $id qd16)" "$(g $ref qd16)")
+		if [ "$id" != wq ]; then
+			r1=$(ratio "$(wg $id seq)" "$(wg wq seq)")
+			r2=$(ratio "$(wg $id qd1)" "$(wg wq qd1)")
+			r3=$(ratio "$(wg $id qd16)" "$(wg wq qd16)")
 		fi
-		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$id]}" \
-			"${DATA[$id]:--}" "$(fmt0 "$(g $id seq)")" "$(fmt0 "$(g $id qd1)")" \
-			"$(fmt0 "$(g $id qd16)")" "$r1" "$r2" "$r3" "$(fmt2 "$(g $id cpu)")" \
-			"$(g $id thr)" "$(g $id rss)"
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${WLABEL[$id]}" \
+			"${WDATA[$id]:--}" "$(fmt0 "$(wg $id seq)")" "$(fmt0 "$(wg $id qd1)")" \
+			"$(fmt0 "$(wg $id qd16)")" "$r1" "$r2" "$r3" "$(fmt2 "$(wg $id cpu)")"
 	done
 	echo
-	echo "Depth cost (same bytes; depth N = N layers holding 1/N of the clusters each):"
+	echo "Requirement checks (medians; layerfs / qsd >= 1):"
 	echo
-	echo "| chain | seq d5/d1 | seq d10/d1 | QD1 d10/d1 | QD16 d10/d1 |"
-	echo "|---|---:|---:|---:|---:|"
-	for p in "layerfs VHD|lv" "layerfs qcow2|lq" "qsd qcow2|q"; do
-		IFS='|' read -r name pre <<<"$p"
-		printf '| %s | %s | %s | %s | %s |\n' "$name" \
-			"$(ratio "$(g ${pre}5 seq)" "$(g ${pre}1 seq)")" \
-			"$(ratio "$(g ${pre}10 seq)" "$(g ${pre}1 seq)")" \
-			"$(ratio "$(g ${pre}10 qd1)" "$(g ${pre}1 qd1)")" \
-			"$(ratio "$(g ${pre}10 qd16)" "$(g ${pre}1 qd16)")"
+	for id in wlq wlv wlx; do
+		wcheck "${WLABEL[$id]%%,*}${WLABEL[$id]#*,}: seq write 1M" MB/s "$(wg $id seq)" "$(wg wq seq)"
+		wcheck "${WLABEL[$id]%%,*}${WLABEL[$id]#*,}: 4k randwrite QD1" IOPS "$(wg $id qd1)" "$(wg wq qd1)"
+		wcheck "${WLABEL[$id]%%,*}${WLABEL[$id]#*,}: 4k randwrite QD16" IOPS "$(wg $id qd16)" "$(wg wq qd16)"
 	done
-	echo
-	echo "Done-when checks (fio seq 1M medians):"
-	echo
-	check "(a) layerfs VHD depth 10 vs depth 1" "$(g lv10 seq)" "$(g lv1 seq)" ge 0.85
-	check "(a) layerfs VHD depth 10 vs qsd qcow2 depth 10" "$(g lv10 seq)" "$(g q10 seq)" gt 1
-	check "(b) layerfs qcow2 depth 10 vs qsd qcow2 depth 10" "$(g lq10 seq)" "$(g q10 seq)" gt 1
 	if [ ${#NOTES[@]} -gt 0 ]; then
 		echo
 		echo "Notes:"
@@ -509,17 +618,178 @@ git_rev=$(git -C "$TOP" describe --always --dirty 2>/dev/null || echo unknown)
 	echo
 	echo "<details><summary>all samples (per rep, in rep order)</summary>"
 	echo
-	echo "| target | seq 1M MB/s | 4k QD1 IOPS | 4k QD16 IOPS | daemon CPU s/GiB seq |"
+	echo "| target | seq write 1M MB/s | 4k QD1 IOPS | 4k QD16 IOPS | daemon CPU s/GiB seq |"
 	echo "|---|---|---|---|---|"
-	for id in "${OK[@]}"; do
-		printf '| %s |%s |%s |%s |%s |\n' "${LABEL[$id]}" \
-			"$(printf ' %.0f' ${S[$id,seq]:-})" "$(printf ' %.0f' ${S[$id,qd1]:-})" \
-			"$(printf ' %.0f' ${S[$id,qd16]:-})" "$(printf ' %.2f' ${S[$id,cpu]:-})"
+	for id in "${WROWS[@]}"; do
+		printf '| %s |%s |%s |%s |%s |\n' "${WLABEL[$id]}" \
+			"$(printf ' %.0f' ${WS[$id,seq]:-})" "$(printf ' %.0f' ${WS[$id,qd1]:-})" \
+			"$(printf ' %.0f' ${WS[$id,qd16]:-})" "$(printf ' %.2f' ${WS[$id,cpu]:-})"
 	done
 	echo
 	echo "</details>"
-} > "$LOG/report.md"
-mkdir -p "$(dirname "$OUT")"
-cp "$LOG/report.md" "$OUT"
-cat "$OUT"
-log "saved $OUT (logs: $LOG); total $(( $(date +%s) - T_START )) s"
+}
+wcheck() { # label unit value reference
+	awk -v l="$1" -v u="$2" -v a="$3" -v b="$4" 'BEGIN {
+		if (a == "-" || b == "-" || a == "" || b == "") { printf "- %s: not measured: FAIL\n", l; exit }
+		printf "- %s: %.0f vs %.0f %s = %.2f (needs >= 1.00): %s\n", l, a, b, u, a / b,
+			(a >= b) ? "PASS" : "FAIL" }'
+}
+
+# ------------------------------------------------------------ main
+for m in $(awk -v r="$MNTR/" 'index($2, r) == 1 {print $2}' /proc/mounts); do
+	note "stale mount $m from an earlier run: unmounting"
+	fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"
+done
+build_imgtool
+[ "$READS" = 1 ] && build_passthrough
+build_images
+
+psi_cpu() { awk -F'total=' '/^some/ {print $2}' /proc/pressure/cpu 2>/dev/null || echo 0; }
+git_rev=$(git -C "$TOP" describe --always --dirty 2>/dev/null || echo unknown)
+
+if [ "$READS" = 1 ]; then
+	log "mounting ${#ROWS[@]} targets"
+	OK=()
+	for id in "${ROWS[@]}"; do
+		if ! mount_target "$id"; then
+			note "${LABEL[$id]}: mount failed (logs in $LOG)"
+			DATA[$id]="mount failed"
+			continue
+		fi
+		if [ "$VERIFY" = 1 ]; then
+			# O_DIRECT: checks the path fio uses, leaves no page cache of the FUSE file
+			sha=$(dd if="${FILEOF[$id]}" bs=4M iflag=direct status=none 2>>"$LOG/verify.err" |
+				sha256sum | cut -d' ' -f1)
+			if [ "$sha" != "$BASE_SHA" ]; then
+				note "${LABEL[$id]}: sha256 of the exposed file differs from base.raw: not measured"
+				DATA[$id]="BAD"
+				continue
+			fi
+			DATA[$id]="ok"
+		else
+			DATA[$id]="not checked"
+		fi
+		OK+=("$id")
+	done
+	[ "$VERIFY" = 1 ] || cat "$IMG/base.raw" "$DIR"/* >/dev/null	# page cache warm
+
+	LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+	PSI0=$(psi_cpu)
+	TM0=$(date +%s)
+	n=${#OK[@]}
+	for ((rep = 0; rep < REPS; rep++)); do
+		log "rep $((rep + 1))/$REPS over $n targets (fio ${RUNTIME}s x 3 jobs each)"
+		for ((j = 0; j < n; j++)); do
+			id=${OK[$(( (j + rep) % n ))]}	# rotate the order: load bursts hit all alike
+			cat ${BACK[$id]} >/dev/null	# the image files stay in the page cache
+			read -r v a b c <<<"$(fio_read3 "${FILEOF[$id]}" "${PIDOF[$id]}")"
+			add "$id" seq "$v"
+			add "$id" qd1 "$a"
+			add "$id" qd16 "$b"
+			add "$id" cpu "$c"
+		done
+	done
+	TM1=$(date +%s)
+	PSI1=$(psi_cpu)
+	for id in "${OK[@]}"; do
+		for k in seq qd1 qd16 cpu; do R[$id,$k]=$(printf '%s\n' ${S[$id,$k]:-} | median); done
+		R[$id,rss]=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' /proc/"${PIDOF[$id]}"/status 2>/dev/null)
+		R[$id,thr]=$(awk '/^Threads/ {print $2}' /proc/"${PIDOF[$id]}"/status 2>/dev/null)
+	done
+	cleanup
+
+	# ------------------------------------------------------------ report
+	check() { # label value reference ge|gt factor -> PASS/FAIL line
+		awk -v l="$1" -v a="$2" -v b="$3" -v op="$4" -v f="$5" 'BEGIN {
+			if (a == "-" || b == "-" || a == "" || b == "") { printf "- %s: not measured\n", l; exit }
+			ok = (op == "gt") ? (a > f * b) : (a >= f * b)
+			printf "- %s: %.0f vs %.0f MB/s = %.2f (needs %s %.2f): %s\n", l, a, b, a / b,
+				(op == "gt") ? ">" : ">=", f, ok ? "PASS" : "FAIL" }'
+	}
+	{
+		echo "## layerfs read benchmark, $(date '+%F %H:%M')"
+		echo
+		echo "host: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) CPUs," \
+			"$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r);" \
+			"loadavg start $LOAD0, end $(cut -d' ' -f1-3 /proc/loadavg);" \
+			"some task waited for a CPU $(awk -v a="$PSI0" -v b="$PSI1" -v w=$((TM1 - TM0 + 1)) \
+				'BEGIN { printf "%.0f%%", (b - a) / 1e4 / w }') of the measuring time (PSI)  "
+		echo "layerfs $git_rev ($LAYERFS), $(qemu-storage-daemon --version | head -1), $(fio --version)  "
+		echo "method: 1 GiB images, every chain's flat content sha256-checked through its mount;" \
+			"fio --direct=1 on the exposed file: seq read bs=1M psync QD1, randread 4k psync QD1," \
+			"randread 4k libaio QD16; ${RUNTIME}s per job, median of $REPS round-robin reps" \
+			"(measuring took $((TM1 - TM0)) s); the target's image files are read into the page cache before each rep." \
+			"Ratios: layerfs / qsd qcow2 of the same depth (raw row: / qsd raw)." \
+			"Daemon CPU: user + system time of the daemon (all threads) during the seq job, per GiB read;" \
+			"other users' load inflates wall-clock figures much more than this one."
+		echo
+		echo "| target | data | seq 1M MB/s | 4k QD1 IOPS | 4k QD16 IOPS | seq vs qsd | QD1 vs qsd | QD16 vs qsd | daemon CPU s/GiB seq | threads | RSS MiB |"
+		echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		for id in "${ROWS[@]}"; do
+			ref=${REF[$id]}
+			[ "$ref" = "$id" ] && ref=
+			r1=-; r2=-; r3=-
+			if [ -n "$ref" ]; then
+				r1=$(ratio "$(g $id seq)" "$(g $ref seq)")
+				r2=$(ratio "$(g $id qd1)" "$(g $ref qd1)")
+				r3=$(ratio "$(g $id qd16)" "$(g $ref qd16)")
+			fi
+			printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$id]}" \
+				"${DATA[$id]:--}" "$(fmt0 "$(g $id seq)")" "$(fmt0 "$(g $id qd1)")" \
+				"$(fmt0 "$(g $id qd16)")" "$r1" "$r2" "$r3" "$(fmt2 "$(g $id cpu)")" \
+				"$(g $id thr)" "$(g $id rss)"
+		done
+		echo
+		echo "Depth cost (same bytes; depth N = N layers holding 1/N of the clusters each):"
+		echo
+		echo "| chain | seq d5/d1 | seq d10/d1 | QD1 d10/d1 | QD16 d10/d1 |"
+		echo "|---|---:|---:|---:|---:|"
+		for p in "layerfs VHD|lv" "layerfs qcow2|lq" "qsd qcow2|q"; do
+			IFS='|' read -r name pre <<<"$p"
+			printf '| %s | %s | %s | %s | %s |\n' "$name" \
+				"$(ratio "$(g ${pre}5 seq)" "$(g ${pre}1 seq)")" \
+				"$(ratio "$(g ${pre}10 seq)" "$(g ${pre}1 seq)")" \
+				"$(ratio "$(g ${pre}10 qd1)" "$(g ${pre}1 qd1)")" \
+				"$(ratio "$(g ${pre}10 qd16)" "$(g ${pre}1 qd16)")"
+		done
+		echo
+		echo "Done-when checks (fio seq 1M medians):"
+		echo
+		check "(a) layerfs VHD depth 10 vs depth 1" "$(g lv10 seq)" "$(g lv1 seq)" ge 0.85
+		check "(a) layerfs VHD depth 10 vs qsd qcow2 depth 10" "$(g lv10 seq)" "$(g q10 seq)" gt 1
+		check "(b) layerfs qcow2 depth 10 vs qsd qcow2 depth 10" "$(g lq10 seq)" "$(g q10 seq)" gt 1
+		if [ ${#NOTES[@]} -gt 0 ]; then
+			echo
+			echo "Notes:"
+			echo
+			for m in "${NOTES[@]}"; do echo "- $m"; done
+		fi
+		echo
+		echo "<details><summary>all samples (per rep, in rep order)</summary>"
+		echo
+		echo "| target | seq 1M MB/s | 4k QD1 IOPS | 4k QD16 IOPS | daemon CPU s/GiB seq |"
+		echo "|---|---|---|---|---|"
+		for id in "${OK[@]}"; do
+			printf '| %s |%s |%s |%s |%s |\n' "${LABEL[$id]}" \
+				"$(printf ' %.0f' ${S[$id,seq]:-})" "$(printf ' %.0f' ${S[$id,qd1]:-})" \
+				"$(printf ' %.0f' ${S[$id,qd16]:-})" "$(printf ' %.2f' ${S[$id,cpu]:-})"
+		done
+		echo
+		echo "</details>"
+	} > "$LOG/report.md"
+	mkdir -p "$(dirname "$OUT")"
+	cp "$LOG/report.md" "$OUT"
+	cat "$OUT"
+	log "saved $OUT (logs: $LOG); total $(( $(date +%s) - T_START )) s"
+fi
+
+if [ "$WRITES" = 1 ]; then
+	log "write phase: ${#WROWS[@]} targets x ${#WJOBS[@]} jobs x $REPS reps"
+	write_phase
+	cleanup
+	write_report > "$LOG/report-writes.md"
+	mkdir -p "$(dirname "$WOUT")"
+	cp "$LOG/report-writes.md" "$WOUT"
+	cat "$WOUT"
+	log "saved $WOUT (logs: $LOG); total $(( $(date +%s) - T_START )) s"
+fi

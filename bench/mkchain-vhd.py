@@ -29,82 +29,15 @@ import argparse
 import os
 import struct
 import sys
-import time
 import uuid
 
-SECTOR = 512
-VHD_EPOCH = 946684800           # 2000-01-01 00:00:00 UTC
-UNUSED = 0xFFFFFFFF
-POISON = 0xEE
-TYPE_DYNAMIC, TYPE_DIFF = 3, 4
-
-
-def parse_size(text):
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text and text[-1].upper() in units:
-        return int(text[:-1], 0) * units[text[-1].upper()]
-    return int(text, 0)
-
-
-def checksum(buf, field_off):
-    """One's complement of the byte sum, the checksum field skipped."""
-    return ~(sum(buf) - sum(buf[field_off:field_off + 4])) & 0xFFFFFFFF
-
-
-def round_up(v, a):
-    return (v + a - 1) // a * a
-
-
-def chs(size):
-    """The spec's CHS calculation (appendix "CHS Calculation")."""
-    total = min(size // SECTOR, 65535 * 16 * 255)
-    if total >= 65535 * 16 * 63:
-        spt, heads = 255, 16
-        cyl_heads = total // spt
-    else:
-        spt = 17
-        cyl_heads = total // spt
-        heads = max((cyl_heads + 1023) // 1024, 4)
-        if cyl_heads >= heads * 1024 or heads > 16:
-            spt, heads = 31, 16
-            cyl_heads = total // spt
-        if cyl_heads >= heads * 1024:
-            spt, heads = 63, 16
-            cyl_heads = total // spt
-    return cyl_heads // heads, heads, spt
-
-
-def footer(size, stamp, unique_id):
-    f = bytearray(512)
-    cyl, heads, spt = chs(size)
-    f[0:8] = b"conectix"
-    struct.pack_into(">II", f, 8, 2, 0x00010000)    # features, version
-    struct.pack_into(">QI", f, 16, 512, stamp)      # data offset, stamp
-    f[28:32] = b"lfbn"                              # creator application
-    struct.pack_into(">I", f, 32, 0x00010000)
-    f[36:40] = b"Wi2k"
-    struct.pack_into(">QQ", f, 40, size, size)      # original, current
-    struct.pack_into(">HBBI", f, 56, cyl, heads, spt, TYPE_DIFF)
-    f[68:84] = unique_id
-    struct.pack_into(">I", f, 64, checksum(f, 64))
-    return bytes(f)
-
-
-def dyn_header(table_off, entries, block_size, parent_id, parent_stamp,
-               parent_name, locators):
-    h = bytearray(1024)
-    h[0:8] = b"cxsparse"
-    struct.pack_into(">QQIII", h, 8, 0xFFFFFFFFFFFFFFFF, table_off,
-                     0x00010000, entries, block_size)
-    h[40:56] = parent_id
-    struct.pack_into(">I", h, 56, parent_stamp)
-    name = parent_name.encode("utf-16-be")[:512]
-    h[64:64 + len(name)] = name
-    for i, (code, space, length, offset) in enumerate(locators):
-        struct.pack_into(">4sIIIQ", h, 576 + 24 * i, code, space, length, 0,
-                         offset)
-    struct.pack_into(">I", h, 36, checksum(h, 36))
-    return bytes(h)
+# The spec's structures come from the test generator, which the tests check
+# against qemu-img and 7-Zip; this script adds the streaming layer writer.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "tests", "tools"))
+from mkvhd import (SECTOR, UNUSED, POISON, TYPE_DYNAMIC, TYPE_DIFF,  # noqa: E402
+                   parse_size, round_up, make_footer, make_dyn_header,
+                   now_stamp)
 
 
 def parent_info(path):
@@ -192,11 +125,11 @@ def main():
                     out.seek(data_off + g)
                     out.write(blk[g:g + a.grain])
             pos = data_off + bs
-        foot = footer(size, max(0, int(time.time()) - VHD_EPOCH) & 0xFFFFFFFF,
-                      uuid.uuid4().bytes)
+        foot = make_footer(TYPE_DIFF, size, 512, uuid.uuid4().bytes,
+                           now_stamp())
         out.seek(0)
         out.write(foot)
-        out.write(dyn_header(table_off, entries, bs, pid, pstamp, base,
+        out.write(make_dyn_header(table_off, entries, bs, pid, pstamp, base,
                              locators))
         out.write(b"".join(struct.pack(">I", e) for e in bat))
         for off, blob in loc_data:

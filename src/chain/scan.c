@@ -601,14 +601,13 @@ static const char *format_ext(const char *fmt)
 	return "qcow2";
 }
 
-static bool stem_taken(const struct resolver *r, const char *dir,
-		       const char *stem)
+/* true if some file of dir has this stem (any extension) */
+static bool stem_taken(const char *dir, const char *stem)
 {
 	struct dirent *de;
 	bool taken = false;
 	DIR *d = opendir(dir);
 
-	(void)r;
 	if (!d)
 		return true;
 	while (!taken && (de = readdir(d))) {
@@ -666,7 +665,7 @@ static char *next_layer_name(const struct resolver *r, const struct node *top,
 		}
 		if (asprintf(&full, "%.*s%s", (int)prefix, stem, cand) < 0)
 			break;
-		if (!stem_taken(r, r->dir, full) &&
+		if (!stem_taken(r->dir, full) &&
 		    asprintf(&name, "%s.%s", full, ext) < 0)
 			name = NULL;
 		free(full);

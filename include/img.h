@@ -122,6 +122,21 @@ struct img_create_opts {
 	uint64_t size;		/* virtual size; 0: the parent's */
 	uint32_t block_size;	/* block/cluster size; 0: format default */
 	uint32_t sector_size;	/* logical sector size; 0: the parent's */
+	bool fixed;		/* ->create: fully allocated (VHD/VHDX fixed,
+				 * raw written out, qcow2 preallocated) */
+};
+
+/*
+ * What ->check found.  The driver logs each finding as one line naming the
+ * file (log_err for errors, log_warn for leaks and warnings) and counts it
+ * here.
+ */
+struct img_check {
+	uint64_t errors;	/* corruption: the image cannot be trusted */
+	uint64_t leaks;		/* allocated but unused space (harmless) */
+	uint64_t warnings;	/* odd but valid */
+	uint64_t repaired;	/* findings fixed by a repair */
+	uint64_t allocated;	/* bytes of data the image holds */
 };
 
 struct img_driver {
@@ -172,6 +187,26 @@ struct img_driver {
 	 */
 	int (*create_diff)(const char *path, const struct img_create_parent *parent,
 			   const struct img_create_opts *o);
+	/*
+	 * Optional: create a new base image (no parent) at path (O_CREAT|
+	 * O_EXCL) of o->size bytes, dynamic (sparse) unless o->fixed.  The
+	 * file is complete and fdatasync'ed when this returns 0.
+	 */
+	int (*create)(const char *path, const struct img_create_opts *o);
+	/*
+	 * Optional: structural check of one file, opened read-only (or
+	 * writable when repair is true: fix only what is safe to fix).
+	 * Fills *res; returns 0 when the check ran (whatever it found),
+	 * -errno when it could not run.
+	 */
+	int (*check)(struct img *img, bool repair, struct img_check *res);
+	/*
+	 * Optional: rewrite the parent reference of img (opened writable)
+	 * to name parent, the way create_diff records it (locators, linkage
+	 * or UUID and time stamp, backing file name).  Atomic with respect to
+	 * crashes where the format allows it.  0 or -errno.
+	 */
+	int (*set_parent)(struct img *img, const struct img_create_parent *parent);
 };
 
 /* registry.c */

@@ -199,11 +199,13 @@ int qcow2_l2_get(uint64_t owner, uint64_t index, size_t nwords, int fd,
 
 /*
  * Why gen makes a miss safe against a writer: the writer pins the table
- * (which inserts it) before it writes the entry, and bumps gen before it
- * unpins.  A loader that finds the key cached uses that copy, which the
- * writer keeps current.  A loader that does not find it knows no writer
- * holds a pin now; if gen is what it was before the pread, no update
- * finished since, so what it read is current.  Otherwise it reads again.
+ * (which inserts it) before it changes an entry, bumps gen after, and
+ * unpins only once the file holds the table as the cache does (the flush
+ * writes a dirty table, then unpins it).  A loader that finds the key
+ * cached uses that copy, which the writer keeps current.  A loader that
+ * does not find it knows no writer holds a pin now; if gen is what it was
+ * before the pread, no update finished since, so what it read is current.
+ * Otherwise it reads again.
  */
 int qcow2_l2_get_gen(uint64_t owner, uint64_t index, size_t nwords, int fd,
 		     uint64_t host_off, const char *drv, const char *path,
@@ -291,6 +293,49 @@ void qcow2_l2_store(struct qcow2_l2_ref *ref, size_t i, uint64_t v)
 	struct l2_slot *s = ref->slot;
 
 	__atomic_store_n(&s->table[i], v, __ATOMIC_RELEASE);
+}
+
+int qcow2_l2_new(uint64_t owner, uint64_t index, size_t nwords,
+		 struct qcow2_l2_ref *ref)
+{
+	uint64_t h = key_hash(owner, index);
+	struct l2_shard *sh = &shards[h % QCOW2_SHARDS];
+	unsigned b = (unsigned)(h / QCOW2_SHARDS) % QCOW2_BUCKETS;
+	struct l2_slot *s, *fresh;
+
+	pthread_once(&cache_once, cache_init);
+	fresh = calloc(1, sizeof(*fresh) + nwords * 8);
+	if (!fresh)
+		return -ENOMEM;
+	pthread_mutex_lock(&sh->lock);
+	s = bucket_find(sh, b, owner, index);
+	if (s) {
+		/* not reachable through L1 yet, so nobody reads it */
+		__atomic_add_fetch(&s->pins, 1, __ATOMIC_ACQUIRE);
+		for (size_t i = 0; i < nwords; i++)
+			__atomic_store_n(&s->table[i], 0, __ATOMIC_RELAXED);
+		pthread_mutex_unlock(&sh->lock);
+		free(fresh);
+		goto done;
+	}
+	s = fresh;
+	s->owner = owner;
+	s->index = index;
+	s->bucket = b;
+	s->bytes = sizeof(*s) + nwords * 8;
+	s->pins = 1;
+	s->hnext = sh->buckets[b];
+	sh->buckets[b] = s;
+	lru_push_head(sh, s);
+	__atomic_add_fetch(&cache_used, s->bytes, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&sh->lock);
+	if (__atomic_load_n(&cache_used, __ATOMIC_RELAXED) >
+	    __atomic_load_n(&cache_budget, __ATOMIC_RELAXED))
+		cache_trim();
+done:
+	ref->table = s->table;
+	ref->slot = s;
+	return 0;
 }
 
 void qcow2_l2_cache_drop(uint64_t owner)

@@ -20,11 +20,14 @@
  * for every refcount table entry in the range that has none (placed after
  * the range, and covered by the range, so the loop that places them also
  * covers them).  If the refcount table itself is too small it is replaced
- * by a bigger copy first, in a step of its own (qcow2_rc_grow).
+ * by a bigger copy first, in a step of its own after a flush (rc_grow).
  *
- * Only the refcount table is kept in memory.  A refcount update reads the
- * bytes it changes from the block, modifies them and writes them back;
- * everything here runs under w->lock, which makes that safe.
+ * The refcount table and the refcount blocks a step touches are kept in
+ * memory (w->rt, w->rb): a block is read once, changed there, and written
+ * back by qcow2_rc_flush at the next flush (qcow2-write.c gives the
+ * order); a new block lives only in memory until then, and so does the
+ * table entry naming it.  Blocks are dropped from memory once written.
+ * Everything here runs under w->lock.
  */
 #include <assert.h>
 #include <errno.h>
@@ -104,59 +107,184 @@ int qcow2_sync(struct img *img)
 	return 0;
 }
 
-/*
- * Add +1 (fresh: the entries must be 0) or -1 (release: they must not be)
- * to entries [i0, i1) of the refcount block at blk: read, change, write.
- */
-static int rc_block_add(struct img *img, struct qcow2 *s, uint64_t blk,
-			uint64_t i0, uint64_t i1, bool fresh)
+/* ---- the refcount blocks in memory (under w->lock) ---- */
+
+bool qcow2_rc_dirty(const struct qcow2_w *w)
+{
+	for (size_t i = 0; i < w->nrb; i++)
+		if (w->rb[i].dirty)
+			return true;
+	return w->rt_dlo < w->rt_dhi;
+}
+
+/* The cached block of refcount table entry t (at rt[t]), loaded on a miss;
+ * a fresh one (not on disk yet) is all zeros. */
+static int rc_block_get(struct img *img, struct qcow2 *s, const uint64_t *rt,
+			uint64_t t, bool fresh, struct qcow2_rblock **out)
 {
 	struct qcow2_w *w = s->w;
-	unsigned order = w->rc_order, bits = 1u << order;
-	uint64_t b0 = i0 * bits / 8, b1 = DIV_ROUND_UP(i1 * bits, 8);
-	uint64_t base = b0 * 8 / bits;
-	size_t len = (size_t)(b1 - b0);
+	struct qcow2_rblock *b;
 	int r;
 
-	r = pread_full(img->fd, w->rbuf, len, blk + b0);
-	if (r < 0)
-		return log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read refcount block at %llu (%s)",
-				   img->path, (unsigned long long)blk,
-				   strerror(-r));
-	for (uint64_t i = i0; i < i1; i++) {
-		uint64_t v = rc_get(w->rbuf, order, i - base);
-
-		if (fresh && v != 0)
-			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of an unused cluster is %llu (block %llu, entry %llu)",
-					   img->path, (unsigned long long)v,
-					   (unsigned long long)blk,
-					   (unsigned long long)i);
-		if (!fresh && v == 0)
-			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of a cluster in use is 0 (block %llu, entry %llu)",
-					   img->path, (unsigned long long)blk,
-					   (unsigned long long)i);
-		rc_set(w->rbuf, order, i - base, fresh ? v + 1 : v - 1);
+	for (size_t i = w->nrb; i-- > 0;) {
+		if (w->rb[i].t == t) {
+			*out = &w->rb[i];
+			return 0;
+		}
 	}
-	r = pwrite_full(img->fd, w->rbuf, len, blk + b0);
-	if (r < 0)
-		return log_err_ret(r, "qcow2: %s: cannot write refcount block at %llu (%s)",
-				   img->path, (unsigned long long)blk,
-				   strerror(-r));
+	if (w->nrb == w->rb_cap) {
+		size_t cap = w->rb_cap ? w->rb_cap * 2 : 8;
+
+		b = realloc(w->rb, cap * sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		w->rb = b;
+		w->rb_cap = cap;
+	}
+	b = &w->rb[w->nrb];
+	memset(b, 0, sizeof(*b));
+	b->raw = fresh ? calloc(1, s->cluster_size) : malloc(s->cluster_size);
+	if (!b->raw)
+		return -ENOMEM;
+	b->t = t;
+	b->off = rt[t];
+	b->fresh = b->dirty = fresh;
+	if (!fresh) {
+		r = pread_full(img->fd, b->raw, s->cluster_size, b->off);
+		if (r < 0) {
+			free(b->raw);
+			return log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read refcount block at %llu (%s)",
+					   img->path,
+					   (unsigned long long)b->off,
+					   strerror(-r));
+		}
+	}
+	w->nrb++;
+	*out = b;
 	return 0;
 }
 
 /*
+ * Add +1 (fresh: the entries must be 0) or -1 (release: they must not be)
+ * to entries [i0, i1) of the refcount block of table entry t, in memory.
+ */
+static int rc_block_add(struct img *img, struct qcow2 *s, const uint64_t *rt,
+			uint64_t t, uint64_t i0, uint64_t i1, bool fresh)
+{
+	struct qcow2_w *w = s->w;
+	unsigned order = w->rc_order;
+	struct qcow2_rblock *b;
+	int r;
+
+	r = rc_block_get(img, s, rt, t, false, &b);
+	if (r < 0)
+		return r;
+	for (uint64_t i = i0; i < i1; i++) {
+		uint64_t v = rc_get(b->raw, order, i);
+
+		if (fresh && v != 0)
+			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of an unused cluster is %llu (block %llu, entry %llu)",
+					   img->path, (unsigned long long)v,
+					   (unsigned long long)b->off,
+					   (unsigned long long)i);
+		if (!fresh && v == 0)
+			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of a cluster in use is 0 (block %llu, entry %llu)",
+					   img->path, (unsigned long long)b->off,
+					   (unsigned long long)i);
+		rc_set(b->raw, order, i, fresh ? v + 1 : v - 1);
+	}
+	if (i1 > i0)
+		b->dirty = true;
+	return 0;
+}
+
+/* Write the dirty blocks: fresh ones only, or the others only. */
+static int rc_write_blocks(struct img *img, struct qcow2 *s, bool fresh)
+{
+	struct qcow2_w *w = s->w;
+	int r;
+
+	for (size_t i = 0; i < w->nrb; i++) {
+		struct qcow2_rblock *b = &w->rb[i];
+
+		if (!b->dirty || b->fresh != fresh)
+			continue;
+		r = pwrite_full(img->fd, b->raw, s->cluster_size, b->off);
+		if (r < 0)
+			return log_err_ret(r, "qcow2: %s: cannot write refcount block at %llu (%s)",
+					   img->path,
+					   (unsigned long long)b->off,
+					   strerror(-r));
+		b->dirty = false;
+	}
+	return 0;
+}
+
+/* Forget the clean blocks (they are on disk as they are in memory). */
+static void rc_drop_clean(struct qcow2_w *w)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < w->nrb; i++) {
+		if (w->rb[i].dirty) {
+			w->rb[k++] = w->rb[i];
+			continue;
+		}
+		free(w->rb[i].raw);
+	}
+	w->nrb = k;
+}
+
+int qcow2_rc_flush(struct img *img, struct qcow2 *s)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t lo = w->rt_dlo, hi = w->rt_dhi;
+	bool linked = lo < hi;
+	uint8_t *raw;
+	int r;
+
+	/* a new block is complete on disk before the table names it */
+	r = rc_write_blocks(img, s, true);
+	if (r == 0 && linked)
+		r = qcow2_sync(img);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < w->nrb; i++)
+		w->rb[i].fresh = false;
+	if (linked) {
+		raw = malloc((hi - lo) * 8);
+		if (!raw)
+			return -ENOMEM;
+		for (uint64_t t = lo; t < hi; t++)
+			put_be64(raw + (t - lo) * 8, w->rt[t]);
+		r = pwrite_full(img->fd, raw, (hi - lo) * 8,
+				s->h.refcount_table_offset + lo * 8);
+		free(raw);
+		if (r < 0)
+			return log_err_ret(r, "qcow2: %s: cannot write the refcount table (%s)",
+					   img->path, strerror(-r));
+		w->rt_dlo = w->rt_dhi = 0;
+	}
+	r = rc_write_blocks(img, s, false);
+	if (r == 0)
+		rc_drop_clean(w);
+	return r;
+}
+
+/*
  * Count fresh clusters [p->start, p->end) in the refcount blocks that
- * cover them: with new_blocks, build and write the plan's new blocks
- * (phase A); without, add to the existing ones (phase B).  rt is the
- * table the plan was made against.
+ * cover them: with new_blocks, write the plan's new blocks straight to the
+ * file (the refcount table grows); without, count them in memory in the
+ * blocks that exist (new blocks of the plan are made fresh in memory when
+ * fresh_mem, else skipped).  rt is the table the plan was made against.
  */
 static int rc_fresh(struct img *img, struct qcow2 *s,
-		    const struct qcow2_rc_plan *p, const uint64_t *rt,
-		    bool new_blocks)
+		    const struct qcow2_rc_plan *p, uint64_t *rt,
+		    bool new_blocks, bool fresh_mem)
 {
 	struct qcow2_w *w = s->w;
 	uint64_t rbe = w->rb_entries, cs = s->cluster_size, k = 0;
+	struct qcow2_rblock *b;
 	int r;
 
 	for (uint64_t t = p->start / rbe; t <= (p->end - 1) / rbe; t++) {
@@ -167,12 +295,24 @@ static int rc_fresh(struct img *img, struct qcow2 *s,
 			uint64_t at = (p->start + p->nuser + k) * cs;
 
 			k++;
+			if (fresh_mem) {
+				rt[t] = at;
+				w->rt_dlo = w->rt_dlo < w->rt_dhi ?
+					MIN(w->rt_dlo, t) : t;
+				w->rt_dhi = MAX(w->rt_dhi, t + 1);
+				r = rc_block_get(img, s, rt, t, true, &b);
+				if (r < 0)
+					return r;
+				for (uint64_t i = lo; i < hi; i++)
+					rc_set(b->raw, w->rc_order, i, 1);
+				continue;
+			}
 			if (!new_blocks)
 				continue;
-			memset(w->rbuf, 0, cs);
+			memset(w->buf, 0, cs);
 			for (uint64_t i = lo; i < hi; i++)
-				rc_set(w->rbuf, w->rc_order, i, 1);
-			r = pwrite_full(img->fd, w->rbuf, cs, at);
+				rc_set(w->buf, w->rc_order, i, 1);
+			r = pwrite_full(img->fd, w->buf, cs, at);
 			if (r < 0)
 				return log_err_ret(r, "qcow2: %s: cannot write refcount block at %llu (%s)",
 						   img->path,
@@ -183,7 +323,7 @@ static int rc_fresh(struct img *img, struct qcow2 *s,
 		if (new_blocks)
 			continue;
 		assert(rt[t]);
-		r = rc_block_add(img, s, rt[t], lo, hi, true);
+		r = rc_block_add(img, s, rt, t, lo, hi, true);
 		if (r < 0)
 			return r;
 	}
@@ -234,7 +374,8 @@ void qcow2_rc_plan_free(struct qcow2_rc_plan *p)
 }
 
 /*
- * Replace the refcount table by one of at least min_entries entries:
+ * Replace the refcount table by one of at least min_entries entries,
+ * starting from a flushed state (nothing pending in memory):
  *   new refcount blocks + the new table (its entries name them) + counts
  *   for the new clusters in existing blocks -> barrier -> the header's
  *   two refcount table fields (one 12-byte write inside the first sector)
@@ -253,6 +394,10 @@ static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 	uint8_t *raw = NULL, hdr[12];
 	int r;
 
+	/* start from a clean state: every count in memory is on disk */
+	r = qcow2_flush_locked(img, s);
+	if (r < 0)
+		return r;
 	n = MAX(w->rt_entries * 2, min_entries);
 	for (;;) {
 		tc = DIV_ROUND_UP(n, per);
@@ -297,7 +442,7 @@ static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 	for (uint64_t i = 0; i < n; i++)
 		put_be64(raw + i * 8, nt[i]);
 	w->hw = p.end;		/* whatever happens, never hand these out */
-	r = rc_fresh(img, s, &p, nt, true);
+	r = rc_fresh(img, s, &p, nt, true, false);
 	if (r == 0) {
 		r = pwrite_full(img->fd, raw, tc * cs, p.start * cs);
 		if (r < 0)
@@ -305,7 +450,9 @@ static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 				img->path, strerror(-r));
 	}
 	if (r == 0)
-		r = rc_fresh(img, s, &p, nt, false);
+		r = rc_fresh(img, s, &p, nt, false, false);
+	if (r == 0)
+		r = rc_write_blocks(img, s, false);
 	if (r == 0)
 		r = qcow2_sync(img);
 	if (r < 0)
@@ -330,6 +477,10 @@ static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 	r = qcow2_sync(img);
 	if (r == 0)
 		r = qcow2_rc_release(img, s, old_off, old_bytes);
+	if (r == 0)	/* no barrier needed: nothing refers to it */
+		r = rc_write_blocks(img, s, false);
+	if (r == 0)
+		rc_drop_clean(w);
 	if (r < 0)
 		w->broken = true;
 out:
@@ -373,43 +524,10 @@ fail:
 	return r;
 }
 
-int qcow2_rc_write_blocks(struct img *img, struct qcow2 *s,
-			  const struct qcow2_rc_plan *p)
+int qcow2_rc_take(struct img *img, struct qcow2 *s,
+		  const struct qcow2_rc_plan *p)
 {
-	return p->nblk ? rc_fresh(img, s, p, s->w->rt, true) : 0;
-}
-
-int qcow2_rc_commit(struct img *img, struct qcow2 *s,
-		    const struct qcow2_rc_plan *p)
-{
-	struct qcow2_w *w = s->w;
-	uint64_t cs = s->cluster_size, t0, t1;
-	uint8_t *raw;
-	int r;
-
-	r = rc_fresh(img, s, p, w->rt, false);
-	if (r < 0 || !p->nblk)
-		return r;
-	/* link the new blocks: one write for the span of entries they use */
-	t0 = p->blk_ti[0];
-	t1 = p->blk_ti[p->nblk - 1] + 1;
-	raw = malloc((t1 - t0) * 8);
-	if (!raw)
-		return -ENOMEM;
-	for (uint64_t t = t0; t < t1; t++)
-		put_be64(raw + (t - t0) * 8, w->rt[t]);
-	for (uint64_t k = 0; k < p->nblk; k++)
-		put_be64(raw + (p->blk_ti[k] - t0) * 8,
-			 (p->start + p->nuser + k) * cs);
-	r = pwrite_full(img->fd, raw, (t1 - t0) * 8,
-			s->h.refcount_table_offset + t0 * 8);
-	free(raw);
-	if (r < 0)
-		return log_err_ret(r, "qcow2: %s: cannot write the refcount table (%s)",
-				   img->path, strerror(-r));
-	for (uint64_t k = 0; k < p->nblk; k++)
-		w->rt[p->blk_ti[k]] = (p->start + p->nuser + k) * cs;
-	return 0;
+	return rc_fresh(img, s, p, s->w->rt, false, true);
 }
 
 int qcow2_rc_release(struct img *img, struct qcow2 *s, uint64_t off,
@@ -427,7 +545,7 @@ int qcow2_rc_release(struct img *img, struct qcow2 *s, uint64_t off,
 			return log_err_ret(-EUCLEAN, "qcow2: %s: cluster in use has no refcount block (%llu)",
 					   img->path,
 					   (unsigned long long)(c * cs));
-		r = rc_block_add(img, s, w->rt[t], c - t * rbe, stop - t * rbe,
+		r = rc_block_add(img, s, w->rt, t, c - t * rbe, stop - t * rbe,
 				 false);
 		if (r < 0)
 			return r;
@@ -507,6 +625,11 @@ int qcow2_rc_open(struct img *img, struct qcow2 *s)
 
 void qcow2_rc_close(struct qcow2_w *w)
 {
+	for (size_t i = 0; i < w->nrb; i++)
+		free(w->rb[i].raw);
+	free(w->rb);
+	w->rb = NULL;
+	w->nrb = w->rb_cap = 0;
 	free(w->rt);
 	w->rt = NULL;
 }

@@ -2,9 +2,12 @@
 /*
  * qcow2-write.c: a qcow2 image as the writable top layer, and new overlays.
  *
- * Facts are from qemu's docs/interop/qcow2.txt.  Writes are write-through
- * and keep the refcounts exact at every instant: no dirty bit, no lazy
- * refcounts, nothing left to repair at the next open.
+ * Facts are from qemu's docs/interop/qcow2.txt.  Data is written
+ * through (pwrite, no fsync); metadata is written back, as qemu's qcow2
+ * driver does it: new L2 entries and tables, refcounts and L1 entries are
+ * made in memory and reach the file at the next ->flush (the kernel's
+ * fsync or close), or earlier when too much of it is pending.  No dirty
+ * bit, no lazy refcounts: the file is consistent at every instant.
  *
  * ORDERING.  qemu's rule: a refcount increment reaches the disk before any
  * reference to the cluster, and a reference is gone from the disk before
@@ -12,51 +15,63 @@
  * clusters (counted but unreferenced; `qemu-img check` reports leaks, not
  * corruption), never a reference to a cluster whose refcount is 0.  On top
  * of that, data reaches the disk before the entry that maps it, so a crash
- * never exposes a cluster that was never written.  One allocation step (a
- * batch of neighbouring clusters, all of it under w->lock) is:
+ * never exposes a cluster that was never written.
  *
- *   A  data into fresh clusters (copy-on-write writes the whole cluster:
- *      the caller's bytes and the old contents around them; with extended
- *      L2 only the touched subclusters), new L2 tables (already holding
- *      their new entries), new refcount blocks (counting themselves and
- *      every fresh cluster of the step they cover).  Nothing on disk
- *      points at any of it yet.
- *   -- fdatasync, only if there are new refcount blocks --
- *   B  the fresh clusters' refcounts in existing refcount blocks, and the
- *      refcount table entries of the new blocks (complete on disk since
- *      the barrier).  Nothing references the fresh clusters yet, so any
- *      part of A and B that survives a crash is a leak, nothing more:
- *      that is why data and refcounts share one barrier.
- *   -- fdatasync --
- *   C  L2 entries in existing tables and L1 entries of new tables (COPIED
- *      set: refcount 1).  Each target's data and refcount are durable.
- *      Only then are the cached tables and the in-memory L1 updated, so a
- *      reader never maps a cluster whose data is not written.
- *   -- fdatasync, only if the step replaced clusters --
- *   D  release what was replaced (a compressed cluster, or one shared
- *      without COPIED): its references are durably gone.
+ * A write step (a batch of neighbouring clusters of one request, under
+ * w->lock) allocates fresh clusters at the end of the file, counts them
+ * in the refcount blocks held in memory, writes the data (copy-on-write
+ * writes the caller's bytes and the old contents around them: the whole
+ * cluster, or with extended L2 only the touched subclusters; only the
+ * uncovered head and tail are read; neighbouring fresh clusters go out as
+ * one pwrite), and then publishes the new entries in the cached L2 tables
+ * (a new table is created in the cache, then linked into the in-memory
+ * L1).  The tables it changed stay pinned in the L2 cache and listed as
+ * dirty; what it replaced (a compressed cluster, or one shared without
+ * COPIED) is listed for release.  Nothing of this is on disk but the data.
+ * The flush (qcow2_flush_locked) then runs:
  *
- * So an allocating step costs one fdatasync, two when it adds a refcount
- * block.  New subclusters inside a cluster the image owns, or a zero-
- * allocated cluster written again, are A, barrier, C; zeroing where the
- * L2 table exists is C alone.  A cluster the image owns (COPIED,
- * refcount 1, standard, not zero) is overwritten in place by a plain pwrite
- * without any lock: nothing about it changes, and nothing ever frees it.
- * The refcount table grows in a step of its own (qcow2-refcount.c).
- * ->flush is one fdatasync: every step leaves the metadata consistent.
+ *   1  new L2 tables (whole; nothing points at them yet), new refcount
+ *      blocks (-- fdatasync, only if there are any --) and the refcount
+ *      table entries naming them, the changed refcount blocks.  Nothing
+ *      references the fresh clusters yet, so any part of this and of the
+ *      data that survives a crash is a leak, nothing more.
+ *   -- fdatasync: data, refcounts and new tables are durable --
+ *   2  the changed entries of existing L2 tables, the L1 entries of the
+ *      new tables (COPIED set: refcount 1).
+ *   -- fdatasync: every write before the flush is durable --
+ *   3  the listed releases: the references are durably gone, so the
+ *      counts drop in memory and their blocks are written at once (a
+ *      crash before they land leaks the clusters).
  *
- * CONCURRENCY.  The chain calls ->write with its lock shared.  Metadata
- * changes only under w->lock, and each allocation decision is taken again
- * under it, so two writers of one unallocated cluster allocate it once
- * (the second finds it owned and writes in place).  Readers take no lock:
- * L1 entries and standard L2 entries change by single atomic 64-bit
- * stores; an extended pair (entry + bitmap) is replaced inside a sequence
- * lock (qcow2_entry_load).  The cached copy of an L2 table is pinned while
- * it is updated and the image's L2 generation bumped afterwards, so a
- * concurrent cache miss never installs a stale copy (qcow2_l2_get_gen).
- * Allocation only appends and released clusters are never reused, so a
- * reader or fast-path writer holding an old mapping still reaches the
- * cluster it mapped.
+ * A flush with nothing pending is one fdatasync.  More than 64 dirty
+ * tables (or 16 MiB of them), 64 refcount blocks in memory or 4096
+ * pending releases run the same sequence at the end of a step.  The
+ * refcount table grows in a step of its own after a flush
+ * (qcow2-refcount.c).  A cluster the image owns (COPIED, refcount 1,
+ * allocated, not zero) is overwritten in place by a plain pwrite without
+ * any lock, also when its entry is still only in memory: the flush's
+ * first barrier covers its data.  When a write to the file fails during a
+ * flush, the in-memory metadata no longer matches the file: the image
+ * turns broken and every later write and flush fails with -EIO (the file
+ * itself holds leaks at most).
+ *
+ * CONCURRENCY.  The chain calls ->write and ->flush with its lock shared.
+ * Allocation, the in-memory metadata and the whole flush run under
+ * w->lock, so a flush writes only entries whose data and refcounts its
+ * own first barrier covers, and a write step that waits for the lock
+ * lands after the flush (it is pending for the next one).  Each
+ * allocation decision is taken again under the lock, so two writers of
+ * one unallocated cluster allocate it once (the second finds it owned and
+ * writes in place).  Readers take no lock: L1 entries and standard L2
+ * entries change by single atomic 64-bit stores after the data is
+ * written; an extended pair (entry + bitmap) is replaced inside a
+ * sequence lock (qcow2_entry_load).  A table a writer changes is pinned
+ * first and the image's L2 generation bumped afterwards, so a concurrent
+ * cache miss never installs a stale copy (qcow2_l2_get_gen); a dirty
+ * table stays pinned until the flush wrote it, so it never leaves the
+ * cache before the file holds it.  Allocation only appends and released
+ * clusters are never reused, so a reader or fast-path writer holding an
+ * old mapping still reaches the cluster it mapped.
  */
 #include <assert.h>
 #include <errno.h>
@@ -67,6 +82,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "checked.h"
@@ -80,6 +96,11 @@
 #define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
 #define Q2_BATCH_BYTES (32ull << 20)	/* guest bytes per allocation step */
 #define Q2_BATCH_CLUSTERS 1024u
+#define Q2_DIRTY_TABLES 64u		/* dirty L2 tables before a flush */
+#define Q2_DIRTY_BYTES (16ull << 20)	/* ... or this many bytes of them */
+#define Q2_DIRTY_RELEASES 4096u
+#define Q2_DIRTY_RBLOCKS 64u
+#define Q2_EXTL2_MIN_CLUSTER 16384u	/* qemu's minimum for extended L2 */
 
 enum q2_kind {
 	Q2_INPLACE,		/* the caller's bytes into the image's own cluster */
@@ -103,11 +124,10 @@ struct q2_op {
 	int tab;			/* new L2 table of the step, or -1 */
 };
 
-/* An L2 table the step creates. */
+/* An L2 table the step creates (made in the cache when published). */
 struct q2_tab {
 	uint64_t l1i;
 	uint64_t host;
-	uint8_t *raw;			/* owned: one cluster, big-endian */
 };
 
 struct q2_batch {
@@ -155,6 +175,7 @@ int qcow2_write_open(struct img *img, struct qcow2 *s)
 		return -ENOMEM;
 	s->w = w;
 	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->flight_done, NULL);
 	w->buf = malloc(cs);
 	w->rbuf = malloc(cs);
 	w->zbuf = calloc(1, cs);
@@ -181,7 +202,14 @@ void qcow2_write_free(struct qcow2 *s)
 
 	if (!w)
 		return;
+	/* unflushed tables (a failed or skipped flush) are dropped */
+	for (size_t i = 0; i < w->ndl2; i++)
+		qcow2_l2_put(&w->dl2[i].ref);
+	free(w->dl2);
+	free(w->rel);
+	free(w->flight);
 	qcow2_rc_close(w);
+	pthread_cond_destroy(&w->flight_done);
 	pthread_mutex_destroy(&w->lock);
 	free(w->buf);
 	free(w->rbuf);
@@ -320,8 +348,6 @@ static void q2_batch_init(struct q2_batch *b)
 static void q2_batch_free(struct q2_batch *b)
 {
 	qcow2_l2_put(&b->ref);
-	for (size_t i = 0; i < b->ntabs; i++)
-		free(b->tabs[i].raw);
 	free(b->tabs);
 	free(b->ops);
 }
@@ -368,9 +394,6 @@ static int q2_add(struct qcow2 *s, struct q2_batch *b, const struct q2_op *op)
 				b->tabs = t;
 				b->tabs_cap = cap;
 			}
-			b->tabs[b->ntabs].raw = calloc(1, s->cluster_size);
-			if (!b->tabs[b->ntabs].raw)
-				return -ENOMEM;
 			b->tabs[b->ntabs].l1i = l1i;
 			b->tabs[b->ntabs].host = 0;
 			b->ntabs++;
@@ -581,39 +604,99 @@ static int q2_plan_zero(struct img *img, struct qcow2 *s, struct q2_batch *b,
 /* ------------------------------------------------------------------ */
 /* running a step (under w->lock)                                      */
 
-/* Phase A for one op: [t0, t1) of its host cluster. */
-static int q2_write_data(struct img *img, struct qcow2 *s, struct q2_op *op,
-			 const struct img_below *below)
+/* pwritev until done; a short write continues where it stopped */
+static int q2_pwritev(int fd, struct iovec *iov, int n, uint64_t off)
 {
-	struct qcow2_w *w = s->w;
-	const uint8_t *src = op->src;
-	uint64_t end = op->host + op->t1;
-	int r;
-
-	if (op->t0 < op->w0 || op->w1 < op->t1) {
-		if (op->t0 < op->w0) {
-			r = q2_read_old(img, s, op, below, op->t0, op->w0,
-					w->buf + op->t0);
-			if (r < 0)
-				return r;
-		}
-		memcpy(w->buf + op->w0, op->src, op->w1 - op->w0);
-		if (op->w1 < op->t1) {
-			r = q2_read_old(img, s, op, below, op->w1, op->t1,
-					w->buf + op->w1);
-			if (r < 0)
-				return r;
-		}
-		src = w->buf + op->t0;
+	while (n && !iov->iov_len) {
+		iov++;
+		n--;
 	}
-	r = pwrite_full(img->fd, src, op->t1 - op->t0, op->host + op->t0);
+	while (n && !iov[n - 1].iov_len)
+		n--;
+	if (n == 1)
+		return pwrite_full(fd, iov->iov_base, iov->iov_len, off);
+	while (n) {
+		ssize_t k = pwritev(fd, iov, n, (off_t)off);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			return -EIO;
+		off += (uint64_t)k;
+		while (n && (size_t)k >= iov->iov_len) {
+			k -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n) {
+			iov->iov_base = (uint8_t *)iov->iov_base + k;
+			iov->iov_len -= (size_t)k;
+		}
+	}
+	return 0;
+}
+
+/* Can op b's host bytes follow op a's in one pwrite? */
+static bool q2_joins(const struct qcow2 *s, const struct q2_op *a,
+		     const struct q2_op *b)
+{
+	return a->kind == Q2_ALLOC && b->kind == Q2_ALLOC &&
+	       b->host == a->host + s->cluster_size &&
+	       a->w1 == s->cluster_size && a->t1 == a->w1 &&
+	       b->w0 == 0 && b->t0 == 0 && b->src == a->src + (a->w1 - a->w0);
+}
+
+/*
+ * Phase A for ops [i, j), whose host bytes are contiguous: [t0, t1) of
+ * each, the caller's bytes and the old contents at either end, with one
+ * pwrite.  Only the uncovered head and tail are read for copy-on-write.
+ */
+static int q2_write_data(struct img *img, struct qcow2 *s, struct q2_op *ops,
+			 size_t i, size_t j, const struct img_below *below)
+{
+	struct q2_op *first = &ops[i], *last = &ops[j - 1];
+	uint64_t end = last->host + last->t1, mid = 0, cur;
+	size_t head = first->w0 - first->t0, tail = last->t1 - last->w1;
+	uint8_t *cow = NULL;
+	struct iovec iov[3];
+	int r = 0;
+
+	for (size_t k = i; k < j; k++)
+		mid += ops[k].w1 - ops[k].w0;
+	if (head + tail) {
+		cow = malloc(head + tail);	/* runs unlocked: our own */
+		if (!cow)
+			return -ENOMEM;
+	}
+	iov[0] = (struct iovec){ cow, head };
+	iov[1] = (struct iovec){ (void *)first->src, (size_t)mid };
+	iov[2] = (struct iovec){ cow + head, tail };
+	if (head)
+		r = q2_read_old(img, s, first, below, first->t0, first->w0,
+				cow);
+	if (r == 0 && tail)
+		r = q2_read_old(img, s, last, below, last->w1, last->t1,
+				cow + head);
+	if (r == 0) {
+		r = q2_pwritev(img->fd, iov, 3, first->host + first->t0);
+		if (r < 0)
+			log_err("qcow2: %s: cannot write cluster at %llu (%s)",
+				img->path, (unsigned long long)first->host,
+				strerror(-r));
+	}
+	free(cow);
 	if (r < 0)
-		return log_err_ret(r, "qcow2: %s: cannot write cluster at %llu (%s)",
-				   img->path, (unsigned long long)op->host,
-				   strerror(-r));
-	/* readers check mapped data against file_end: grow it first */
-	if (end > __atomic_load_n(&s->file_end, __ATOMIC_RELAXED))
-		__atomic_store_n(&s->file_end, end, __ATOMIC_RELEASE);
+		return r;
+	/* readers check mapped data against file_end: grow it first (steps
+	 * write in parallel: only ever up) */
+	cur = __atomic_load_n(&s->file_end, __ATOMIC_RELAXED);
+	while (end > cur &&
+	       !__atomic_compare_exchange_n(&s->file_end, &cur, end, false,
+					    __ATOMIC_RELEASE,
+					    __ATOMIC_RELAXED))
+		;
 	return 0;
 }
 
@@ -641,100 +724,235 @@ static bool q2_changes_entry(const struct q2_op *op)
 	return op->kind != Q2_INPLACE;
 }
 
-/* Phase C: entries in existing tables, then L1 entries of new tables. */
-static int q2_link(struct img *img, struct qcow2 *s, struct q2_batch *b)
+/* Room for `more` dirty tables and releases, before anything changes. */
+static int q2_reserve_dirty(struct qcow2_w *w, size_t tabs, size_t rels)
 {
-	struct qcow2_w *w = s->w;
-	size_t eb = s->entry_words * 8, i = 0;
-	uint64_t l2mask = (1ull << s->l2_bits) - 1;
-	int r;
+	if (w->ndl2 + tabs > w->dl2_cap) {
+		size_t cap = MAX(w->dl2_cap * 2, w->ndl2 + tabs);
+		struct qcow2_dirty_l2 *d = realloc(w->dl2, cap * sizeof(*d));
 
-	while (i < b->nops) {
-		struct qcow2_l2_ref ref = { NULL, NULL };
-		uint64_t l1i = b->ops[i].gcl >> s->l2_bits, l2off, idx0, idx1;
-		size_t j = i, last = i;
-
-		if (!q2_changes_entry(&b->ops[i]) || b->ops[i].tab >= 0) {
-			i++;
-			continue;
-		}
-		/* one write for the span of changed entries in this table */
-		for (; j < b->nops && (b->ops[j].gcl >> s->l2_bits) == l1i; j++)
-			if (q2_changes_entry(&b->ops[j]))
-				last = j;
-		l2off = qcow2_l1_get(s, l1i);
-		r = qcow2_l2_get_gen(s->owner, l1i, s->l2_words, img->fd, l2off,
-				     "qcow2", img->path, &s->l2_gen, &ref);
-		if (r < 0)
-			return r;
-		idx0 = b->ops[i].gcl & l2mask;
-		idx1 = b->ops[last].gcl & l2mask;
-		for (uint64_t x = idx0; x <= idx1; x++) {
-			uint64_t e, bm;
-
-			qcow2_entry_load(s, ref.table, x, &e, &bm);
-			put_be64(w->buf + (x - idx0) * eb, e);
-			if (s->extl2)
-				put_be64(w->buf + (x - idx0) * eb + 8, bm);
-		}
-		for (size_t k = i; k <= last; k++) {
-			const struct q2_op *op = &b->ops[k];
-			uint8_t *at = w->buf + ((op->gcl & l2mask) - idx0) * eb;
-
-			if (!q2_changes_entry(op))
-				continue;
-			put_be64(at, op->new_e);
-			if (s->extl2)
-				put_be64(at + 8, op->new_b);
-		}
-		r = pwrite_full(img->fd, w->buf, (idx1 - idx0 + 1) * eb,
-				l2off + idx0 * eb);
-		if (r == 0) {
-			for (size_t k = i; k <= last; k++)
-				if (q2_changes_entry(&b->ops[k]))
-					q2_publish(s, &ref,
-						   b->ops[k].gcl & l2mask,
-						   b->ops[k].new_e,
-						   b->ops[k].new_b);
-		}
-		__atomic_add_fetch(&s->l2_gen, 1, __ATOMIC_RELEASE);
-		qcow2_l2_put(&ref);
-		if (r < 0)
-			return log_err_ret(r, "qcow2: %s: cannot write L2 table at %llu (%s)",
-					   img->path, (unsigned long long)l2off,
-					   strerror(-r));
-		i = j;
+		if (!d)
+			return -ENOMEM;
+		w->dl2 = d;
+		w->dl2_cap = cap;
 	}
-	/* new tables: their L1 entries, one write per run of neighbours */
-	for (size_t a = 0, z; a < b->ntabs; a = z) {
-		uint64_t l1a = b->tabs[a].l1i;
+	if (w->nrel + rels > w->rel_cap) {
+		size_t cap = MAX(w->rel_cap * 2, w->nrel + rels);
+		struct qcow2_release *x = realloc(w->rel, cap * sizeof(*x));
 
-		for (z = a + 1; z < b->ntabs && b->tabs[z].l1i == l1a + (z - a);
-		     z++)
-			;
-		for (size_t k = a; k < z; k++)
-			put_be64(w->buf + (k - a) * 8,
-				 b->tabs[k].host | QCOW2_L1E_COPIED);
-		r = pwrite_full(img->fd, w->buf, (z - a) * 8,
-				s->h.l1_table_offset + l1a * 8);
-		if (r < 0)
-			return log_err_ret(r, "qcow2: %s: cannot write the L1 table (%s)",
-					   img->path, strerror(-r));
-		for (size_t k = a; k < z; k++)
-			__atomic_store_n(&s->l1[b->tabs[k].l1i],
-					 b->tabs[k].host, __ATOMIC_RELEASE);
+		if (!x)
+			return -ENOMEM;
+		w->rel = x;
+		w->rel_cap = cap;
 	}
 	return 0;
 }
 
-/* One step: phases A to D of the comment at the top. */
+static struct qcow2_dirty_l2 *q2_dirty_find(struct qcow2_w *w, uint64_t l1i)
+{
+	for (size_t i = w->ndl2; i-- > 0;)
+		if (w->dl2[i].l1i == l1i)
+			return &w->dl2[i];
+	return NULL;
+}
+
+/* The changed entries of ops [i, j) (one table) into a pinned table. */
+static void q2_publish_ops(struct qcow2 *s, struct q2_batch *b, size_t i,
+			   size_t j, struct qcow2_dirty_l2 *d)
+{
+	struct qcow2_w *w = s->w;
+	uint64_t l2mask = (1ull << s->l2_bits) - 1;
+
+	for (size_t k = i; k < j; k++) {
+		const struct q2_op *op = &b->ops[k];
+		uint32_t idx = (uint32_t)(op->gcl & l2mask);
+
+		if (!q2_changes_entry(op))
+			continue;
+		q2_publish(s, &d->ref, idx, op->new_e, op->new_b);
+		if (d->lo >= d->hi) {
+			d->lo = idx;
+			d->hi = idx + 1;
+		} else {
+			d->lo = MIN(d->lo, idx);
+			d->hi = MAX(d->hi, idx + 1);
+		}
+		if (op->free_len) {
+			w->rel[w->nrel].off = op->free_off;
+			w->rel[w->nrel].len = op->free_len;
+			w->nrel++;
+		}
+	}
+}
+
+/*
+ * The step's new entries into the cached tables (new tables are made in
+ * the cache and then linked into the in-memory L1), each table kept
+ * pinned and listed dirty until the next flush writes it.  Its data is
+ * written already; on a failure part way, what is published is whole and
+ * the rest leaks.
+ */
+static int q2_publish_batch(struct img *img, struct qcow2 *s,
+			    struct q2_batch *b)
+{
+	struct qcow2_w *w = s->w;
+	size_t ntab = 0, nrel = 0;
+	int r;
+
+	for (size_t i = 0; i < b->nops; i++) {
+		if (!i || (b->ops[i].gcl >> s->l2_bits) !=
+				  (b->ops[i - 1].gcl >> s->l2_bits))
+			ntab++;
+		if (b->ops[i].free_len)
+			nrel++;
+	}
+	r = q2_reserve_dirty(w, ntab, nrel);
+	if (r < 0)
+		return r;
+	for (size_t i = 0, j; i < b->nops; i = j) {
+		uint64_t l1i = b->ops[i].gcl >> s->l2_bits;
+		struct qcow2_dirty_l2 *d;
+		bool any = false;
+
+		for (j = i; j < b->nops && (b->ops[j].gcl >> s->l2_bits) == l1i;
+		     j++)
+			any |= q2_changes_entry(&b->ops[j]);
+		if (!any)
+			continue;
+		if (b->ops[i].tab >= 0) {
+			/* a new table: pinned in the cache, then linked */
+			d = &w->dl2[w->ndl2];
+			memset(d, 0, sizeof(*d));
+			r = qcow2_l2_new(s->owner, l1i, s->l2_words, &d->ref);
+			if (r < 0)
+				return r;
+			d->l1i = l1i;
+			d->host = b->tabs[b->ops[i].tab].host;
+			d->fresh = true;
+			w->ndl2++;
+			q2_publish_ops(s, b, i, j, d);
+			__atomic_store_n(&s->l1[l1i], d->host,
+					 __ATOMIC_RELEASE);
+			__atomic_add_fetch(&s->l2_gen, 1, __ATOMIC_RELEASE);
+			continue;
+		}
+		d = q2_dirty_find(w, l1i);
+		if (!d) {
+			d = &w->dl2[w->ndl2];
+			memset(d, 0, sizeof(*d));
+			d->l1i = l1i;
+			d->host = qcow2_l1_get(s, l1i);
+			r = qcow2_l2_get_gen(s->owner, l1i, s->l2_words,
+					     img->fd, d->host, "qcow2",
+					     img->path, &s->l2_gen, &d->ref);
+			if (r < 0)
+				return r;
+			w->ndl2++;
+		}
+		q2_publish_ops(s, b, i, j, d);
+		/* a loader that read the table from disk meanwhile
+		 * must not cache it (qcow2_l2_get_gen) */
+		__atomic_add_fetch(&s->l2_gen, 1, __ATOMIC_RELEASE);
+	}
+	return 0;
+}
+
+/* Too much in memory: the flush sequence runs now (64 tables, 16 MiB). */
+static bool q2_over_bound(const struct qcow2 *s)
+{
+	const struct qcow2_w *w = s->w;
+	size_t tabs = MAX(1, MIN(Q2_DIRTY_TABLES,
+				 Q2_DIRTY_BYTES >> s->cluster_bits));
+
+	return w->ndl2 >= tabs || w->nrel >= Q2_DIRTY_RELEASES ||
+	       w->nrb >= Q2_DIRTY_RBLOCKS;
+}
+
+/* The guest clusters a planned step covers, and every cluster of the L2
+ * tables it creates: [sp->first, sp->end). */
+static void q2_span(const struct qcow2 *s, const struct q2_batch *b,
+		    struct qcow2_span *sp)
+{
+	sp->first = UINT64_MAX;
+	sp->end = 0;
+	if (!b->nops)
+		return;
+	sp->first = b->ops[0].gcl;
+	sp->end = b->ops[b->nops - 1].gcl + 1;
+	for (size_t i = 0; i < b->ntabs; i++) {
+		sp->first = MIN(sp->first, b->tabs[i].l1i << s->l2_bits);
+		sp->end = MAX(sp->end, (b->tabs[i].l1i + 1) << s->l2_bits);
+	}
+}
+
+static bool q2_flight_overlaps(const struct qcow2_w *w,
+			       const struct qcow2_span *sp)
+{
+	for (size_t i = 0; i < w->nflight; i++)
+		if (sp->first < w->flight[i].end &&
+		    w->flight[i].first < sp->end)
+			return true;
+	return false;
+}
+
+static int q2_flight_add(struct qcow2_w *w, const struct qcow2_span *sp)
+{
+	if (w->nflight == w->flight_cap) {
+		size_t cap = w->flight_cap ? w->flight_cap * 2 : 16;
+		struct qcow2_span *f = realloc(w->flight, cap * sizeof(*f));
+
+		if (!f)
+			return -ENOMEM;
+		w->flight = f;
+		w->flight_cap = cap;
+	}
+	w->flight[w->nflight++] = *sp;
+	return 0;
+}
+
+static void q2_flight_del(struct qcow2_w *w, const struct qcow2_span *sp)
+{
+	for (size_t i = 0; i < w->nflight; i++) {
+		if (w->flight[i].first == sp->first &&
+		    w->flight[i].end == sp->end) {
+			w->flight[i] = w->flight[--w->nflight];
+			break;
+		}
+	}
+	pthread_cond_broadcast(&w->flight_done);
+}
+
+/*
+ * Plan a step with plan() until it overlaps no step in flight (waiting
+ * for those to finish).  Under w->lock.
+ */
+static int q2_plan_wait(struct qcow2 *s, struct q2_batch *b,
+			struct qcow2_span *sp)
+{
+	struct qcow2_w *w = s->w;
+
+	if (w->broken)
+		return -EIO;
+	q2_span(s, b, sp);
+	if (!q2_flight_overlaps(w, sp))
+		return 0;
+	q2_batch_free(b);
+	q2_batch_init(b);
+	pthread_cond_wait(&w->flight_done, &w->lock);
+	return 1;			/* plan again */
+}
+
+/*
+ * One step: allocate, write the data (without the lock), publish the
+ * metadata in memory.  Called and returns with w->lock held.
+ */
 static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
-		  const struct img_below *below)
+		  const struct img_below *below, const struct qcow2_span *sp)
 {
 	struct qcow2_w *w = s->w;
 	struct qcow2_rc_plan plan = { 0 };
-	uint64_t cs = s->cluster_size, next, l2mask = (1ull << s->l2_bits) - 1;
-	bool wrote = false, link = false, release = false;
+	uint64_t cs = s->cluster_size, next;
+	bool io = false;
 	int r = 0;
 
 	qcow2_l2_put(&b->ref);		/* planning is over */
@@ -754,81 +972,46 @@ static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
 			b->ops[i].host = next++ * cs;
 			b->ops[i].new_e |= b->ops[i].host;
 		}
+		/* counted in memory before anything refers to them */
+		r = qcow2_rc_take(img, s, &plan);
+		if (r < 0)
+			goto broken;
 	}
-	/* A */
-	for (size_t i = 0; i < b->nops; i++) {
-		struct q2_op *op = &b->ops[i];
-
-		if (q2_changes_entry(op))
-			link = true;
-		if (op->free_len)
-			release = true;
-		if (op->kind == Q2_META)
+	/* A: the data, one pwrite per run of neighbouring fresh clusters,
+	 * without the lock: the step's clusters are marked in flight, so
+	 * no other step plans them until this one published */
+	for (size_t i = 0; i < b->nops && !io; i++)
+		io = b->ops[i].kind != Q2_META;
+	if (io) {
+		r = q2_flight_add(w, sp);
+		if (r < 0)
+			goto out;	/* leaks at most */
+		pthread_mutex_unlock(&w->lock);
+	}
+	for (size_t i = 0, j; r == 0 && i < b->nops; i = j) {
+		j = i + 1;
+		if (b->ops[i].kind == Q2_META)
 			continue;
-		r = q2_write_data(img, s, op, below);
-		if (r < 0)
-			goto out;
-		if (op->kind != Q2_INPLACE)
-			wrote = true;
+		while (j < b->nops && q2_joins(s, &b->ops[j - 1], &b->ops[j]))
+			j++;
+		r = q2_write_data(img, s, b->ops, i, j, below);
 	}
-	for (size_t i = 0; i < b->ntabs; i++) {
-		struct q2_tab *t = &b->tabs[i];
-		size_t eb = s->entry_words * 8;
-
-		for (size_t k = 0; k < b->nops; k++) {
-			const struct q2_op *op = &b->ops[k];
-			uint8_t *at = t->raw + (op->gcl & l2mask) * eb;
-
-			if (op->tab != (int)i)
-				continue;
-			put_be64(at, op->new_e);
-			if (s->extl2)
-				put_be64(at + 8, op->new_b);
-		}
-		r = pwrite_full(img->fd, t->raw, cs, t->host);
-		if (r < 0) {
-			log_err("qcow2: %s: cannot write L2 table at %llu (%s)",
-				img->path, (unsigned long long)t->host,
-				strerror(-r));
-			goto out;
-		}
-		wrote = true;
+	if (io) {
+		pthread_mutex_lock(&w->lock);
+		q2_flight_del(w, sp);
 	}
-	if (plan.nblk) {
-		/* the blocks are complete before the table points at them */
-		r = qcow2_rc_write_blocks(img, s, &plan);
-		if (r == 0)
-			r = qcow2_sync(img);
-		if (r < 0)
-			goto out;
+	if (r < 0)
+		goto out;	/* nothing published: leaks at most */
+	if (__atomic_load_n(&w->broken, __ATOMIC_ACQUIRE)) {
+		r = -EIO;	/* a flush failed meanwhile */
+		goto out;
 	}
-	/* B: from here on a failure leaves memory and file apart */
-	if (plan.nuser) {
-		r = qcow2_rc_commit(img, s, &plan);
-		if (r < 0)
-			goto broken;
-	}
-	if (link && (wrote || plan.nuser)) {
-		r = qcow2_sync(img);
-		if (r < 0)
-			goto broken;
-	}
-	/* C */
-	if (link) {
-		r = q2_link(img, s, b);
-		if (r < 0)
-			goto broken;
-	}
-	/* D */
-	if (release) {
-		r = qcow2_sync(img);
-		for (size_t i = 0; r == 0 && i < b->nops; i++)
-			if (b->ops[i].free_len)
-				r = qcow2_rc_release(img, s, b->ops[i].free_off,
-						     b->ops[i].free_len);
-		if (r < 0)
-			goto broken;
-	}
+	/* B: the new entries, in memory */
+	r = q2_publish_batch(img, s, b);
+	if (r < 0)
+		goto out;
+	if (q2_over_bound(s))
+		r = qcow2_flush_locked(img, s);
 	goto out;
 broken:
 	log_err("qcow2: %s: metadata update failed; no more writes to this image until it is reopened",
@@ -838,6 +1021,120 @@ broken:
 out:
 	qcow2_rc_plan_free(&plan);
 	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* the flush sequence (under w->lock)                                  */
+
+/* Entries [lo, hi) of a pinned table, big-endian, into dst. */
+static void q2_encode(const struct qcow2 *s, const struct qcow2_dirty_l2 *d,
+		      uint32_t lo, uint32_t hi, uint8_t *dst)
+{
+	size_t ew = s->entry_words;
+
+	for (size_t i = lo * ew; i < hi * ew; i++)
+		put_be64(dst + (i - lo * ew) * 8,
+			 __atomic_load_n(&d->ref.table[i], __ATOMIC_RELAXED));
+}
+
+static int q2_cmp_l1i(const void *a, const void *b)
+{
+	const struct qcow2_dirty_l2 *x = a, *y = b;
+
+	return x->l1i < y->l1i ? -1 : x->l1i > y->l1i;
+}
+
+/*
+ * 1  new L2 tables (whole), refcount blocks (new ones, barrier, their
+ *    refcount table entries), changed refcount blocks
+ * -- fdatasync: data, refcounts and new tables durable --
+ * 2  changed entries of existing L2 tables, L1 entries of new tables
+ * -- fdatasync --
+ * 3  deferred releases: counts dropped and written (no barrier needed)
+ */
+int qcow2_flush_locked(struct img *img, struct qcow2 *s)
+{
+	struct qcow2_w *w = s->w;
+	size_t eb = s->entry_words * 8;
+	int r = 0;
+
+	if (__atomic_load_n(&w->broken, __ATOMIC_ACQUIRE))
+		return -EIO;
+	if (!w->ndl2 && !w->nrel && !qcow2_rc_dirty(w))
+		return qcow2_sync(img);
+	for (size_t i = 0; r == 0 && i < w->ndl2; i++) {
+		struct qcow2_dirty_l2 *d = &w->dl2[i];
+
+		if (!d->fresh)
+			continue;
+		q2_encode(s, d, 0, (uint32_t)(s->l2_words / s->entry_words),
+			  w->buf);
+		r = pwrite_full(img->fd, w->buf, s->cluster_size, d->host);
+		if (r < 0)
+			log_err("qcow2: %s: cannot write L2 table at %llu (%s)",
+				img->path, (unsigned long long)d->host,
+				strerror(-r));
+	}
+	if (r == 0)
+		r = qcow2_rc_flush(img, s);
+	if (r == 0)
+		r = qcow2_sync(img);
+	if (r < 0)
+		goto broken;
+	qsort(w->dl2, w->ndl2, sizeof(*w->dl2), q2_cmp_l1i);
+	for (size_t i = 0; r == 0 && i < w->ndl2; i++) {
+		struct qcow2_dirty_l2 *d = &w->dl2[i];
+
+		if (d->fresh || d->lo >= d->hi)
+			continue;
+		q2_encode(s, d, d->lo, d->hi, w->buf);
+		r = pwrite_full(img->fd, w->buf, (d->hi - d->lo) * eb,
+				d->host + d->lo * eb);
+		if (r < 0)
+			log_err("qcow2: %s: cannot write L2 table at %llu (%s)",
+				img->path, (unsigned long long)d->host,
+				strerror(-r));
+	}
+	/* L1 entries of the new tables, one write per run of neighbours */
+	for (size_t a = 0, z; r == 0 && a < w->ndl2; a = z) {
+		uint64_t l1a = w->dl2[a].l1i;
+
+		z = a + 1;
+		if (!w->dl2[a].fresh)
+			continue;
+		while (z < w->ndl2 && w->dl2[z].fresh &&
+		       w->dl2[z].l1i == l1a + (z - a))
+			z++;
+		for (size_t k = a; k < z; k++)
+			put_be64(w->buf + (k - a) * 8,
+				 w->dl2[k].host | QCOW2_L1E_COPIED);
+		r = pwrite_full(img->fd, w->buf, (z - a) * 8,
+				s->h.l1_table_offset + l1a * 8);
+		if (r < 0)
+			log_err("qcow2: %s: cannot write the L1 table (%s)",
+				img->path, strerror(-r));
+	}
+	if (r == 0)
+		r = qcow2_sync(img);
+	if (r < 0)
+		goto broken;
+	/* written: the tables may leave the cache again */
+	for (size_t i = 0; i < w->ndl2; i++)
+		qcow2_l2_put(&w->dl2[i].ref);
+	w->ndl2 = 0;
+	/* the replaced clusters' references are durably gone */
+	for (size_t i = 0; r == 0 && i < w->nrel; i++)
+		r = qcow2_rc_release(img, s, w->rel[i].off, w->rel[i].len);
+	w->nrel = 0;
+	if (r == 0)
+		r = qcow2_rc_flush(img, s);
+	if (r == 0)
+		return 0;
+broken:
+	log_err("qcow2: %s: metadata write-back failed; no more writes to this image until it is reopened",
+		img->path);
+	__atomic_store_n(&w->broken, true, __ATOMIC_RELEASE);
+	return -EIO;
 }
 
 /* ------------------------------------------------------------------ */
@@ -858,12 +1155,26 @@ static bool q2_owned(const struct qcow2 *s, uint64_t e, uint64_t bm,
 	return (bm & m) == m;
 }
 
+static int q2_write_run(struct img *img, const uint8_t *p, size_t n,
+			uint64_t host)
+{
+	int r = pwrite_full(img->fd, p, n, host);
+
+	if (r < 0)
+		log_err("qcow2: %s: cannot write cluster at %llu (%s)",
+			img->path, (unsigned long long)host, strerror(-r));
+	return r;
+}
+
 /* The leading clusters of the request the image owns: pwrite, no lock. */
 static int q2_write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
 			 size_t n, uint64_t off, size_t *done)
 {
 	struct qcow2_l2_ref ref = { NULL, NULL };
 	uint64_t cs = s->cluster_size, ref_l1i = UINT64_MAX;
+	uint64_t host, run_host = 0;
+	const uint8_t *run_p = NULL;
+	size_t run_len = 0;
 	int r = 0;
 
 	*done = 0;
@@ -892,21 +1203,29 @@ static int q2_write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
 		chunk = (size_t)MIN((uint64_t)n, cs - in_cl);
 		if (!q2_owned(s, e, bm, in_cl, in_cl + chunk))
 			break;
-		r = pwrite_full(img->fd, p, chunk,
-				(e & QCOW2_L2E_OFFSET_MASK) + in_cl);
-		if (r < 0) {
-			log_err("qcow2: %s: cannot write cluster at %llu (%s)",
-				img->path,
-				(unsigned long long)(e & QCOW2_L2E_OFFSET_MASK),
-				strerror(-r));
-			break;
+		host = (e & QCOW2_L2E_OFFSET_MASK) + in_cl;
+		if (run_len && host != run_host + run_len) {
+			r = q2_write_run(img, run_p, run_len, run_host);
+			if (r < 0)
+				break;
+			*done += run_len;
+			run_len = 0;
 		}
+		if (!run_len) {
+			run_p = p;
+			run_host = host;
+		}
+		run_len += chunk;	/* neighbours: one pwrite */
 		p += chunk;
 		n -= chunk;
 		off += chunk;
-		*done += chunk;
 	}
 	qcow2_l2_put(&ref);
+	if (r == 0 && run_len) {
+		r = q2_write_run(img, run_p, run_len, run_host);
+		if (r == 0)
+			*done += run_len;
+	}
 	return r;
 }
 
@@ -916,17 +1235,20 @@ static int q2_write_slow(struct img *img, struct qcow2 *s, const uint8_t *p,
 			 size_t *done)
 {
 	struct qcow2_w *w = s->w;
+	struct qcow2_span sp;
 	struct q2_batch b;
 	int r;
 
 	q2_batch_init(&b);
 	pthread_mutex_lock(&w->lock);
-	if (w->broken)
-		r = -EIO;
-	else
-		r = q2_plan_write(img, s, &b, p, n, off, done);
+	do {
+		r = w->broken ? -EIO : q2_plan_write(img, s, &b, p, n, off,
+						     done);
+		if (r == 0)
+			r = q2_plan_wait(s, &b, &sp);
+	} while (r == 1);
 	if (r == 0)
-		r = q2_run(img, s, &b, below);
+		r = q2_run(img, s, &b, below, &sp);
 	pthread_mutex_unlock(&w->lock);
 	q2_batch_free(&b);
 	return r;
@@ -1024,19 +1346,22 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
 		return q2_zero_by_write(img, off, n, below);
 	r = q2_zero_by_write(img, off, a - off, below);
 	for (pos = a; r == 0 && pos < z;) {
+		struct qcow2_span sp;
 		struct q2_batch b;
 		uint64_t planned = 0;
 		bool fallback = false;
 
 		q2_batch_init(&b);
 		pthread_mutex_lock(&w->lock);
-		if (w->broken)
-			r = -EIO;
-		else
-			r = q2_plan_zero(img, s, &b, pos, z - pos, &planned,
-					 &fallback);
+		do {
+			r = w->broken ? -EIO :
+				q2_plan_zero(img, s, &b, pos, z - pos,
+					     &planned, &fallback);
+			if (r == 0)
+				r = q2_plan_wait(s, &b, &sp);
+		} while (r == 1);
 		if (r == 0)
-			r = q2_run(img, s, &b, below);
+			r = q2_run(img, s, &b, below, &sp);
 		pthread_mutex_unlock(&w->lock);
 		q2_batch_free(&b);
 		pos += planned;
@@ -1056,12 +1381,15 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
 int qcow2_flush(struct img *img)
 {
 	struct qcow2 *s = img->priv;
+	struct qcow2_w *w = s->w;
+	int r;
 
-	if (!s->w)
+	if (!w)
 		return 0;		/* nothing was written */
-	if (__atomic_load_n(&s->w->broken, __ATOMIC_ACQUIRE))
-		return -EIO;
-	return qcow2_sync(img);
+	pthread_mutex_lock(&w->lock);
+	r = qcow2_flush_locked(img, s);
+	pthread_mutex_unlock(&w->lock);
+	return r;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1083,8 +1411,8 @@ static const struct {
 };
 
 /* Append header extension (type, data) at *pos of the first cluster. */
-static void q2_put_ext(uint8_t *cl, size_t *pos, uint32_t type,
-		       const void *data, size_t len)
+void q2_put_ext(uint8_t *cl, size_t *pos, uint32_t type,
+		const void *data, size_t len)
 {
 	struct qcow2_ext_raw *e = (void *)(cl + *pos);
 
@@ -1099,7 +1427,8 @@ static void q2_put_ext(uint8_t *cl, size_t *pos, uint32_t type,
  * Layout of a new image, as qemu lays one out: the header cluster, the
  * refcount table, the refcount blocks counting every cluster of the file,
  * then the L1 table (zeros: nothing allocated, all reads go to the
- * backing file).  Refcount order 4, no lazy refcounts.
+ * backing file).  Refcount order 4, no lazy refcounts; extended L2
+ * entries over a parent with clusters of 16 KiB or more.
  */
 int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 		      const struct img_create_opts *o)
@@ -1111,6 +1440,7 @@ int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 	struct qcow2_feature_raw ftable[ARRAY_SIZE(q2_feature_names)];
 	struct qcow2_header_raw *h;
 	uint8_t *cl = NULL, *rt = NULL, *blocks = NULL;
+	bool extl2;
 	unsigned cb;
 	int fd = -1, r;
 
@@ -1140,7 +1470,12 @@ int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 		return log_err_ret(-EINVAL, "qcow2: %s: virtual size is not a multiple of 512 (%llu)",
 				   path, (unsigned long long)size);
 	cb = (unsigned)__builtin_ctzll(cs);
-	span = 1ull << (cb + cb - 3);	/* guest bytes per L2 table */
+	/* a differencing layer gets extended L2 entries (32 subclusters per
+	 * cluster, qemu >= 5.2) where qemu allows them: copy-on-write per
+	 * subcluster, so a 4 KiB write into a fresh cluster reads nothing
+	 * from below; a base image keeps standard entries (any reader) */
+	extl2 = parent && cs >= Q2_EXTL2_MIN_CLUSTER;
+	span = 1ull << (cb + cb - (extl2 ? 4 : 3));	/* per L2 table */
 	l1n = size / span + (size % span != 0);
 	if (l1n > QCOW2_MAX_L1_BYTES / 8)
 		return log_err_ret(-EFBIG, "qcow2: %s: virtual size too big for %llu-byte clusters (%llu)",
@@ -1207,6 +1542,8 @@ int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 	put_be32(h->refcount_table_clusters, (uint32_t)rtc);
 	put_be32(h->refcount_order, 4);
 	put_be32(h->header_length, sizeof(*h));
+	if (extl2)
+		put_be64(h->incompatible_features, QCOW2_INCOMPAT_EXTL2);
 	for (uint64_t i = 0; i < nblk; i++)
 		put_be64(rt + i * 8, (1 + rtc + i) * cs);
 	for (uint64_t c = 0; c < total; c++)

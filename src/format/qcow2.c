@@ -610,7 +610,8 @@ static void qcow2_close(struct img *img)
 	struct qcow2 *s = img->priv;
 
 	if (s && s->w && !s->w->broken)
-		qcow2_sync(img);	/* as qemu does; failure is logged */
+		qcow2_flush(img);	/* metadata held in memory, then sync;
+					 * failure is logged */
 	qcow2_free(s);
 	img->priv = NULL;
 }
@@ -995,7 +996,8 @@ int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
 			goto fail;
 		}
 		need = sizeof(raw) + (uint64_t)extra_len + id_len + name_len;
-		need = (need + 7) & ~7ull;
+		/* the entry, not its padding to 8: qemu does not write the
+		 * padding after the last entry, the file may end before it */
 		if (!range_within(pos, need, img->file_size) ||
 		    pos + need - start > QCOW2_MAX_SNAPSHOT_TABLE) {
 			r = log_err_ret(-EUCLEAN, "qcow2: %s: snapshot table entry out of bounds (%llu)",
@@ -1070,4 +1072,7 @@ const struct img_driver qcow2_driver = {
 	.flush = qcow2_flush,
 	.zero = qcow2_zero,
 	.create_diff = qcow2_create_diff,
+	.check = qcow2_check,		/* qcow2-check.c */
+	.create = qcow2_create,		/* qcow2-create.c */
+	.set_parent = qcow2_set_parent,	/* qcow2-parent.c */
 };

@@ -204,9 +204,10 @@ int qcow2_l2_get(uint64_t owner, uint64_t index, size_t nwords, int fd,
 		 struct qcow2_l2_ref *ref);
 /*
  * The same, for an image that is being written: gen is the image's L2
- * generation, which a writer bumps after it wrote an entry to disk and
- * into the pinned cached table.  A table read from disk while gen moved
- * may be stale and is read again instead of being cached.
+ * generation, which a writer bumps after it changed an entry of the pinned
+ * cached table (the file gets it at the next flush; the table stays pinned
+ * until then).  A table read from disk while gen moved may be stale and is
+ * read again instead of being cached.
  */
 int qcow2_l2_get_gen(uint64_t owner, uint64_t index, size_t nwords, int fd,
 		     uint64_t host_off, const char *drv, const char *path,
@@ -214,6 +215,13 @@ int qcow2_l2_get_gen(uint64_t owner, uint64_t index, size_t nwords, int fd,
 void qcow2_l2_put(struct qcow2_l2_ref *ref);
 /* Store word i of a pinned table (atomic, release): writers only. */
 void qcow2_l2_store(struct qcow2_l2_ref *ref, size_t i, uint64_t v);
+/*
+ * Insert and pin a new all-zero table (owner, index) that is not on disk
+ * yet (a writer's new L2 table; any cached copy is replaced).  0 or
+ * -ENOMEM.
+ */
+int qcow2_l2_new(uint64_t owner, uint64_t index, size_t nwords,
+		 struct qcow2_l2_ref *ref);
 /* Forget every table of owner (at close; none may be pinned). */
 void qcow2_l2_cache_drop(uint64_t owner);
 /* Change the bound (bytes); evicts at once if over.  For tests/daemon. */
@@ -367,19 +375,70 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
 int qcow2_flush(struct img *img);
 int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 		      const struct img_create_opts *o);
+/* qcow2-create.c: ->create, a base image (fixed: metadata preallocated) */
+int qcow2_create(const char *path, const struct img_create_opts *o);
 /* qemu's name for one of our drivers as a backing format, or NULL */
 const char *qcow2_qemu_format(const char *driver);
+/* qcow2-check.c: ->check, a structural and refcount check */
+int qcow2_check(struct img *img, bool repair, struct img_check *res);
+/* qcow2-write.c: append header extension (type, data, padded to 8) at *pos
+ * of a first-cluster buffer and advance *pos (the caller checked room) */
+void q2_put_ext(uint8_t *cl, size_t *pos, uint32_t type, const void *data,
+		size_t len);
+/* qcow2-parent.c: ->set_parent, the backing file name and format */
+int qcow2_set_parent(struct img *img, const struct img_create_parent *parent);
 
 /* ---- qcow2-refcount.c: host cluster allocation (under w->lock) ---- */
 
+/* A refcount block held in memory (qcow2-refcount.c). */
+struct qcow2_rblock {
+	uint64_t t;			/* its refcount table index */
+	uint64_t off;			/* host offset */
+	uint8_t *raw;			/* owned: one cluster, as on disk */
+	bool dirty;			/* changed since written */
+	bool fresh;			/* new: the table on disk lacks it */
+};
+
+/* An L2 table changed in memory and not yet written back. */
+struct qcow2_dirty_l2 {
+	uint64_t l1i;
+	uint64_t host;			/* the table's offset */
+	struct qcow2_l2_ref ref;	/* pinned until written back */
+	uint32_t lo, hi;		/* changed entries [lo, hi) */
+	bool fresh;			/* new table: written whole, then its
+					 * L1 entry */
+};
+
+/* Clusters to release once the references to them are durably gone. */
+struct qcow2_release {
+	uint64_t off, len;
+};
+
+/* Guest clusters [first, end) of a write step in flight. */
+struct qcow2_span {
+	uint64_t first, end;
+};
+
 struct qcow2_w {
-	pthread_mutex_t lock;		/* allocation and every metadata write */
+	pthread_mutex_t lock;		/* allocation, metadata, flush */
+	pthread_cond_t flight_done;	/* a step in flight finished */
+	struct qcow2_span *flight;	/* owned: steps writing their data
+					 * unlocked; nobody plans these */
+	size_t nflight, flight_cap;
 	uint64_t *rt;			/* owned: refcount table, native */
 	uint64_t rt_entries;
+	uint64_t rt_dlo, rt_dhi;	/* table entries [lo, hi) changed in
+					 * memory (new blocks) */
 	uint32_t rc_order;		/* refcount_bits = 1 << rc_order */
 	uint64_t rb_entries;		/* refcounts per refcount block */
 	uint64_t hw;			/* clusters: every cluster at or past
 					 * hw is unused (refcount 0) */
+	struct qcow2_rblock *rb;	/* owned: blocks in memory */
+	size_t nrb, rb_cap;
+	struct qcow2_dirty_l2 *dl2;	/* owned: dirty L2 tables */
+	size_t ndl2, dl2_cap;
+	struct qcow2_release *rel;	/* owned: releases after the flush */
+	size_t nrel, rel_cap;
 	bool hdr_done;			/* atomic: header ready for writes */
 	bool broken;			/* a metadata write failed: -EIO */
 	uint8_t *buf;			/* owned: one cluster, under lock */
@@ -402,21 +461,25 @@ struct qcow2_rc_plan {
 int qcow2_rc_open(struct img *img, struct qcow2 *s);
 void qcow2_rc_close(struct qcow2_w *w);
 /* Reserve nuser fresh clusters (growing the refcount table first if it
- * must, which writes and syncs).  hw moves past the plan at once. */
+ * must: that flushes, writes and syncs).  hw moves past the plan at once. */
 int qcow2_rc_reserve(struct img *img, struct qcow2 *s, uint64_t nuser,
 		     struct qcow2_rc_plan *p);
 void qcow2_rc_plan_free(struct qcow2_rc_plan *p);
-/* Phase A: write the plan's new refcount blocks (unreferenced yet). */
-int qcow2_rc_write_blocks(struct img *img, struct qcow2 *s,
-			  const struct qcow2_rc_plan *p);
-/* Phase B, after a barrier: count the fresh clusters in existing blocks
- * and link the new blocks into the refcount table. */
-int qcow2_rc_commit(struct img *img, struct qcow2 *s,
-		    const struct qcow2_rc_plan *p);
-/* Drop one reference to each cluster in [off, off + len) (unreferenced
- * already, durably). */
+/* Count the plan's clusters in memory (new blocks too, and their refcount
+ * table entries); nothing is written. */
+int qcow2_rc_take(struct img *img, struct qcow2 *s,
+		  const struct qcow2_rc_plan *p);
+/* Drop one reference to each cluster in [off, off + len), in memory (the
+ * references must be durably gone before the blocks are written). */
 int qcow2_rc_release(struct img *img, struct qcow2 *s, uint64_t off,
 		     uint64_t len);
+/* Anything of the refcounts in memory not on disk yet? */
+bool qcow2_rc_dirty(const struct qcow2_w *w);
+/* Write what changed: new blocks, (barrier,) the table entries naming
+ * them, the other changed blocks.  The caller's barrier follows. */
+int qcow2_rc_flush(struct img *img, struct qcow2 *s);
+/* The flush sequence of qcow2-write.c, with w->lock held. */
+int qcow2_flush_locked(struct img *img, struct qcow2 *s);
 /* fdatasync, logged on failure */
 int qcow2_sync(struct img *img);
 

@@ -19,49 +19,71 @@
  * that has no identity) and is not checked.
  *
  * Writing (a top image opened writable).  Fixed disks are written in place.
- * Dynamic and differencing disks write through to the file: the data
- * sectors, then their sector-bitmap bits (sector-granular: nothing is ever
- * copied from the parent).  A write into an unused BAT entry allocates a
- * whole block where the footer at the end of the file is, and moves the
- * footer past it.  The order, with the argument for crash consistency:
+ * Dynamic and differencing disks are written sector-granular (nothing is
+ * ever copied from the parent): the data goes to the file at once, the
+ * metadata that points at it (sector-bitmap bits, BAT entries) is kept in
+ * memory, dirty, and written back by ->flush, as qemu's metadata caches
+ * do.  Readers see the in-memory metadata, which is published only after
+ * the data it points at is written (the page cache serves the rest).
  *
- *   1. write the footer at the new end of the file (the block's space
- *      becomes a hole, which reads as zeros);
- *   2. fdatasync: the file now ends in a valid footer whatever happens
- *      next, so the old footer may be overwritten (the new block's bitmap
- *      lands on it);
- *   3. write the new blocks' bitmaps (the written sectors' bits set; all
- *      bits for a dynamic disk) and the written sectors;
- *   4. fdatasync: bitmaps and data are durable before anything points
- *      at them;
- *   5. write the BAT entries (durable at the next flush);
- *   6. publish the entries in memory (a release store, the bitmap first),
- *      so a concurrent reader sees either an unused entry (the parent's
- *      sectors) or the finished block.
+ * A write into an unused BAT entry allocates whole blocks (the run of
+ * unused blocks the write starts in, at most VHD_ALLOC_BATCH) where the
+ * footer at the end of the file is, under alloc_lock:
  *
- * A crash at any instant leaves a file whose end is a valid footer, whose
- * BAT points only at complete blocks inside the file, and whose space past
- * the last BAT-referenced block is unreferenced.  An unused BAT entry still
- * reads from the parent, so a lost allocation loses only writes that no
- * flush acknowledged.  Blocks are allocated in batches (the blocks one
- * write touches), one allocation at a time (alloc_lock).
+ *   a. the footer is written at the new end of the file (the space before
+ *      it is a hole, which reads as zeros): the file always ends in a
+ *      valid footer when the process dies, and the old footer, in the
+ *      middle now, lies in space nothing points at;
+ *   b. the written sectors go into the new blocks (their bitmaps too, if
+ *      bitmaps are not kept in memory);
+ *   c. the bitmaps (the written sectors' bits; all bits on a dynamic disk)
+ *      and BAT entries are published in memory with release stores, the
+ *      bitmap first, and marked dirty.
  *
- * In an allocated block the sectors are written first, then the bits: the
- * bitmap sector in the file (a read-modify-write under a per-block stripe
- * lock, so that two writers do not lose each other's bits), then in memory
- * with atomic ORs (readers copy the bitmap with atomic loads).  A bit set
- * in memory is thus in the file too, so a write that finds its bits set
- * needs no lock and no bitmap write, and a flush after it covers it.  Bits
- * only ever go from 0 to 1 (VHD has no way to give a sector back).  There
- * is no barrier between data and bits: a process that dies loses nothing
- * it wrote (the page cache keeps both), and ->flush (fdatasync) makes both
- * durable; after a power failure a sector written since the last flush may
- * read as what the block held before (zeros in blocks this driver
- * allocated) rather than as the old or the new data.
+ * In an allocated block the sectors are written, then their bits are
+ * ORed into the in-memory bitmap (atomic; readers copy it with atomic
+ * loads) and the block is marked dirty.  A write whose bits are all set
+ * already, and that no other writer of the block is setting (inflight),
+ * is one pwrite.  Bits only go from 0 to 1 (VHD cannot give a sector
+ * back).  Without bitmaps in memory (more than VHD_BITMAP_PRELOAD_MAX
+ * allocated) the bitmap sector is rewritten in the file (read-modify-write
+ * under a stripe lock) instead: no fdatasync, ->flush orders it.
  *
- * A failed write of metadata or a failed fdatasync marks the image broken:
- * every later write and flush fails with -EIO (the page cache may have
- * dropped what was written; carrying on could lie about durability).
+ * ->flush (flush_lock: one at a time; writes go on meanwhile):
+ *
+ *   1. under alloc_lock, take the dirty BAT entries (their values, into
+ *      bat_disk) and the dirty bitmaps: every block taken was published,
+ *      so its data, bitmap and the footer past it were written before;
+ *   2. write each dirty bitmap (cleared dirty first, then copied: bits a
+ *      concurrent writer sets after the copy mark it dirty again);
+ *   3. fdatasync: data, bitmaps, footer and file size are durable;
+ *   4. write the BAT sectors holding the taken entries, merged into runs,
+ *      from bat_disk (entries published after step 1 stay dirty: their
+ *      data may not be durable);
+ *   5. fdatasync.  Nothing dirty: step 3 only.
+ *
+ * Crash (process killed, or power lost) at any instant: the BAT in the
+ * file points only at blocks whose bitmaps and data were durable before
+ * it was written, inside a file that was as long; a BAT entry still
+ * unused reads from the parent, so a lost allocation loses only writes no
+ * flush acknowledged.  A killed process leaves a file that ends in a
+ * valid footer (step a).  After a power failure the end of the file may
+ * be a hole or torn: a writable open then repairs it (the only file this
+ * driver ever modifies is the top layer): it writes the footer copy from
+ * offset 0 after the last block the BAT references (or after the
+ * metadata) and cuts the file there, dropping space no entry points at.
+ * A read-only open reads such a file through the copy and writes nothing.
+ * Between data and bits there is no barrier: after a power failure a
+ * sector written since the last flush may read as what the block held
+ * before (zeros in blocks this driver allocated) rather than old or new.
+ *
+ * close writes the dirty metadata back (a flush).  Dirty metadata is
+ * bounded: a writer that finds more than dirty_max dirty blocks (4096 BAT
+ * entries, or 16 MiB of bitmaps) runs
+ * the flush itself.  A failed write of metadata or a failed fdatasync
+ * marks the image broken: every later write and flush fails with -EIO
+ * (the page cache may have dropped what was written; carrying on could
+ * lie about durability).
  */
 #include <assert.h>
 #include <errno.h>
@@ -101,6 +123,10 @@
 #define VHD_ALLOC_BATCH 64
 /* New blocks' data areas start on this boundary (or the block size). */
 #define VHD_DATA_ALIGN 4096u
+/* Dirty BAT entries (or bitmaps, and bitmap bytes) past which a writer
+ * flushes itself. */
+#define VHD_DIRTY_MAX 4096u
+#define VHD_DIRTY_BYTES (16u << 20)
 
 void (*vhd_test_hook)(enum vhd_step step);
 
@@ -129,10 +155,24 @@ struct vhd {
 	struct img_parent parent; /* differencing: owns its paths */
 	/* writable only: */
 	bool rw;		/* open for writing (img->writable) */
+	bool repair;		/* no valid footer at the end: write one */
 	bool broken;		/* a metadata write failed: no more writes */
 	uint64_t next;		/* file offset of the footer at the end:
 				 * where the next block goes (alloc_lock) */
-	pthread_mutex_t alloc_lock;
+	uint32_t *bat_disk;	/* owned: the BAT as flushed (native); taken
+				 * under alloc_lock, written under flush_lock */
+	uint8_t *bat_dirty;	/* owned: per block (alloc_lock) */
+	uint32_t *bat_list;	/* owned: the dirty entries (alloc_lock) */
+	uint64_t bat_n;
+	uint8_t *bm_dirty;	/* owned: per block (atomic exchange) */
+	uint32_t *bm_list;	/* owned: blocks whose in-memory bitmap is
+				 * newer than the file's (dirty_lock) */
+	uint64_t bm_n;
+	uint64_t dirty_max;	/* bound on bat_n and bm_n */
+	unsigned inflight[VHD_BM_LOCKS]; /* writers setting bits (atomic) */
+	pthread_mutex_t alloc_lock;	/* before dirty_lock */
+	pthread_mutex_t dirty_lock;
+	pthread_mutex_t flush_lock;	/* one flush at a time */
 	pthread_mutex_t bm_lock[VHD_BM_LOCKS];
 };
 
@@ -309,10 +349,12 @@ static int vhd_pread(struct img *img, void *buf, size_t n, uint64_t off,
  * Find the footer: the one at the end of the file, or (dynamic and
  * differencing disks) the copy at offset 0.  *limit is where the file's
  * payload ends: the footer at the end is never data.  *at_end: a whole
- * valid 512-byte footer ends the file (its bytes are in raw).
+ * valid 512-byte footer ends the file (its bytes are in raw).  *copy: the
+ * copy at offset 0 was used (no valid footer at the end).
  */
 static int vhd_read_footer(struct img *img, struct vhd_footer *f,
-			   uint8_t *raw, uint64_t *limit, bool *at_end)
+			   uint8_t *raw, uint64_t *limit, bool *at_end,
+			   bool *copy_used)
 {
 	uint8_t buf[VHD_FOOTER_SIZE];
 	struct vhd_problem end_why = { "" }, copy_why = { "" };
@@ -340,6 +382,7 @@ static int vhd_read_footer(struct img *img, struct vhd_footer *f,
 	}
 	*limit = img->file_size - end_len;
 	*at_end = end_r == 0 && end_len == VHD_FOOTER_SIZE;
+	*copy_used = false;
 	if (end_r == 0) {
 		memcpy(raw, buf, sizeof(buf));
 		*f = end;
@@ -351,6 +394,7 @@ static int vhd_read_footer(struct img *img, struct vhd_footer *f,
 		return r;
 	copy_r = vhd_footer_decode(buf, &copy, &copy_why);
 	if (copy_r == 0 && copy.disk_type != VHD_TYPE_FIXED) {
+		*copy_used = true;
 		if (end_len)
 			log_warn("vhd: %s: %s at the end; using the footer "
 				 "copy at offset 0", img->path, end_why.msg);
@@ -569,7 +613,7 @@ static inline uint8_t bm_mask(unsigned lo, unsigned hi)
 }
 
 /* Are bits [first, first + n) all set?  (Atomic loads: bits may be set
- * concurrently.) */
+ * concurrently; sequentially consistent, see vhd_mark.) */
 static bool bm_all_set(const uint8_t *bm, uint64_t first, uint64_t n)
 {
 	const uint64_t end = first + n;
@@ -579,7 +623,7 @@ static bool bm_all_set(const uint8_t *bm, uint64_t first, uint64_t n)
 		unsigned hi = (unsigned)MIN((uint64_t)8, end - byte * 8);
 		uint8_t m = bm_mask((unsigned)(i % 8), hi);
 
-		if ((__atomic_load_n(&bm[byte], __ATOMIC_RELAXED) & m) != m)
+		if ((__atomic_load_n(&bm[byte], __ATOMIC_SEQ_CST) & m) != m)
 			return false;
 		i = byte * 8 + hi;
 	}
@@ -587,7 +631,8 @@ static bool bm_all_set(const uint8_t *bm, uint64_t first, uint64_t n)
 }
 
 /* Set bits [first, first + n), each byte with one atomic OR (release: the
- * sectors they mark, and the bits in the file, are written before). */
+ * sectors they mark are written before; sequentially consistent, see
+ * vhd_mark). */
 static void bm_set(uint8_t *bm, uint64_t first, uint64_t n)
 {
 	const uint64_t end = first + n;
@@ -597,7 +642,7 @@ static void bm_set(uint8_t *bm, uint64_t first, uint64_t n)
 		unsigned hi = (unsigned)MIN((uint64_t)8, end - byte * 8);
 
 		__atomic_fetch_or(&bm[byte], bm_mask((unsigned)(i % 8), hi),
-				  __ATOMIC_RELEASE);
+				  __ATOMIC_SEQ_CST);
 		i = byte * 8 + hi;
 	}
 }
@@ -715,23 +760,101 @@ static int vhd_check_layout(struct img *img, const struct vhd *s,
 	return r;
 }
 
-/* Refuse to write what this driver could not write safely. */
-static int vhd_check_writable(struct img *img, const struct vhd *s,
-			      bool at_end, uint64_t limit)
+/* Refuse to write what this driver could not write safely.  No valid
+ * footer at the end, the copy at offset 0 good: repaired (s->repair). */
+static int vhd_check_writable(struct img *img, struct vhd *s, bool at_end,
+			      bool copy_used, uint64_t limit)
 {
-	if (!at_end && img->file_size - limit == VHD_FOOTER_OLD_SIZE)
+	if (!at_end && !copy_used &&
+	    img->file_size - limit == VHD_FOOTER_OLD_SIZE)
 		return log_err_ret(-EROFS, "vhd: %s: cannot write: the file "
 				   "ends in a 511-byte footer (Virtual PC "
 				   "before 2004); read-only only", img->path);
-	if (!at_end)
+	if (!at_end && !copy_used)	/* not reached: no footer at all */
 		return log_err_ret(-EROFS, "vhd: %s: cannot write: no valid "
-				   "footer at the end of the file (the copy at "
-				   "offset 0 was used); read-only only",
-				   img->path);
+				   "footer at the end of the file; read-only "
+				   "only", img->path);
+	s->repair = !at_end;
 	if (s->footer.saved_state)
 		return log_err_ret(-EROFS, "vhd: %s: cannot write: the disk is "
 				   "in a saved state (%u); read-only only",
 				   img->path, s->footer.saved_state);
+	return 0;
+}
+
+/* The dirty-metadata tracking of a writable dynamic/differencing disk. */
+static int vhd_rw_alloc(struct vhd *s)
+{
+	const size_t n = (size_t)s->nblocks + 1;
+
+	s->bat_disk = malloc(n * sizeof(*s->bat_disk));
+	s->bat_list = malloc(n * sizeof(*s->bat_list));
+	s->bm_list = malloc(n * sizeof(*s->bm_list));
+	s->bat_dirty = calloc(n, 1);
+	s->bm_dirty = calloc(n, 1);
+	if (!s->bat_disk || !s->bat_list || !s->bm_list || !s->bat_dirty ||
+	    !s->bm_dirty)
+		return -ENOMEM;
+	memcpy(s->bat_disk, s->bat, (size_t)s->nblocks * sizeof(*s->bat));
+	s->dirty_max = MIN((uint64_t)VHD_DIRTY_MAX,
+			   MAX((uint64_t)1, VHD_DIRTY_BYTES / s->bitmap_size));
+	return 0;
+}
+
+/*
+ * A writable open of a file without a valid footer at its end (a crash
+ * after the file grew and before the new footer was durable): the copy
+ * at offset 0 was read and checked.  Everything the file holds ends at
+ * the last block the BAT references, or at the end of the header, BAT and
+ * locators: the footer goes right after that (sector-aligned) and the
+ * file is cut there, dropping space nothing points at (blocks of writes
+ * no flush acknowledged).  Made durable before any write.
+ */
+static int vhd_repair_tail(struct img *img, struct vhd *s,
+			   const struct vhd_dyn_header *h)
+{
+	uint64_t end = s->footer.data_offset + VHD_DYN_HEADER_SIZE, pos;
+	int r;
+
+	end = MAX(end, s->table_offset + s->nblocks * 4);
+	for (unsigned i = 0; i < VHD_NLOCATORS; i++) {
+		const struct vhd_locator *l = &h->locators[i];
+
+		/* the ones vhd_read_locator checked against the file */
+		if (s->footer.disk_type == VHD_TYPE_DIFF &&
+		    vhd_plat_name(l->code) && l->data_length)
+			end = MAX(end, l->data_offset + l->data_length);
+	}
+	for (uint64_t b = 0; b < s->nblocks; b++) {
+		uint64_t start = (uint64_t)s->bat[b] * VHD_SECTOR, e;
+
+		if (s->bat[b] == VHD_BAT_UNUSED)
+			continue;
+		/* a whole block if the file holds it (as written here);
+		 * else the part open() checked: up to the virtual size */
+		e = start + s->bitmap_size + s->block_size;
+		if (e > img->file_size)
+			e = start + s->bitmap_size +
+			    MIN((uint64_t)s->block_size,
+				img->size - b * s->block_size);
+		end = MAX(end, e);
+	}
+	pos = (end + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+	log_warn("vhd: %s: repairing the end of the file: the footer copy "
+		 "from offset 0 written at %llu, after the last block (file "
+		 "size %llu)", img->path, (unsigned long long)pos,
+		 (unsigned long long)img->file_size);
+	r = pwrite_full(img->fd, s->footer_raw, VHD_FOOTER_SIZE, pos);
+	if (r == 0 && ftruncate(img->fd, (off_t)(pos + VHD_FOOTER_SIZE)) < 0)
+		r = -errno;
+	if (r == 0 && fdatasync(img->fd) < 0)
+		r = -errno;
+	if (r < 0)
+		return log_err_ret(r, "vhd: %s: cannot repair the footer at the "
+				   "end of the file (%s)", img->path,
+				   strerror(-r));
+	s->next = pos;
+	s->repair = false;
 	return 0;
 }
 
@@ -811,10 +934,19 @@ static int vhd_open_dynamic(struct img *img, struct vhd *s, uint64_t limit)
 	}
 	if (!s->rw)
 		return 0;
-	/* new blocks go where the footer is (the file's end: at_end) */
-	s->next = img->file_size - VHD_FOOTER_SIZE;
-	return vhd_check_layout(img, s, &h, nalloc);
+	r = vhd_check_layout(img, s, &h, nalloc);
+	if (r == 0)
+		r = vhd_rw_alloc(s);
+	if (r < 0 || !s->repair) {
+		/* new blocks go where the footer is (the file's end) */
+		s->next = img->file_size - VHD_FOOTER_SIZE;
+		return r;
+	}
+	return vhd_repair_tail(img, s, &h);
 }
+
+static bool vhd_is_broken(const struct vhd *s);
+static int vhd_flush_meta(struct img *img, struct vhd *s);
 
 static void vhd_close(struct img *img)
 {
@@ -822,6 +954,9 @@ static void vhd_close(struct img *img)
 
 	if (!s)
 		return;
+	if (s->rw && s->bat_list && (s->bat_n || s->bm_n) &&
+	    !vhd_is_broken(s))
+		(void)vhd_flush_meta(img, s);	/* logs its errors */
 	free(s->bat);
 	free(s->bm);
 	while (s->chunks) {
@@ -831,7 +966,14 @@ static void vhd_close(struct img *img)
 		free(c);
 	}
 	img_parent_clear(&s->parent);
+	free(s->bat_disk);
+	free(s->bat_list);
+	free(s->bm_list);
+	free(s->bat_dirty);
+	free(s->bm_dirty);
 	pthread_mutex_destroy(&s->alloc_lock);
+	pthread_mutex_destroy(&s->dirty_lock);
+	pthread_mutex_destroy(&s->flush_lock);
 	for (unsigned i = 0; i < VHD_BM_LOCKS; i++)
 		pthread_mutex_destroy(&s->bm_lock[i]);
 	free(s);
@@ -847,7 +989,7 @@ static int vhd_open(struct img *img)
 	};
 	struct vhd *s;
 	uint64_t limit;
-	bool at_end;
+	bool at_end, copy_used;
 	int r;
 
 	s = calloc(1, sizeof(*s));
@@ -855,9 +997,12 @@ static int vhd_open(struct img *img)
 		return -ENOMEM;
 	img->priv = s;
 	pthread_mutex_init(&s->alloc_lock, NULL);
+	pthread_mutex_init(&s->dirty_lock, NULL);
+	pthread_mutex_init(&s->flush_lock, NULL);
 	for (unsigned i = 0; i < VHD_BM_LOCKS; i++)
 		pthread_mutex_init(&s->bm_lock[i], NULL);
-	r = vhd_read_footer(img, &s->footer, s->footer_raw, &limit, &at_end);
+	r = vhd_read_footer(img, &s->footer, s->footer_raw, &limit, &at_end,
+			    &copy_used);
 	if (r < 0)
 		goto fail;
 	/* the footer's current size, in whole sectors (as qemu reads it) */
@@ -870,7 +1015,7 @@ static int vhd_open(struct img *img)
 		 subtypes[s->footer.disk_type]);
 	s->rw = img->writable;	/* every type can be written */
 	if (s->rw) {
-		r = vhd_check_writable(img, s, at_end, limit);
+		r = vhd_check_writable(img, s, at_end, copy_used, limit);
 		if (r < 0)
 			goto fail;
 	}
@@ -1063,24 +1208,48 @@ static void vhd_set_broken(struct img *img, struct vhd *s)
 			"written; refusing further writes", img->path);
 }
 
+/* Block blk's in-memory bitmap is newer than the file's: list it for the
+ * next flush (once: the flag stays set until the flush takes it). */
+static void vhd_bm_dirty(struct vhd *s, uint64_t blk)
+{
+	if (__atomic_exchange_n(&s->bm_dirty[blk], 1, __ATOMIC_SEQ_CST))
+		return;
+	pthread_mutex_lock(&s->dirty_lock);
+	s->bm_list[s->bm_n++] = (uint32_t)blk;	/* each block at most once */
+	pthread_mutex_unlock(&s->dirty_lock);
+}
+
 /*
  * Sectors [first, first + n) of block blk (at file sector `sector`) now
- * hold their data: set their bits, one bitmap sector at a time, under the
- * block's stripe lock (a read-modify-write that loses no writer's bits):
- * in the file first, then in memory.  So a bit seen in memory is in the
- * file too, and a writer that finds its bits set can return at once.
+ * hold their data: set their bits.  In memory: atomic ORs, then the block
+ * is marked dirty, with inflight[] counting the writers in between; a
+ * writer that sees all its bits set and nobody in between knows that the
+ * setter's dirty mark is done, so the next flush writes the bits (all of
+ * it sequentially consistent).  Bitmaps not in memory: the bitmap sectors
+ * are rewritten in the file (read-modify-write under the block's stripe
+ * lock, so that two writers do not lose each other's bits).
  */
 static int vhd_mark(struct img *img, struct vhd *s, uint64_t blk,
 		    uint32_t sector, uint64_t first, uint64_t n)
 {
 	uint8_t *mem = s->bm ? __atomic_load_n(&s->bm[blk], __ATOMIC_ACQUIRE)
 			     : NULL;
+	unsigned *inflight = &s->inflight[blk % VHD_BM_LOCKS];
 	pthread_mutex_t *lock = &s->bm_lock[blk % VHD_BM_LOCKS];
 	const uint64_t base = (uint64_t)sector * VHD_SECTOR, end = first + n;
 	int r = 0;
 
-	if (mem && bm_all_set(mem, first, n))
-		return 0;	/* the sectors were here already */
+	if (mem) {
+		if (bm_all_set(mem, first, n) &&
+		    !__atomic_load_n(inflight, __ATOMIC_SEQ_CST))
+			return 0;	/* the sectors were here already */
+		__atomic_fetch_add(inflight, 1, __ATOMIC_SEQ_CST);
+		bm_set(mem, first, n);
+		vhd_hook(VHD_STEP_BITMAP);
+		vhd_bm_dirty(s, blk);
+		__atomic_fetch_sub(inflight, 1, __ATOMIC_SEQ_CST);
+		return 0;
+	}
 	pthread_mutex_lock(lock);
 	for (uint64_t k = first / VHD_BITS_PER_SECTOR;
 	     k * VHD_BITS_PER_SECTOR < end && r == 0; k++) {
@@ -1089,18 +1258,12 @@ static int vhd_mark(struct img *img, struct vhd *s, uint64_t blk,
 		uint64_t hi = MIN(end, k0 + VHD_BITS_PER_SECTOR);
 		uint8_t sec[VHD_SECTOR];
 
-		if (mem) {	/* only changed under this lock */
-			if (bm_all_set(mem, lo, hi - lo))
-				continue;
-			memcpy(sec, mem + k * VHD_SECTOR, sizeof(sec));
-		} else {
-			r = vhd_pread(img, sec, sizeof(sec),
-				      base + k * VHD_SECTOR, "sector bitmap");
-			if (r < 0)
-				break;
-			if (bm_all_set(sec, lo - k0, hi - lo))
-				continue;
-		}
+		r = vhd_pread(img, sec, sizeof(sec), base + k * VHD_SECTOR,
+			      "sector bitmap");
+		if (r < 0)
+			break;
+		if (bm_all_set(sec, lo - k0, hi - lo))
+			continue;
 		bm_set(sec, lo - k0, hi - lo);
 		r = vhd_pwrite(img, sec, VHD_SECTOR, base + k * VHD_SECTOR,
 			       "a sector bitmap");
@@ -1109,10 +1272,27 @@ static int vhd_mark(struct img *img, struct vhd *s, uint64_t blk,
 			break;
 		}
 		vhd_hook(VHD_STEP_BITMAP);
-		if (mem)
-			bm_set(mem, lo, hi - lo);
 	}
 	pthread_mutex_unlock(lock);
+	return r;
+}
+
+/* Too much dirty metadata: flush it here, unless a flush is running. */
+static int vhd_bound_dirty(struct img *img, struct vhd *s)
+{
+	uint64_t n;
+	int r;
+
+	pthread_mutex_lock(&s->dirty_lock);
+	n = s->bm_n;
+	pthread_mutex_unlock(&s->dirty_lock);
+	pthread_mutex_lock(&s->alloc_lock);
+	n = MAX(n, s->bat_n);
+	pthread_mutex_unlock(&s->alloc_lock);
+	if (n < s->dirty_max || pthread_mutex_trylock(&s->flush_lock))
+		return 0;
+	r = vhd_flush_meta(img, s);
+	pthread_mutex_unlock(&s->flush_lock);
 	return r;
 }
 
@@ -1120,9 +1300,9 @@ static int vhd_mark(struct img *img, struct vhd *s, uint64_t blk,
  * Allocate the unused blocks that [off, off + n) starts in, as many as
  * follow each other (at most VHD_ALLOC_BATCH), write buf's sectors into
  * them (buf NULL: the sectors read as zeros, the space being a new hole)
- * and publish them, in the order given at the top of this file.  *done:
- * bytes of the request written; 0 when another writer took the first
- * block meanwhile (the caller looks again).
+ * and publish them, steps a-c at the top of this file.  *done: bytes of
+ * the request written; 0 when another writer took the first block
+ * meanwhile (the caller looks again).
  */
 static int vhd_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 		     uint64_t off, uint64_t n, uint64_t *done)
@@ -1130,7 +1310,7 @@ static int vhd_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 	const uint64_t bs = s->block_size, bms = s->bitmap_size;
 	const uint64_t stride = bms + bs, blk0 = off / bs, end = off + n;
 	const uint64_t align = MIN(bs, (uint64_t)VHD_DATA_ALIGN);
-	uint8_t bat_be[VHD_ALLOC_BATCH * 4], *maps, *tmp = NULL;
+	uint8_t *maps, *tmp = NULL;
 	uint64_t k = 0, start, foot;
 	bool in_mem;
 	int r = 0;
@@ -1173,7 +1353,7 @@ static int vhd_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 			       (hi - lo) / VHD_SECTOR);
 	}
 
-	/* 1-2: the file ends in a valid footer before the old one goes */
+	/* a: the file ends in a valid footer; the old one is left behind */
 	r = vhd_pwrite(img, s->footer_raw, VHD_FOOTER_SIZE, foot,
 		       "the footer");
 	if (r < 0) {
@@ -1183,22 +1363,21 @@ static int vhd_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 		goto out;
 	}
 	vhd_hook(VHD_STEP_ALLOC_FOOTER);
-	r = vhd_sync(img);
-	if (r < 0) {
-		vhd_set_broken(img, s);
-		goto out;
-	}
-	vhd_hook(VHD_STEP_ALLOC_SYNC1);
+	s->next = foot;	/* from here on the new footer ends the file */
 
-	/* 3: bitmaps and sectors, into space nothing points at yet */
+	/* b: sectors (and bitmaps kept in the file only), into space
+	 * nothing points at yet */
 	for (uint64_t i = 0; i < k && r == 0; i++) {
 		uint64_t b0 = (blk0 + i) * bs, at = start + i * stride;
 		uint64_t lo = MAX(off, b0), hi = MIN(end, b0 + bs);
 
-		r = vhd_pwrite(img, maps + i * bms, bms, at, "a sector bitmap");
-		if (r < 0)
-			break;
-		vhd_hook(VHD_STEP_ALLOC_BITMAP);
+		if (!in_mem) {
+			r = vhd_pwrite(img, maps + i * bms, bms, at,
+				       "a sector bitmap");
+			if (r < 0)
+				break;
+			vhd_hook(VHD_STEP_ALLOC_BITMAP);
+		}
 		if (!buf)
 			continue;	/* zeros: the new space is a hole */
 		r = vhd_pwrite(img, buf + (lo - off), hi - lo,
@@ -1206,40 +1385,27 @@ static int vhd_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 		if (r == 0)
 			vhd_hook(VHD_STEP_ALLOC_DATA);
 	}
-	if (r < 0) {
-		s->next = foot;	/* the new footer ends the file: skip it all */
-		goto out;
-	}
-	/* 4: durable before the BAT points at it */
-	r = vhd_sync(img);
-	if (r < 0) {
-		vhd_set_broken(img, s);
-		goto out;
-	}
-	vhd_hook(VHD_STEP_ALLOC_SYNC2);
+	if (r < 0)
+		goto out;	/* the new footer ends the file: skip it all */
 
-	/* 5: the BAT entries (durable at the next flush) */
-	for (uint64_t i = 0; i < k; i++)
-		put_be32(bat_be + 4 * i,
-			 (uint32_t)((start + i * stride) / VHD_SECTOR));
-	r = vhd_pwrite(img, bat_be, 4 * k, s->table_offset + 4 * blk0,
-		       "the BAT");
-	if (r < 0) {
-		vhd_set_broken(img, s);
-		goto out;
-	}
-	vhd_hook(VHD_STEP_ALLOC_BAT);
-
-	/* 6: publish, the bitmap before the entry that leads to it */
+	/* c: publish, the bitmap before the entry that leads to it; dirty */
 	for (uint64_t i = 0; i < k; i++) {
-		if (in_mem)
-			__atomic_store_n(&s->bm[blk0 + i], maps + i * bms,
+		uint64_t b = blk0 + i;
+
+		if (in_mem) {
+			__atomic_store_n(&s->bm[b], maps + i * bms,
 					 __ATOMIC_RELEASE);
-		__atomic_store_n(&s->bat[blk0 + i],
+			vhd_bm_dirty(s, b);
+		}
+		__atomic_store_n(&s->bat[b],
 				 (uint32_t)((start + i * stride) / VHD_SECTOR),
 				 __ATOMIC_RELEASE);
+		if (!s->bat_dirty[b]) {
+			s->bat_dirty[b] = 1;
+			s->bat_list[s->bat_n++] = (uint32_t)b;
+		}
 	}
-	s->next = foot;
+	vhd_hook(VHD_STEP_ALLOC_PUBLISH);
 	*done = MIN(end, (blk0 + k) * bs) - off;
 out:
 	pthread_mutex_unlock(&s->alloc_lock);
@@ -1252,6 +1418,7 @@ static int vhd_write_range(struct img *img, struct vhd *s, const uint8_t *buf,
 			   uint64_t n, uint64_t off)
 {
 	const uint64_t bs = s->block_size;
+	bool allocated = false;
 	int r;
 
 	if (s->footer.disk_type == VHD_TYPE_FIXED)	/* the disk, in place */
@@ -1278,6 +1445,7 @@ static int vhd_write_range(struct img *img, struct vhd *s, const uint8_t *buf,
 			r = vhd_alloc(img, s, buf, off, n, &done);
 			if (r < 0)
 				return r;
+			allocated = true;
 		}
 		/* else: zeros in an unused block of a dynamic disk: it reads
 		 * as zeros already (it has no parent) */
@@ -1286,6 +1454,9 @@ static int vhd_write_range(struct img *img, struct vhd *s, const uint8_t *buf,
 		if (buf)
 			buf += done;
 	}
+	if (allocated ||
+	    __atomic_load_n(&s->bm_n, __ATOMIC_RELAXED) >= s->dirty_max)
+		return vhd_bound_dirty(img, s);
 	return 0;
 }
 
@@ -1321,18 +1492,148 @@ static int vhd_zero(struct img *img, uint64_t off, uint64_t n,
 	return r < 0 ? r : vhd_write_range(img, img->priv, NULL, n, off);
 }
 
-/* Everything is written through in a safe order: only fdatasync is left. */
+static int u32_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Write the BAT sectors holding entries idx[0..n) (sorted) from bat_disk,
+ * contiguous sectors in one pwrite. */
+static int vhd_write_bat(struct img *img, struct vhd *s, const uint32_t *idx,
+			 uint64_t n)
+{
+	const uint64_t per = VHD_SECTOR / 4;	/* entries per BAT sector */
+	uint8_t *buf = NULL;
+	size_t cap = 0;
+	int r = 0;
+
+	for (uint64_t i = 0; i < n && r == 0;) {
+		uint64_t sec0 = idx[i] / per, sec1 = sec0, e0, e1;
+
+		while (i < n && idx[i] / per <= sec1 + 1) {
+			sec1 = idx[i] / per;
+			i++;
+		}
+		e0 = sec0 * per;
+		e1 = MIN((sec1 + 1) * per, s->nblocks);
+		if ((e1 - e0) * 4 > cap) {
+			uint8_t *nb = realloc(buf, (size_t)(e1 - e0) * 4);
+
+			if (!nb) {
+				r = -ENOMEM;
+				break;
+			}
+			buf = nb;
+			cap = (size_t)(e1 - e0) * 4;
+		}
+		for (uint64_t e = e0; e < e1; e++)
+			put_be32(buf + 4 * (e - e0), s->bat_disk[e]);
+		r = vhd_pwrite(img, buf, (e1 - e0) * 4, s->table_offset + 4 * e0,
+			       "the BAT");
+		if (r == 0)
+			vhd_hook(VHD_STEP_FLUSH_BAT);
+	}
+	free(buf);
+	return r;
+}
+
+/* Steps 1-5 at the top of this file; flush_lock held. */
+static int vhd_flush_meta(struct img *img, struct vhd *s)
+{
+	uint32_t *bat_idx = NULL, *bm_idx = NULL;
+	uint64_t nbat = 0, nbm = 0;
+	uint8_t *copy = NULL;
+	int r = 0;
+
+	if (vhd_is_broken(s))
+		return -EIO;
+	copy = malloc(s->bitmap_size);
+	if (!copy)
+		return -ENOMEM;
+	/* 1: what is published now, and the bitmaps dirty now */
+	pthread_mutex_lock(&s->alloc_lock);
+	pthread_mutex_lock(&s->dirty_lock);
+	if (s->bat_n)
+		bat_idx = malloc((size_t)s->bat_n * sizeof(*bat_idx));
+	if (s->bm_n)
+		bm_idx = malloc((size_t)s->bm_n * sizeof(*bm_idx));
+	if ((s->bat_n && !bat_idx) || (s->bm_n && !bm_idx)) {
+		r = -ENOMEM;
+	} else {
+		nbat = s->bat_n;
+		nbm = s->bm_n;
+		for (uint64_t i = 0; i < nbat; i++) {
+			uint32_t b = s->bat_list[i];
+
+			bat_idx[i] = b;
+			s->bat_disk[b] = s->bat[b];
+			s->bat_dirty[b] = 0;
+		}
+		if (nbm)
+			memcpy(bm_idx, s->bm_list, (size_t)nbm * sizeof(*bm_idx));
+		s->bat_n = s->bm_n = 0;
+	}
+	pthread_mutex_unlock(&s->dirty_lock);
+	pthread_mutex_unlock(&s->alloc_lock);
+	if (r < 0)
+		goto out;
+
+	/* 2: the bitmaps (dirty flag cleared before the copy) */
+	for (uint64_t i = 0; i < nbm && r == 0; i++) {
+		uint32_t b = bm_idx[i];
+		const uint8_t *bm = __atomic_load_n(&s->bm[b],
+						    __ATOMIC_ACQUIRE);
+		uint32_t sector = __atomic_load_n(&s->bat[b],
+						  __ATOMIC_ACQUIRE);
+
+		__atomic_store_n(&s->bm_dirty[b], 0, __ATOMIC_SEQ_CST);
+		for (uint32_t k = 0; k < s->bitmap_size; k++)
+			copy[k] = __atomic_load_n(&bm[k], __ATOMIC_SEQ_CST);
+		r = vhd_pwrite(img, copy, s->bitmap_size,
+			       (uint64_t)sector * VHD_SECTOR, "a sector bitmap");
+		if (r == 0)
+			vhd_hook(VHD_STEP_FLUSH_BITMAP);
+	}
+	/* 3: data, bitmaps, footer, size */
+	if (r == 0)
+		r = vhd_sync(img);
+	if (r == 0)
+		vhd_hook(VHD_STEP_FLUSH_SYNC1);
+	/* 4-5: the BAT entries taken in step 1 */
+	if (r == 0 && nbat) {
+		qsort(bat_idx, (size_t)nbat, sizeof(*bat_idx), u32_cmp);
+		r = vhd_write_bat(img, s, bat_idx, nbat);
+		if (r == 0)
+			r = vhd_sync(img);
+		if (r == 0)
+			vhd_hook(VHD_STEP_FLUSH_SYNC2);
+	}
+	if (r < 0)
+		vhd_set_broken(img, s);
+out:
+	free(copy);
+	free(bat_idx);
+	free(bm_idx);
+	return r;
+}
+
 static int vhd_flush(struct img *img)
 {
 	struct vhd *s = img->priv;
-	int r = vhd_sync(img);
+	int r;
 
-	if (r < 0) {
-		if (s->rw)
+	if (!s->rw || !s->bat_list) {	/* nothing kept in memory */
+		r = vhd_sync(img);
+		if (r < 0 && s->rw)
 			vhd_set_broken(img, s);
-		return r;
+		return r < 0 ? r : vhd_is_broken(s) ? -EIO : 0;
 	}
-	return vhd_is_broken(s) ? -EIO : 0;
+	pthread_mutex_lock(&s->flush_lock);
+	r = vhd_flush_meta(img, s);
+	pthread_mutex_unlock(&s->flush_lock);
+	return r;
 }
 
 /* ---- creating a differencing disk ------------------------------------- */
@@ -1365,7 +1666,7 @@ uint32_t vhd_chs_geometry(uint64_t size)
 }
 
 /* seconds since 2000-01-01 UTC, clamped to the field */
-static uint32_t vhd_stamp(time_t t)
+uint32_t vhd_stamp(time_t t)
 {
 	if (t <= VHD_EPOCH)
 		return 0;
@@ -1373,7 +1674,7 @@ static uint32_t vhd_stamp(time_t t)
 }
 
 /* A VHD parent's footer time stamp; else the parent file's mtime. */
-static int vhd_parent_stamp(const struct img *p, uint32_t *ts)
+int vhd_parent_stamp(const struct img *p, uint32_t *ts)
 {
 	struct stat st;
 
@@ -1388,7 +1689,7 @@ static int vhd_parent_stamp(const struct img *p, uint32_t *ts)
 }
 
 /* "sub/p.vhd" -> ".\sub\p.vhd"; "../p.vhd" -> "..\p.vhd" (as Windows) */
-static char *vhd_w2ru_text(const char *rel)
+char *vhd_w2ru_text(const char *rel)
 {
 	bool dotted = !strncmp(rel, "./", 2) || !strncmp(rel, "../", 3);
 	char *t = malloc(strlen(rel) + 3), *o = t;
@@ -1416,10 +1717,10 @@ struct vhd_new_locator {
  * The new file's bytes up to its footer: footer copy, dynamic header, BAT
  * (all unused), then each locator in a sector-aligned area of its own.
  */
-static int vhd_build(uint8_t **out, uint64_t *out_len, uint8_t *footer,
-		     uint64_t size, uint32_t bs, const struct guid *pid,
-		     uint32_t pstamp, const uint8_t *name, size_t name_len,
-		     struct vhd_new_locator *loc, unsigned nloc)
+int vhd_build(uint8_t **out, uint64_t *out_len, uint8_t *footer,
+	      uint64_t size, uint32_t bs, const struct guid *pid,
+	      uint32_t pstamp, const uint8_t *name, size_t name_len,
+	      struct vhd_new_locator *loc, unsigned nloc)
 {
 	const uint64_t entries = size / bs + !!(size % bs);
 	const uint64_t table = VHD_FOOTER_SIZE + VHD_DYN_HEADER_SIZE;
@@ -1625,4 +1926,7 @@ const struct img_driver vhd_driver = {
 	.flush = vhd_flush,
 	.zero = vhd_zero,
 	.create_diff = vhd_create_diff,
+	.check = vhd_check,		/* vhd-check.c */
+	.create = vhd_create,		/* vhd-create.c */
+	.set_parent = vhd_set_parent,	/* vhd-parent.c */
 };

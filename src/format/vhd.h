@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define VHD_SECTOR 512u
 #define VHD_FOOTER_SIZE 512u
@@ -193,22 +194,65 @@ uint64_t vhd_bitmap_run(const uint8_t *bm, uint64_t start, uint64_t max,
  */
 uint32_t vhd_chs_geometry(uint64_t size);
 
+/* vhd-check.c: ->check, a structural check (repairs the footer) */
+struct img;
+struct img_check;
+int vhd_check(struct img *img, bool repair, struct img_check *res);
+
 /*
- * Test hook: when not NULL, the write path calls it after each step below,
- * so a unit test can stop a forked writer (_exit) between any two steps
- * and check what a crash there leaves in the file.  Never set in programs.
+ * Test hook: when not NULL, the write and flush paths call it after each
+ * step below, so a unit test can stop a forked writer (_exit) between any
+ * two steps and check what a crash there leaves in the file.  Never set
+ * in programs.
  */
 enum vhd_step {
 	VHD_STEP_ALLOC_FOOTER = 1,	/* footer written at the new end */
-	VHD_STEP_ALLOC_SYNC1,		/* ... and made durable */
-	VHD_STEP_ALLOC_BITMAP,		/* a new block's sector bitmap */
+	VHD_STEP_ALLOC_BITMAP,		/* a new block's bitmap written to
+					 * the file (bitmaps not in memory) */
 	VHD_STEP_ALLOC_DATA,		/* a new block's written sectors */
-	VHD_STEP_ALLOC_SYNC2,		/* all of the batch made durable */
-	VHD_STEP_ALLOC_BAT,		/* BAT entries written, not published */
+	VHD_STEP_ALLOC_PUBLISH,		/* new blocks published in memory */
 	VHD_STEP_DATA,			/* sectors written in an allocated
 					 * block, bits not set yet */
-	VHD_STEP_BITMAP,		/* one bitmap sector rewritten */
+	VHD_STEP_BITMAP,		/* their bits set (in memory, or one
+					 * bitmap sector rewritten in the file) */
+	VHD_STEP_FLUSH_BITMAP,		/* flush: one dirty bitmap written */
+	VHD_STEP_FLUSH_SYNC1,		/* flush: bitmaps and data durable */
+	VHD_STEP_FLUSH_BAT,		/* flush: one run of BAT sectors */
+	VHD_STEP_FLUSH_SYNC2,		/* flush: the BAT durable */
+	VHD_STEP_MAX = VHD_STEP_FLUSH_SYNC2,
 };
 extern void (*vhd_test_hook)(enum vhd_step step);
+
+/*
+ * vhd.c: the bytes of a new file up to its footer (footer copy, dynamic
+ * header, BAT all unused, then each of the nloc parent locators) for a
+ * disk of size bytes and blocks of bs; the footer (512 bytes, disk type
+ * differencing, a new unique id) is written to footer too.  *out is
+ * malloc'd, *out_len its length.  vhd-create.c builds base images from it.
+ */
+struct guid;
+struct vhd_new_locator;
+int vhd_build(uint8_t **out, uint64_t *out_len, uint8_t *footer,
+	      uint64_t size, uint32_t bs, const struct guid *pid,
+	      uint32_t pstamp, const uint8_t *name, size_t name_len,
+	      struct vhd_new_locator *loc, unsigned nloc);
+
+/* vhd-create.c: the driver's ->create (fixed or dynamic base image) */
+struct img_create_opts;
+int vhd_create(const char *path, const struct img_create_opts *o);
+
+/*
+ * vhd.c, shared with vhd-parent.c (->set_parent): a time stamp field
+ * (seconds since 2000-01-01 UTC, clamped), the parent time stamp a child
+ * records for parent p (a VHD's footer time stamp, else the file's mtime;
+ * 0 or -errno), and a relative path as W2ru text (malloc'd, or NULL).
+ */
+struct img;
+uint32_t vhd_stamp(time_t t);
+int vhd_parent_stamp(const struct img *p, uint32_t *ts);
+char *vhd_w2ru_text(const char *rel);
+/* vhd-parent.c: the driver's ->set_parent */
+struct img_create_parent;
+int vhd_set_parent(struct img *img, const struct img_create_parent *parent);
 
 #endif

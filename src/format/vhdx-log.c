@@ -26,6 +26,7 @@
 #include "endian-io.h"
 #include "io.h"
 #include "log.h"
+#include "registry.h"
 #include "vhdx.h"
 
 #define vhdx_err(err, path, fmt, ...) \
@@ -626,5 +627,20 @@ int vhdx_file_read(const struct vhdx *s, void *buf, size_t n, uint64_t off)
 		return vhdx_err(r, s->path, "read error at %llu: %s",
 				(unsigned long long)off, strerror(-r));
 	vhdx_overlay_apply(&s->log, buf, n, off);
+	return 0;
+}
+
+int vhdx_log_info(const struct img *img, struct vhdx_log_info *out)
+{
+	const struct vhdx *s;
+
+	if (!img || img->drv != &vhdx_driver || !img->priv)
+		return -EINVAL;
+	s = img->priv;
+	out->dirty = !guid_is_zero(&s->hdr.log_guid);
+	out->log_guid = s->hdr.log_guid;
+	out->log_offset = s->hdr.log_offset;
+	out->log_length = s->hdr.log_length;
+	out->entries = s->log.entries;
 	return 0;
 }

@@ -15,6 +15,11 @@
  * is the argument instead.  A file opened for writing must have an empty
  * log (LogGuid zero): a dirty log is only ever replayed in memory, so
  * writing would go under metadata a later replay overwrites (-EROFS).
+ * The data goes to the file at once; the metadata that points at it (BAT
+ * entries, sector-bitmap bits) is kept in memory, dirty, and written back
+ * by ->flush, as qemu's metadata caches do.  Readers see the in-memory
+ * metadata, which is published only after the data it points at is
+ * written (the page cache serves the rest).
  *
  *   0. Once per open, before the first write of any kind (2.2.2:
  *      FileWriteGuid changes before the first write, DataWriteGuid before
@@ -23,51 +28,66 @@
  *      then the same with sequence + 2 into the other slot; fdatasync.  A
  *      torn header fails its CRC-32C and the other one is current, so at
  *      every instant one valid header with the highest sequence exists.
- *   1. A new payload block (and a new 1 MiB sector bitmap block, if its
- *      chunk had none) is taken past the end of the file, which only
- *      ever grows in 1 MiB units (ftruncate: the space reads as zeros).
- *      Nothing in the file refers to that space yet.
- *   2. The written sectors go into the new block, and the bitmap bytes
- *      (the block's whole slice, with exactly the written sectors' bits)
- *      into the bitmap block.
- *   3. fdatasync: data, bitmap and the new file size are durable before
- *      anything points at them.
- *   4. The sector bitmap BAT entry (if new), then the payload BAT entry
- *      are written in place: each is one aligned 8-byte field, so it lies
- *      inside one logical sector; the rest of that sector is rewritten
- *      with the bytes it already holds, so a device that writes whole
- *      sectors atomically (512 and 4096-byte devices both promise at
- *      least their logical sector; NVMe AWUN >= 1 block) leaves either
- *      the old or the new entry, and no neighbour changes.  They become
- *      durable at the next flush.
- *   5. The entry is published in memory with a release store (the chunk's
- *      bitmap pointer before it), so a concurrent reader sees either the
- *      old state (the parent's sectors, or zeros) or the finished block.
- *
- * A crash at any instant leaves valid headers, a BAT whose entries point
- * only at complete blocks and bitmaps inside the file, and perhaps
- * unreferenced space at the end (harmless: readers and 7-Zip ignore it).
- * A lost BAT update loses only writes no flush acknowledged.
+ *   1. Allocation (alloc_lock): a new payload block (and a new 1 MiB
+ *      sector bitmap block, if its chunk had none) is taken past the end
+ *      of the file, which only ever grows in 1 MiB units (ftruncate, or
+ *      the data write itself when it ends the block: the space reads as
+ *      zeros).  The written sectors go into it.  Nothing in the file
+ *      refers to that space yet.
+ *   2. Still under alloc_lock, the in-memory state is published: a block
+ *      becoming PARTIALLY_PRESENT gets its bitmap slice zeroed and the
+ *      written sectors' bits set (stale bits of a block that was not
+ *      present must not survive), then the BAT entry is stored with
+ *      release (the chunk's bitmap pointer before it).  A concurrent
+ *      reader sees either the old state (the parent's sectors, or zeros)
+ *      or the finished block.  The entries and the slice are marked
+ *      dirty.
  *
  * In a block that is already allocated the sectors are written in place,
- * then (PARTIALLY_PRESENT) their bits: the bitmap sector(s) are rewritten
- * from the in-memory copy under bm_lock, then the bits are ORed into the
- * copy atomically (map_extent loads the bytes atomically).  A bit set in
- * memory is therefore in the file too, so a write that finds its bits set
- * needs no lock.  Bits only go from 0 to 1.  There is no barrier between
- * such data and its bits: after a power failure a sector written since
- * the last flush may read as what the block held there before (zeros in
- * blocks we allocated) instead of the old or the new data; ->flush makes
- * both durable.  Allocation, BAT and header updates are serialized by
- * alloc_lock (held across the fdatasync of step 3).
+ * then (PARTIALLY_PRESENT) their bits are ORed into the in-memory bitmap
+ * and the block is marked dirty, with inflight[] counting the writers in
+ * between: a writer that finds its bits set and nobody in between is one
+ * pwrite (the setter's dirty mark is done, so the next flush covers it).
+ * Bits only go from 0 to 1.  ->zero sets whole blocks to ZERO the same
+ * way (2.5.1.1: reads as zeros whatever the parent holds; the old space
+ * is never reused); partial blocks get zeros written.
  *
- * ->zero sets whole blocks to ZERO (2.5.1.1: reads as zeros, whatever the
- * parent holds); the old block's space is never reused.  Partial blocks
- * get zeros written.  A failed metadata write or fdatasync marks the
- * image broken: every later write and flush fails with -EIO.
+ * ->flush (flush_lock: one at a time; writes go on meanwhile):
+ *
+ *   3. under alloc_lock, take the dirty BAT entries (their values, into
+ *      bat_disk, the BAT as it is to be in the file) and the dirty
+ *      bitmap slices: every entry taken was published, so what it points
+ *      at was written before;
+ *   4. write the slices (each block's whole slice, in the 512-byte
+ *      sectors that hold it, from memory; the dirty flag is cleared before
+ *      the copy, so bits set after it mark the block dirty again);
+ *   5. fdatasync: data, bitmaps and the file size are durable;
+ *   6. write the BAT pages holding the taken entries, merged into runs,
+ *      from bat_disk: each entry is one aligned 8-byte field inside a
+ *      logical sector, and every entry of bat_disk may be in the file, so
+ *      a torn multi-sector write leaves each sector old or new (512- and
+ *      4096-byte devices promise at least their logical sector; NVMe AWUN
+ *      >= 1 block), and any mix is valid.  Entries published after step 3
+ *      stay dirty: their data may not be durable yet;
+ *   7. fdatasync.  Nothing dirty: step 5 only.
+ *
+ * A crash at any instant (the process killed, or power lost) leaves valid
+ * headers, a BAT whose entries point only at blocks and bitmaps that were
+ * durable, inside a file that was as long, before the entries were
+ * written, and perhaps unreferenced space at the end (harmless: readers
+ * and 7-Zip ignore it).  A lost BAT update loses only writes no flush
+ * acknowledged.  There is no barrier between data and bits: after a
+ * power failure a sector written since the last flush may read as what
+ * the block held there before (zeros in blocks we allocated) instead of
+ * the old or the new data.  close writes the dirty metadata back (a
+ * flush); a writer that finds more than dirty_max dirty entries or
+ * slices runs the flush itself, so memory and lost work stay bounded.  A
+ * failed metadata write or fdatasync marks the image broken: every later
+ * write and flush fails with -EIO.
  *
  * Memory: a writable differencing image keeps each chunk's whole 1 MiB
- * sector bitmap (one per 2^23 sectors: 4 GiB of disk at 512 bytes).
+ * sector bitmap (one per 2^23 sectors: 4 GiB of disk at 512 bytes), and
+ * every writable image a copy of the BAT.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -97,13 +117,35 @@
 #define VHDX_DIFF_BLOCK_DEFAULT (2 * VHDX_MiB)	/* what Hyper-V uses */
 #define VHDX_META_IS_VIRTUAL_DISK 0x2
 #define W_SECTOR 512u		/* granule of bitmap rewrites */
+#define W_PAGE 4096u		/* granule of BAT rewrites */
+#define W_STRIPES 64		/* inflight counters */
+/* Dirty BAT entries (or bitmap slices, and their bytes) past which a
+ * writer flushes. */
+#define VHDX_DIRTY_MAX 4096u
+#define VHDX_DIRTY_BYTES (16u << 20)
 
 struct vhdx_w {
-	pthread_mutex_t alloc_lock;	/* allocation, BAT, headers */
-	pthread_mutex_t bm_lock;	/* bitmap sector rewrites */
+	pthread_mutex_t alloc_lock;	/* allocation, BAT, headers; before
+					 * dirty_lock */
+	pthread_mutex_t dirty_lock;	/* bm_list */
+	pthread_mutex_t flush_lock;	/* one flush at a time */
 	bool session;		/* headers renewed (atomic loads) */
 	bool broken;		/* a metadata write failed (atomic) */
 	uint64_t next;		/* file end: next block (alloc_lock) */
+	uint64_t nent;		/* BAT entries (payload and bitmap) */
+	uint8_t *bat_disk;	/* owned: the BAT bytes as flushed, whole
+				 * 4 KiB pages (taken under alloc_lock,
+				 * written under flush_lock) */
+	uint64_t bat_disk_len;
+	uint8_t *bat_dirty;	/* owned: per BAT index (alloc_lock) */
+	uint32_t *bat_list;	/* owned: dirty BAT indexes (alloc_lock) */
+	uint64_t bat_n;
+	uint8_t *bm_dirty;	/* owned: per payload block (atomic) */
+	uint32_t *bm_list;	/* owned: blocks whose slice is newer in
+				 * memory than in the file (dirty_lock) */
+	uint64_t bm_n;
+	uint64_t dirty_max;	/* bound on bat_n and bm_n */
+	unsigned inflight[W_STRIPES];	/* writers setting bits (atomic) */
 	uint64_t *sb;		/* owned: differencing: nchunks sector bitmap
 				 * BAT entries (alloc_lock) */
 	uint8_t **sbm;		/* owned: differencing: nchunks 1 MiB sector
@@ -186,14 +228,38 @@ static int w_sync(struct vhdx *s)
 	return 0;
 }
 
-static int bat_put(struct vhdx *s, uint64_t idx, uint64_t e)
+/* BAT entry idx changed in memory: write it at the next flush
+ * (alloc_lock held). */
+static void bat_dirty(struct vhdx *s, uint64_t idx)
 {
-	uint8_t b[8];
-	int r;
+	struct vhdx_w *w = s->w;
 
-	put_le64(b, e);
-	r = pwrite_full(s->fd, b, sizeof(b), s->rg.bat.off + idx * 8);
-	return r < 0 ? w_break(s, r, "BAT update") : 0;
+	if (w->bat_dirty[idx])
+		return;
+	w->bat_dirty[idx] = 1;
+	w->bat_list[w->bat_n++] = (uint32_t)idx;	/* at most once each */
+}
+
+/* The in-memory value of BAT entry idx (alloc_lock held). */
+static uint64_t bat_value(const struct vhdx *s, uint64_t idx)
+{
+	uint64_t per = (uint64_t)s->chunk_ratio + 1;
+
+	if (idx % per == s->chunk_ratio)
+		return s->w->sb[idx / per];
+	return s->bat[idx / per * s->chunk_ratio + idx % per];
+}
+
+/* Block blk's bitmap slice is newer in memory than in the file. */
+static void bm_dirty(struct vhdx *s, uint64_t blk)
+{
+	struct vhdx_w *w = s->w;
+
+	if (__atomic_exchange_n(&w->bm_dirty[blk], 1, __ATOMIC_SEQ_CST))
+		return;
+	pthread_mutex_lock(&w->dirty_lock);
+	w->bm_list[w->bm_n++] = (uint32_t)blk;	/* at most once each */
+	pthread_mutex_unlock(&w->dirty_lock);
 }
 
 static uint64_t block_used(const struct vhdx *s, uint64_t blk)
@@ -201,6 +267,8 @@ static uint64_t block_used(const struct vhdx *s, uint64_t blk)
 	return MIN((uint64_t)s->p.block_size,
 		   s->p.disk_size - blk * s->p.block_size);
 }
+
+static int w_flush_meta(struct vhdx *s);
 
 /* ---- open / close ---- */
 
@@ -216,13 +284,21 @@ void vhdx_w_free(struct vhdx *s)
 
 	if (!w)
 		return;
+	if (w->bat_list && (w->bat_n || w->bm_n) && !w_broken(s))
+		(void)w_flush_meta(s);	/* logs its errors */
+	free(w->bat_disk);
+	free(w->bat_dirty);
+	free(w->bat_list);
+	free(w->bm_dirty);
+	free(w->bm_list);
 	for (uint64_t c = 0; w->sbm && c < s->nchunks; c++)
 		free(w->sbm[c]);
 	free(w->sbm);
 	free(w->sb);
 	free(w->zeros);
 	pthread_mutex_destroy(&w->alloc_lock);
-	pthread_mutex_destroy(&w->bm_lock);
+	pthread_mutex_destroy(&w->dirty_lock);
+	pthread_mutex_destroy(&w->flush_lock);
 	free(w);
 	s->w = NULL;
 }
@@ -282,12 +358,38 @@ int vhdx_w_open(struct vhdx *s)
 	if (!w)
 		return -ENOMEM;
 	pthread_mutex_init(&w->alloc_lock, NULL);
-	pthread_mutex_init(&w->bm_lock, NULL);
+	pthread_mutex_init(&w->dirty_lock, NULL);
+	pthread_mutex_init(&w->flush_lock, NULL);
 	s->w = w;
 	w->next = round_up(s->file_size, VHDX_ALIGN);
+	/* as vhdx_bat_geometry counts them (2.5) */
+	w->nent = s->p.has_parent ? s->nchunks * ((uint64_t)s->chunk_ratio + 1)
+				  : s->nblocks + (s->nblocks - 1) /
+							 s->chunk_ratio;
+	/* whole pages: the region is 1 MiB-aligned, at least this long */
+	w->bat_disk_len = MIN(round_up(w->nent * 8, W_PAGE), s->rg.bat.len);
+	w->dirty_max = MIN((uint64_t)VHDX_DIRTY_MAX,
+			   VHDX_DIRTY_BYTES / round_up(s->slice_len, W_SECTOR));
+	w->bat_disk = malloc(w->bat_disk_len);
+	w->bat_dirty = calloc(w->nent, 1);
+	w->bat_list = malloc(w->nent * sizeof(*w->bat_list));
+	w->bm_dirty = calloc(s->nblocks, 1);
+	w->bm_list = malloc(s->nblocks * sizeof(*w->bm_list));
+	if (!w->bat_disk || !w->bat_dirty || !w->bat_list || !w->bm_dirty ||
+	    !w->bm_list) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = pread_full(s->fd, w->bat_disk, w->bat_disk_len, s->rg.bat.off);
+	if (r < 0) {
+		vhdx_err(r, s->path, "reading the BAT: %s", strerror(-r));
+		goto fail;
+	}
 	r = s->p.has_parent ? w_load_bitmaps(s, w) : 0;
-	if (r < 0)
-		vhdx_w_free(s);
+	if (r == 0)
+		return 0;
+fail:
+	vhdx_w_free(s);
 	return r;
 }
 
@@ -359,62 +461,198 @@ static int w_session(struct vhdx *s)
 
 static bool bits_set(const uint8_t *bm, uint64_t i, uint64_t end)
 {
-	for (; i < end; i++)
-		if (!(__atomic_load_n(&bm[i >> 3], __ATOMIC_ACQUIRE) >>
-		      (i & 7) & 1))
-			return false;
-	return true;
-}
-
-/*
- * Set the bits of sectors [sec, sec + nsec) of block blk: in the file
- * (the bitmap sectors rewritten from the in-memory copy), then in memory.
- * fresh: the block is becoming PARTIALLY_PRESENT, so its whole slice is
- * written, with only these bits set (stale bits of a block that was not
- * present must not survive).
- */
-static int w_set_bits(struct vhdx *s, uint64_t blk, uint64_t sec,
-		      uint64_t nsec, bool fresh)
-{
-	uint64_t c = blk / s->chunk_ratio;
-	uint64_t slice = blk % s->chunk_ratio * s->slice_len;
-	uint64_t i0 = slice * 8 + sec, i1 = i0 + nsec, lo, hi;
-	uint8_t *bm = s->w->sbm[c], *tmp;
-	int r;
-
-	if (!fresh && bits_set(bm, i0, i1))
-		return 0;	/* in memory means in the file */
-	lo = (fresh ? slice : i0 / 8) / W_SECTOR * W_SECTOR;
-	hi = round_up(fresh ? slice + s->slice_len : (i1 + 7) / 8, W_SECTOR);
-	tmp = malloc(hi - lo);
-	if (!tmp)
-		return -ENOMEM;
-	pthread_mutex_lock(&s->w->bm_lock);
-	memcpy(tmp, bm + lo, hi - lo);	/* only writers change it: us */
-	if (fresh)
-		memset(tmp + (slice - lo), 0, s->slice_len);
-	for (uint64_t i = i0; i < i1; i++) {
-		if (!(i & 7) && i + 8 <= i1) {
-			tmp[i / 8 - lo] = 0xff;
+	for (; i < end; i++) {
+		if (!(i & 7) && i + 8 <= end) {
+			if (__atomic_load_n(&bm[i >> 3], __ATOMIC_SEQ_CST) !=
+			    0xff)
+				return false;
 			i += 7;
 			continue;
 		}
-		tmp[i / 8 - lo] |= (uint8_t)(1u << (i & 7));
+		if (!(__atomic_load_n(&bm[i >> 3], __ATOMIC_SEQ_CST) >>
+		      (i & 7) & 1))
+			return false;
 	}
+	return true;
+}
+
+/* OR bits [i, end) into bm, one atomic OR per byte (LSB first, 2.5.1.2) */
+static void bits_or(uint8_t *bm, uint64_t i, uint64_t end)
+{
+	while (i < end) {
+		uint64_t byte = i >> 3;
+		unsigned lo = (unsigned)(i & 7);
+		unsigned hi = (unsigned)MIN((uint64_t)8, end - byte * 8);
+
+		__atomic_fetch_or(&bm[byte],
+				  (uint8_t)((0xffu << lo) & (0xffu >> (8 - hi))),
+				  __ATOMIC_SEQ_CST);
+		i = byte * 8 + hi;
+	}
+}
+
+/*
+ * Set the bits of sectors [sec, sec + nsec) of block blk in memory and
+ * mark its slice dirty.  fresh (alloc_lock held, the block not published
+ * yet): the block is becoming PARTIALLY_PRESENT, so its whole slice is
+ * cleared first.
+ */
+static void w_set_bits(struct vhdx *s, uint64_t blk, uint64_t sec,
+		       uint64_t nsec, bool fresh)
+{
+	uint64_t c = blk / s->chunk_ratio;
+	uint64_t slice = blk % s->chunk_ratio * s->slice_len;
+	uint64_t i0 = slice * 8 + sec, i1 = i0 + nsec;
+	unsigned *inflight = &s->w->inflight[blk % W_STRIPES];
+	uint8_t *bm = s->w->sbm[c];
+
+	if (!fresh && bits_set(bm, i0, i1) &&
+	    !__atomic_load_n(inflight, __ATOMIC_SEQ_CST))
+		return;	/* set, and its setter's dirty mark is done */
+	__atomic_fetch_add(inflight, 1, __ATOMIC_SEQ_CST);
+	if (fresh)
+		for (uint64_t k = slice; k < slice + s->slice_len; k++)
+			__atomic_store_n(&bm[k], 0, __ATOMIC_SEQ_CST);
+	bits_or(bm, i0, i1);
+	bm_dirty(s, blk);
+	__atomic_fetch_sub(inflight, 1, __ATOMIC_SEQ_CST);
+}
+
+/* ---- flush ---- */
+
+static int u32_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Step 4: block blk's slice, in the 512-byte sectors that hold it. */
+static int w_write_slice(struct vhdx *s, uint64_t blk, uint8_t *tmp)
+{
+	uint64_t c = blk / s->chunk_ratio;
+	uint64_t slice = blk % s->chunk_ratio * s->slice_len;
+	uint64_t lo = slice / W_SECTOR * W_SECTOR;
+	uint64_t hi = round_up(slice + s->slice_len, W_SECTOR);
+	const uint8_t *bm = s->w->sbm[c];	/* set before the block was */
+	int r;
+
+	__atomic_store_n(&s->w->bm_dirty[blk], 0, __ATOMIC_SEQ_CST);
+	for (uint64_t k = lo; k < hi; k++)
+		tmp[k - lo] = __atomic_load_n(&bm[k], __ATOMIC_SEQ_CST);
 	r = pwrite_full(s->fd, tmp, hi - lo, VHDX_BAT_OFFSET(s->w->sb[c]) + lo);
-	if (r < 0) {
-		r = w_break(s, r, "sector bitmap update");
-	} else {
-		for (uint64_t k = lo; k < hi; k++)
-			if (fresh && k >= slice && k < slice + s->slice_len)
-				__atomic_store_n(&bm[k], tmp[k - lo],
-						 __ATOMIC_RELEASE);
-			else if (tmp[k - lo] != bm[k])
-				__atomic_fetch_or(&bm[k], tmp[k - lo],
-						  __ATOMIC_RELEASE);
+	return r < 0 ? w_break(s, r, "sector bitmap update") : 0;
+}
+
+/* Step 6: the BAT pages holding entries idx[0..n) (sorted), from
+ * bat_disk, neighbouring pages in one write. */
+static int w_write_bat(struct vhdx *s, const uint32_t *idx, uint64_t n)
+{
+	const uint64_t per = W_PAGE / 8;
+	const struct vhdx_w *w = s->w;
+	int r = 0;
+
+	for (uint64_t i = 0; i < n && r == 0;) {
+		uint64_t p0 = idx[i] / per, p1 = p0, b0, b1;
+
+		while (i < n && idx[i] / per <= p1 + 1)
+			p1 = idx[i++] / per;
+		b0 = p0 * W_PAGE;
+		b1 = MIN((p1 + 1) * W_PAGE, w->bat_disk_len);
+		r = pwrite_full(s->fd, w->bat_disk + b0, b1 - b0,
+				s->rg.bat.off + b0);
+		if (r < 0)
+			r = w_break(s, r, "BAT update");
 	}
-	pthread_mutex_unlock(&s->w->bm_lock);
+	return r;
+}
+
+/* Steps 3-7 at the top of this file; flush_lock held (or closing). */
+static int w_flush_meta(struct vhdx *s)
+{
+	struct vhdx_w *w = s->w;
+	uint32_t *bat_idx = NULL, *bm_idx = NULL;
+	uint64_t nbat = 0, nbm = 0;
+	uint8_t *tmp;
+	int r = 0;
+
+	if (w_broken(s))
+		return -EIO;
+	tmp = malloc(round_up(s->slice_len, W_SECTOR) + W_SECTOR);
+	if (!tmp)
+		return -ENOMEM;
+	/* 3 */
+	pthread_mutex_lock(&w->alloc_lock);
+	pthread_mutex_lock(&w->dirty_lock);
+	if (w->bat_n)
+		bat_idx = malloc(w->bat_n * sizeof(*bat_idx));
+	if (w->bm_n)
+		bm_idx = malloc(w->bm_n * sizeof(*bm_idx));
+	if ((w->bat_n && !bat_idx) || (w->bm_n && !bm_idx)) {
+		r = -ENOMEM;
+	} else {
+		nbat = w->bat_n;
+		nbm = w->bm_n;
+		for (uint64_t i = 0; i < nbat; i++) {
+			uint32_t k = w->bat_list[i];
+
+			bat_idx[i] = k;
+			put_le64(w->bat_disk + (uint64_t)k * 8,
+				 bat_value(s, k));
+			w->bat_dirty[k] = 0;
+		}
+		if (nbm)
+			memcpy(bm_idx, w->bm_list, nbm * sizeof(*bm_idx));
+		w->bat_n = w->bm_n = 0;
+	}
+	pthread_mutex_unlock(&w->dirty_lock);
+	pthread_mutex_unlock(&w->alloc_lock);
+	/* 4 */
+	for (uint64_t i = 0; i < nbm && r == 0; i++)
+		r = w_write_slice(s, bm_idx[i], tmp);
+	/* 5 */
+	if (r == 0)
+		r = w_sync(s);
+	/* 6, 7 */
+	if (r == 0 && nbat) {
+		qsort(bat_idx, nbat, sizeof(*bat_idx), u32_cmp);
+		r = w_write_bat(s, bat_idx, nbat);
+		if (r == 0)
+			r = w_sync(s);
+	}
 	free(tmp);
+	free(bat_idx);
+	free(bm_idx);
+	return r;
+}
+
+int vhdx_w_flush(struct vhdx *s)
+{
+	int r;
+
+	if (!s->w)
+		return 0;
+	if (w_broken(s))
+		return -EIO;
+	pthread_mutex_lock(&s->w->flush_lock);
+	r = w_flush_meta(s);
+	pthread_mutex_unlock(&s->w->flush_lock);
+	return r;
+}
+
+/* Too much dirty metadata: flush it here, unless a flush is running. */
+static int w_bound_dirty(struct vhdx *s)
+{
+	struct vhdx_w *w = s->w;
+	int r;
+
+	if (__atomic_load_n(&w->bat_n, __ATOMIC_RELAXED) < w->dirty_max &&
+	    __atomic_load_n(&w->bm_n, __ATOMIC_RELAXED) < w->dirty_max)
+		return 0;
+	if (pthread_mutex_trylock(&w->flush_lock))
+		return 0;
+	r = w_flush_meta(s);
+	pthread_mutex_unlock(&w->flush_lock);
 	return r;
 }
 
@@ -423,7 +661,7 @@ static int w_set_bits(struct vhdx *s, uint64_t blk, uint64_t sec,
 static int w_block(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 		   uint64_t in, uint64_t len);
 
-/* Steps 1-5 for a block that is not allocated (yet). */
+/* Steps 1-2 for a block that is not allocated (yet). */
 static int w_alloc(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 		   uint64_t in, uint64_t len)
 {
@@ -454,19 +692,20 @@ static int w_alloc(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 	end = off + s->p.block_size;
 	if (partial && VHDX_BAT_STATE(w->sb[c]) != VHDX_SB_PRESENT) {
 		new_sb = true;
-		w->sb[c] = end | VHDX_SB_PRESENT;	/* 1 MiB aligned */
 		end += VHDX_SB_BLOCK_SIZE;
 	}
-	if (ftruncate(s->fd, (off_t)end) < 0) {
+	/* 1: the file grows to end: by the data write if it reaches it */
+	if (off + in + len < end && ftruncate(s->fd, (off_t)end) < 0) {
 		r = w_break(s, -errno, "growing the file");
 		goto out;
 	}
-	w->next = end;
 	r = pwrite_full(s->fd, buf, len, off + in);
 	if (r < 0) {
 		r = w_break(s, r, "writing a new block");
 		goto out;
 	}
+	w->next = end;
+	/* 2 */
 	if (new_sb) {
 		uint8_t *bm = calloc(1, VHDX_SB_BLOCK_SIZE);	/* a hole */
 
@@ -474,22 +713,16 @@ static int w_alloc(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 			r = w_break(s, -ENOMEM, "a new sector bitmap");
 			goto out;
 		}
+		w->sb[c] = (off + s->p.block_size) | VHDX_SB_PRESENT;
 		__atomic_store_n(&w->sbm[c], bm, __ATOMIC_RELEASE);
+		bat_dirty(s, sb_index(s, c));
 	}
-	if (partial) {
-		r = w_set_bits(s, blk, in / lss, len / lss, true);
-		if (r < 0)
-			goto out;
-	}
-	r = w_sync(s);				/* step 3 */
-	if (r == 0 && new_sb)
-		r = bat_put(s, sb_index(s, c), w->sb[c]);
+	if (partial)
+		w_set_bits(s, blk, in / lss, len / lss, true);
 	ne = off | (partial ? VHDX_PAYLOAD_PARTIALLY_PRESENT :
 		    VHDX_PAYLOAD_FULLY_PRESENT);
-	if (r == 0)
-		r = bat_put(s, bat_index(s, blk), ne);
-	if (r == 0)
-		__atomic_store_n(&s->bat[blk], ne, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->bat[blk], ne, __ATOMIC_RELEASE);
+	bat_dirty(s, bat_index(s, blk));
 out:
 	pthread_mutex_unlock(&w->alloc_lock);
 	return r;
@@ -509,7 +742,7 @@ static int w_block(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 	case VHDX_PAYLOAD_PARTIALLY_PRESENT:
 		r = pwrite_full(s->fd, buf, len, VHDX_BAT_OFFSET(e) + in);
 		if (r == 0)
-			r = w_set_bits(s, blk, in / lss, len / lss, false);
+			w_set_bits(s, blk, in / lss, len / lss, false);
 		return r;
 	default:
 		return w_alloc(s, buf, blk, in, len);
@@ -536,7 +769,7 @@ int vhdx_w_write(struct vhdx *s, const void *buf, size_t n, uint64_t off)
 		off += len;
 		n -= len;
 	}
-	return r;
+	return r < 0 ? r : w_bound_dirty(s);
 }
 
 /* Does [in, in + len) of block blk read as zeros already? */
@@ -576,11 +809,10 @@ int vhdx_w_zero(struct vhdx *s, uint64_t off, uint64_t n)
 			   !s->p.leave_allocated) {
 			/* 2.5.1.1 ZERO; the old space is never reused */
 			pthread_mutex_lock(&s->w->alloc_lock);
-			r = bat_put(s, bat_index(s, blk), VHDX_PAYLOAD_ZERO);
-			if (r == 0)
-				__atomic_store_n(&s->bat[blk],
-						 (uint64_t)VHDX_PAYLOAD_ZERO,
-						 __ATOMIC_RELEASE);
+			__atomic_store_n(&s->bat[blk],
+					 (uint64_t)VHDX_PAYLOAD_ZERO,
+					 __ATOMIC_RELEASE);
+			bat_dirty(s, bat_index(s, blk));
 			pthread_mutex_unlock(&s->w->alloc_lock);
 		} else {
 			if (!s->w->zeros) {
@@ -600,33 +832,20 @@ int vhdx_w_zero(struct vhdx *s, uint64_t off, uint64_t n)
 		off += len;
 		n -= len;
 	}
-	return r;
-}
-
-int vhdx_w_flush(struct vhdx *s)
-{
-	if (!s->w)
-		return 0;
-	if (w_broken(s))
-		return -EIO;
-	return w_sync(s);
+	return r < 0 ? r : w_bound_dirty(s);
 }
 
 /* ---- create_diff ---- */
 
-struct kv {
-	const char *key;
-	char *val;	/* owned */
-};
-
 /* The parent locator item (2.6.2.6): header, entries, UTF-16LE strings. */
-static int locator_encode(const struct kv *kv, unsigned n, uint8_t *buf,
-			  size_t cap, size_t *len)
+int vhdx_locator_encode(const struct vhdx_kv *kv, unsigned n, uint8_t *buf,
+			size_t cap, size_t *len)
 {
 	struct vhdx_locator_hdr_raw *h = (void *)buf;	/* bytes only */
 	size_t pos = sizeof(*h) + n * sizeof(struct vhdx_locator_entry_raw);
 
 	guid_to_le(&vhdx_locator_type, h->locator_type);
+	memset(h->reserved, 0, sizeof(h->reserved));
 	put_le16(h->key_value_count, (uint16_t)n);
 	for (unsigned i = 0; i < n; i++) {
 		struct vhdx_locator_entry_raw *e = (void *)
@@ -656,7 +875,7 @@ static int locator_encode(const struct kv *kv, unsigned n, uint8_t *buf,
 	return 0;
 }
 
-static char *backslashes(const char *prefix, const char *p)
+char *vhdx_backslashes(const char *prefix, const char *p)
 {
 	char *s;
 
@@ -697,7 +916,7 @@ static int meta_encode(uint8_t *m, const struct img_create_parent *par,
 	struct vhdx_meta_hdr_raw *h = (void *)m;	/* bytes only */
 	struct guid id, page83;
 	char sid[GUID_STR_LEN + 1];
-	struct kv kv[3] = { { "parent_linkage", NULL },
+	struct vhdx_kv kv[3] = { { "parent_linkage", NULL },
 			    { "relative_path", NULL },
 			    { "absolute_win32_path", NULL } };
 	size_t loclen = 0;
@@ -714,9 +933,9 @@ static int meta_encode(uint8_t *m, const struct img_create_parent *par,
 				 * other (our reader and 7-Zip take both) */
 	if (asprintf(&kv[0].val, "{%s}", sid) < 0)
 		kv[0].val = NULL;
-	kv[1].val = backslashes(".\\", par->rel_path);
+	kv[1].val = vhdx_backslashes(".\\", par->rel_path);
 	if (par->abs_path)
-		kv[2].val = backslashes("", par->abs_path);
+		kv[2].val = vhdx_backslashes("", par->abs_path);
 	if (!kv[0].val || !kv[1].val || (par->abs_path && !kv[2].val)) {
 		r = -ENOMEM;
 		goto out;
@@ -744,7 +963,7 @@ static int meta_encode(uint8_t *m, const struct img_create_parent *par,
 		   VHDX_META_IS_VIRTUAL_DISK | VHDX_META_IS_REQUIRED);
 	put_le32(m + pos, pss);
 	pos += 4;
-	r = locator_encode(kv, nkv, m + pos, VHDX_META_ITEM_MAX - pos,
+	r = vhdx_locator_encode(kv, nkv, m + pos, VHDX_META_ITEM_MAX - pos,
 			   &loclen);
 	if (r == 0)
 		meta_entry(m, 5, &vhdx_meta_parent_locator, pos,
@@ -773,6 +992,29 @@ static void region_encode(uint8_t *t, uint64_t bat_off, uint64_t bat_len,
 	put_le32(e[1].flags, 1);
 	put_crc(t, VHDX_REGION_SIZE, offsetof(struct vhdx_region_hdr_raw,
 					      checksum));
+}
+
+/* The encoders above, for vhdx-create.c (base images); see vhdx.h. */
+int vhdx_random_guid(struct guid *g)
+{
+	return random_guid(g);
+}
+
+void vhdx_header_encode(const struct vhdx_header *h, uint8_t *buf)
+{
+	header_encode(h, buf);
+}
+
+void vhdx_region_encode(uint8_t *t, uint64_t bat_off, uint64_t bat_len,
+			uint64_t meta_off, uint64_t meta_len)
+{
+	region_encode(t, bat_off, bat_len, meta_off, meta_len);
+}
+
+void vhdx_meta_entry(uint8_t *t, unsigned i, const struct guid *g,
+		     uint32_t off, uint32_t len, uint32_t flags)
+{
+	meta_entry(t, i, g, off, len, flags);
 }
 
 /*

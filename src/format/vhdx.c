@@ -891,4 +891,7 @@ const struct img_driver vhdx_driver = {
 	.flush = vhdx_flush,
 	.zero = vhdx_zero,
 	.create_diff = vhdx_create_diff,
+	.check = vhdx_check,		/* vhdx-check.c */
+	.create = vhdx_create,		/* vhdx-create.c */
+	.set_parent = vhdx_set_parent,	/* vhdx-parent.c */
 };

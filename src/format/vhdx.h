@@ -320,6 +320,11 @@ int vhdx_locator_decode(const char *path, const uint8_t *buf, size_t len,
 			struct vhdx_locator *loc);
 void vhdx_locator_clear(struct vhdx_locator *loc);
 
+/* ---- vhdx-check.c: ->check, a structural check ---- */
+struct img;
+struct img_check;
+int vhdx_check(struct img *img, bool repair, struct img_check *res);
+
 /* ---- vhdx-bat.c ---- */
 
 /* Total BAT entries for the geometry in s->p (sets chunk_ratio etc.). */
@@ -350,6 +355,17 @@ void vhdx_overlay_apply(const struct vhdx_overlay *ov, uint8_t *buf,
 bool vhdx_overlay_touches(const struct vhdx_overlay *ov, uint64_t off,
 			  uint64_t len);
 void vhdx_overlay_free(struct vhdx_overlay *ov);
+/* For layerimg info: the log an open VHDX image's header names. */
+struct vhdx_log_info {
+	bool dirty;		/* the header names a log (LogGuid not zero) */
+	struct guid log_guid;
+	uint64_t log_offset;
+	uint32_t log_length;
+	unsigned entries;	/* log entries replayed in memory at open */
+};
+struct img;
+/* 0 and *out, or -EINVAL if img is not an open VHDX image. */
+int vhdx_log_info(const struct img *img, struct vhdx_log_info *out);
 /*
  * Read file bytes as they are after the replay: [off, off+n) must lie
  * below s->eff_size; bytes past the real end read as zeros.
@@ -370,5 +386,37 @@ struct img_create_parent;
 struct img_create_opts;
 int vhdx_create_diff(const char *path, const struct img_create_parent *parent,
 		     const struct img_create_opts *o);
+/*
+ * The encoders create_diff uses, for vhdx-create.c: a random (v4) GUID
+ * (0 or -errno, logged); a 4 KiB header with its CRC; a 64 KiB region
+ * table naming the BAT and metadata regions, with its CRC; metadata table
+ * entry i (t is the 64 KiB table, flags VHDX_META_IS_*).
+ */
+int vhdx_random_guid(struct guid *g);
+void vhdx_header_encode(const struct vhdx_header *h, uint8_t *buf);
+void vhdx_region_encode(uint8_t *t, uint64_t bat_off, uint64_t bat_len,
+			uint64_t meta_off, uint64_t meta_len);
+void vhdx_meta_entry(uint8_t *t, unsigned i, const struct guid *g,
+		     uint32_t off, uint32_t len, uint32_t flags);
+
+/* vhdx-create.c: the driver's ->create (fixed or dynamic base image) */
+int vhdx_create(const char *path, const struct img_create_opts *o);
+
+/*
+ * vhdx-write.c, shared with vhdx-parent.c: a parent locator item
+ * (2.6.2.6: header, n key/value entries, UTF-16LE strings) into buf (cap
+ * bytes), *len its length (0, -EINVAL or -ENAMETOOLONG); a malloc'd
+ * copy of prefix + p with '/' turned into '\'.
+ */
+struct vhdx_kv {
+	const char *key;
+	char *val;	/* owned */
+};
+int vhdx_locator_encode(const struct vhdx_kv *kv, unsigned n, uint8_t *buf,
+			size_t cap, size_t *len);
+char *vhdx_backslashes(const char *prefix, const char *p);
+/* vhdx-parent.c: the driver's ->set_parent */
+struct img;
+int vhdx_set_parent(struct img *img, const struct img_create_parent *parent);
 
 #endif

@@ -23,6 +23,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1846,6 +1847,33 @@ ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off)
 	return syscall(SYS_pwrite64, fd, buf, n, off);
 }
 
+/* pwritev: recorded (or failed) as one call, each buffer one write */
+ssize_t pwritev64(int fd, const struct iovec *iov, int n, off64_t off)
+{
+	bool rec = fd >= 0 && fd == __atomic_load_n(&pf.fd, __ATOMIC_ACQUIRE);
+	ssize_t total = 0;
+
+	if (rec && pf_fail_now()) {
+		errno = EIO;
+		return -1;
+	}
+	for (int i = 0; i < n; i++) {
+		ssize_t k;
+
+		if (rec && pf.fail_at < 0 && iov[i].iov_len)
+			pf_add(iov[i].iov_base, iov[i].iov_len,
+			       (uint64_t)(off + total));
+		k = syscall(SYS_pwrite64, fd, iov[i].iov_base, iov[i].iov_len,
+			    off + total);
+		if (k < 0)
+			return total ? total : -1;
+		total += k;
+		if ((size_t)k < iov[i].iov_len)
+			break;
+	}
+	return total;
+}
+
 int fdatasync(int fd)
 {
 	if (fd >= 0 && fd == __atomic_load_n(&pf.fd, __ATOMIC_ACQUIRE)) {
@@ -2379,6 +2407,9 @@ START_TEST(write_uncopied_cluster)
 				   fx_tmpdir()), 2);	/* qemu minds */
 	wt_open(&w, "u.qcow2", lower);
 	wt_write(&w, 4096 + 1024, 512);
+	/* the new entry is in memory until the flush writes it */
+	ck_assert_uint_eq(peek_be64(p, l2 + 8), e & ~QCOW2_L2E_COPIED);
+	ck_assert_int_eq(w.top->drv->flush(w.top), 0);
 	ck_assert_uint_ne(peek_be64(p, l2 + 8) & QCOW2_L2E_OFFSET_MASK,
 			  e & QCOW2_L2E_OFFSET_MASK);
 	ck_assert(peek_be64(p, l2 + 8) & QCOW2_L2E_COPIED);
@@ -2828,7 +2859,8 @@ static void wt_check_crashed(struct wt *w, const char *name, uint32_t run_seed,
 
 /* The tops a crash test starts from (copies of top.qcow2). */
 static const struct {
-	const char *how;	/* NULL: create_diff, 4 KiB clusters */
+	const char *how;	/* NULL: create_diff, cs-byte clusters
+				 * (extended L2 is the 32 KiB case's) */
 	uint32_t cs;
 } crashes[] = {
 	{ NULL, 4096 },
@@ -2849,6 +2881,7 @@ static void make_crash_top(unsigned k)
 
 		ck_assert_int_eq(img_open(bp, NULL, false, &base), 0);
 		par.img = base;
+		unlink(tp);		/* an earlier case's */
 		ck_assert_int_eq(qcow2_driver.create_diff(tp, &par, &o), 0);
 		img_unref(base);
 		free(bp);
@@ -3299,27 +3332,147 @@ START_TEST(write_crash_powerfail)
 }
 END_TEST
 
+/* pf events from `from` on: writes (and their bytes) and barriers */
+static void pf_count(size_t from, unsigned *writes, uint64_t *bytes,
+		     unsigned *barriers)
+{
+	*writes = *barriers = 0;
+	*bytes = 0;
+	for (size_t i = from; i < pf.n; i++) {
+		if (!pf.ev[i].data) {
+			(*barriers)++;
+			continue;
+		}
+		(*writes)++;
+		*bytes += pf.ev[i].len;
+	}
+}
+
+/*
+ * Write-back of metadata: allocating writes write their data and nothing
+ * else, without a barrier (qemu reading the file sees none of it yet);
+ * the flush writes the metadata behind two barriers; a flush with nothing
+ * to write is one barrier; neighbouring fresh clusters of a request are
+ * one write; a 4 KiB write into a fresh cluster of a new (extended L2)
+ * layer reads nothing below and writes 4 KiB; and too many dirty tables
+ * make a write flush on its own.
+ */
+START_TEST(write_writeback)
+{
+	const char *lower[] = { "base.qcow2", NULL };
+	struct img_create_parent par = { NULL, "base.qcow2", NULL, "qcow2" };
+	struct img_create_opts o = { .block_size = 65536 };
+	unsigned writes, barriers;
+	uint64_t bytes;
+	struct img *base;
+	struct qcow2 *q;
+	char *tpath;
+	size_t n0;
+	struct wt w;
+	int r;
+
+	if (!have_qemu())
+		return;
+	make_write_bases();
+	par.abs_path = fx_path("base.qcow2");
+	ck_assert_int_eq(img_open(par.abs_path, NULL, false, &base), 0);
+	par.img = base;
+	tpath = fx_path("top.qcow2");
+	ck_assert_int_eq(qcow2_driver.create_diff(tpath, &par, &o), 0);
+	free(tpath);
+	img_unref(base);
+	qemu_info_has("top.qcow2", "extended l2: true");
+	wt_open(&w, "top.qcow2", lower);
+	q = w.top->priv;
+	ck_assert(q->extl2);
+	__atomic_store_n(&pf.fd, w.top->fd, __ATOMIC_RELEASE);
+
+	n0 = pf.n;
+	wt_write(&w, 1 << 20, 1 << 20);		/* 16 fresh clusters */
+	pf_count(n0, &writes, &bytes, &barriers);
+	ck_assert_uint_eq(barriers, 0);
+	ck_assert_uint_eq(writes, 1);
+	ck_assert_uint_eq(bytes, 1 << 20);
+	n0 = pf.n;
+	wt_write(&w, (3 << 20) + 8192, 4096);	/* two whole subclusters */
+	pf_count(n0, &writes, &bytes, &barriers);
+	ck_assert_uint_eq(barriers, 0);
+	ck_assert_uint_eq(writes, 1);
+	ck_assert_uint_eq(bytes, 4096);
+	n0 = pf.n;
+	wt_write(&w, (3 << 20) + 40960 + 512, 1024);	/* inside one */
+	pf_count(n0, &writes, &bytes, &barriers);
+	ck_assert_uint_eq(barriers, 0);
+	ck_assert_uint_eq(bytes, 2048);		/* the subcluster, whole */
+	ck_assert_uint_gt(q->w->ndl2, 0);
+	/* nothing of it is metadata on disk yet: qemu sees the base */
+	r = fx_system("cd '%s' && qemu-img compare -U -q top.qcow2 base.qcow2",
+		      fx_tmpdir());
+	ck_assert_int_eq(r, 0);
+
+	n0 = pf.n;
+	ck_assert_int_eq(w.top->drv->flush(w.top), 0);
+	pf_count(n0, &writes, &bytes, &barriers);
+	ck_assert_uint_eq(barriers, 2);	/* no new refcount block */
+	ck_assert_uint_ge(writes, 3);	/* L2 table, refcounts, L1 */
+	ck_assert_uint_eq(q->w->ndl2, 0);
+	n0 = pf.n;
+	ck_assert_int_eq(w.top->drv->flush(w.top), 0);
+	pf_count(n0, &writes, &bytes, &barriers);
+	ck_assert_uint_eq(barriers, 1);
+	ck_assert_uint_eq(writes, 0);
+	__atomic_store_n(&pf.fd, -1, __ATOMIC_RELEASE);
+	pf_reset();
+	wt_verify(&w);
+	wt_close(&w);
+
+	/* 512-byte clusters: an L2 table maps 32 KiB; one write into each
+	 * of 100 tables passes the bound of 64 dirty tables */
+	run("qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 small.qcow2");
+	wt_open(&w, "small.qcow2", lower);
+	q = w.top->priv;
+	__atomic_store_n(&pf.fd, w.top->fd, __ATOMIC_RELEASE);
+	n0 = pf.n;
+	for (unsigned k = 0; k < 100; k++) {
+		wt_write(&w, (uint64_t)k * 32768 + 512, 512);
+		ck_assert_uint_lt(q->w->ndl2, 64);
+	}
+	pf_count(n0, &writes, &bytes, &barriers);
+	ck_assert_uint_ge(barriers, 2);		/* flushed on its own */
+	__atomic_store_n(&pf.fd, -1, __ATOMIC_RELEASE);
+	pf_reset();
+	wt_verify(&w);
+	wt_close(&w);
+	free((char *)par.abs_path);
+}
+END_TEST
+
 /*
  * An I/O error at each write or sync of the steps below: the request
- * fails, the file (as the page cache holds it) has no corruption, every
- * sector reads as before or as written, and after a half-done metadata
- * update writes stay refused.
+ * fails, the file (as the page cache holds it) has no corruption, and
+ * after a flush every sector reads as written (or, in the failed request,
+ * as before).  When the failure hit the flush itself (metadata half
+ * written), every sector reads as before or as written, and writes stay
+ * refused.
  */
 static const struct {
 	uint64_t off, len;
-	int fill;			/* -1: zero() */
+	int fill;			/* -1: zero(), -2: flush() */
 } ioe_ops[] = {
 	{ (2 << 20) + 512, 8192, 0x5a },	/* COW of a compressed cluster */
 	{ 2 << 20, 64 << 10, -1 },		/* releases compressed ones */
 	{ 7 << 20, 1024, 0x5b },		/* a new L2 table */
 	{ (1 << 20) + 4096, 512, 0x5c },	/* in place */
+	{ 0, 0, -2 },				/* metadata written back */
+	{ (2 << 20) + 512, 4096, 0x5d },	/* COW after the release */
+	{ 0, 0, -2 },
 };
 
 START_TEST(write_io_error)
 {
 	const char *lower[] = { "base.qcow2", NULL };
 	bool passed = false;
-	uint8_t *model0;
+	uint8_t *model0, *mflush;
 	struct wt w;
 	long k;
 
@@ -3336,17 +3489,21 @@ START_TEST(write_io_error)
 	model0 = malloc(w.size);
 	ck_assert_ptr_nonnull(model0);
 	memcpy(model0, w.model, w.size);
+	mflush = malloc(w.size);	/* the model at the last flush */
+	ck_assert_ptr_nonnull(mflush);
 	cap_start();
 	for (k = 0; !passed; k++) {
 		struct stack s = { .n = 2 };
 		uint8_t buf[64 << 10], *got;
 		unsigned failed = ARRAY_SIZE(ioe_ops);
+		bool flushed;
 		struct img *ro;
 		int r = 0;
 
 		ck_assert_int_lt(k, 64);
 		run("cp top0.qcow2 top.qcow2");
 		memcpy(w.model, model0, w.size);
+		memcpy(mflush, model0, w.size);
 		ck_assert_int_eq(img_open(w.path, NULL, true, &w.top), 0);
 		pthread_mutex_lock(&pf.lock);
 		pf.calls = 0;
@@ -3356,7 +3513,9 @@ START_TEST(write_io_error)
 		for (unsigned i = 0; i < ARRAY_SIZE(ioe_ops); i++) {
 			memset(buf, ioe_ops[i].fill < 0 ? 0 : ioe_ops[i].fill,
 			       ioe_ops[i].len);
-			if (ioe_ops[i].fill < 0)
+			if (ioe_ops[i].fill == -2)
+				r = w.top->drv->flush(w.top);
+			else if (ioe_ops[i].fill < 0)
 				r = w.top->drv->zero(w.top, ioe_ops[i].off,
 						     ioe_ops[i].len, &w.below);
 			else
@@ -3368,6 +3527,8 @@ START_TEST(write_io_error)
 				break;
 			}
 			memcpy(w.model + ioe_ops[i].off, buf, ioe_ops[i].len);
+			if (ioe_ops[i].fill == -2)
+				memcpy(mflush, w.model, w.size);
 		}
 		__atomic_store_n(&pf.fd, -1, __ATOMIC_RELEASE);
 		pf.fail_at = -1;
@@ -3377,6 +3538,8 @@ START_TEST(write_io_error)
 			break;
 		}
 		ck_assert_int_eq(r, -EIO);
+		/* what the flush can still write (nothing once broken) */
+		flushed = w.top->drv->flush(w.top) == 0;
 		/* leaks at most: qemu checks every fourth case, all in memory */
 		if (k % 4 == 0)
 			qemu_check("top.qcow2", true);
@@ -3400,6 +3563,8 @@ START_TEST(write_io_error)
 			uint64_t at = sec * 512;
 			bool ok = !memcmp(got + at, w.model + at, 512);
 
+			if (!ok && !flushed)	/* lost with the metadata */
+				ok = !memcmp(got + at, mflush + at, 512);
 			if (!ok && at >= ioe_ops[failed].off &&
 			    at < ioe_ops[failed].off + ioe_ops[failed].len)
 				ok = !memcmp(got + at, buf, 512);
@@ -3414,6 +3579,7 @@ START_TEST(write_io_error)
 	}
 	ck_assert_int_gt(k, 8);		/* there were many calls to fail */
 	wt_close(&w);
+	free(mflush);
 	free(model0);
 }
 END_TEST
@@ -3547,6 +3713,7 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, write_zero_v2);
 	tcase_add_test(tc, write_through_chain);
 	tcase_add_test(tc, write_io_error);
+	tcase_add_test(tc, write_writeback);
 	tcase_add_loop_test(tc, write_threads, 0, (int)ARRAY_SIZE(wthreads));
 	tcase_add_test(tc, write_crash_kill);
 	tcase_add_loop_test(tc, write_crash_powerfail, 0,

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "chain.h"
@@ -34,6 +35,7 @@
 #define MiB (1024ull * 1024)
 #define KiB 1024ull
 #define MKVHDX SOURCE_DIR "/tests/tools/mkvhdx.py"
+#define VHDXCHECK SOURCE_DIR "/tests/tools/vhdxcheck.py"
 
 /* ---- helpers ---- */
 
@@ -2113,6 +2115,24 @@ struct cc {
 
 #define CC_RUN 3	/* sectors per run; run r belongs to thread r % 4 */
 
+static int cc_writing;	/* writers still running (atomic) */
+
+/* Flushes in a loop while the writers run: a write completing during a
+ * flush is neither lost nor written half (the reopened file must match). */
+static void *cc_flusher(void *arg)
+{
+	struct cc *c = arg;
+	unsigned n = 0;
+
+	while (__atomic_load_n(&cc_writing, __ATOMIC_ACQUIRE) && !c->err) {
+		c->err = c->img->drv->flush(c->img);
+		n++;
+	}
+	if (!c->err && !n)
+		c->err = -EAGAIN;	/* no flush ran: the test proves nothing */
+	return NULL;
+}
+
 static void *cc_writer(void *arg)
 {
 	struct cc *c = arg;
@@ -2128,6 +2148,7 @@ static void *cc_writer(void *arg)
 					    CC_RUN * 512, r * CC_RUN * 512,
 					    NULL);
 	}
+	__atomic_fetch_sub(&cc_writing, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -2164,8 +2185,8 @@ START_TEST(concurrent_writes)
 	uint64_t size = 24 * MiB;
 	uint8_t *want, *pflat, *got;
 	size_t len;
-	pthread_t th[6];
-	struct cc c[6];
+	pthread_t th[7];
+	struct cc c[7];
 
 	setup();
 	ck_assert_int_ge(asprintf(&dir, "%s/cc", fx_tmpdir()), 0);
@@ -2187,13 +2208,15 @@ START_TEST(concurrent_writes)
 	memcpy(want + size / 512 / CC_RUN * CC_RUN * 512,
 	       pflat + size / 512 / CC_RUN * CC_RUN * 512,
 	       size % (CC_RUN * 512));
-	for (unsigned t = 0; t < 6; t++) {
+	cc_writing = 4;
+	for (unsigned t = 0; t < 7; t++) {
 		c[t] = (struct cc){ img, par, t, want, pflat, size, 0 };
 		ck_assert_int_eq(pthread_create(&th[t], NULL,
-						t < 4 ? cc_writer : cc_reader,
+						t < 4 ? cc_writer :
+						t < 6 ? cc_reader : cc_flusher,
 						&c[t]), 0);
 	}
-	for (unsigned t = 0; t < 6; t++) {
+	for (unsigned t = 0; t < 7; t++) {
 		pthread_join(th[t], NULL);
 		ck_assert_msg(c[t].err == 0, "thread %u: %d", t, c[t].err);
 	}
@@ -2227,6 +2250,155 @@ START_TEST(concurrent_writes)
 	free(got);
 	free(want);
 	free(pflat);
+	free(child);
+	free(ppath);
+	free(flat);
+	free(dir);
+}
+END_TEST
+
+/*
+ * Metadata is written back at flush, not at write: a writer killed
+ * (_exit: the page cache keeps what it wrote) after a flush and more
+ * writes leaves a file that vhdxcheck.py accepts, where everything
+ * flushed reads back and every sector written since reads old or new;
+ * the blocks those writes allocated, the bits they set and the block they
+ * zeroed are not in the file's metadata yet (they read old), and the
+ * file takes writes again.  Another open sees new blocks only after the
+ * writer's flush; close writes dirty metadata back.
+ */
+START_TEST(metadata_written_at_flush)
+{
+	char *dir, *ppath, *flat, *child;
+	const struct img_driver *vd = img_driver_find("vhdx");
+	struct img *par, *img, *ro, *l[2];
+	struct img_create_parent cp;
+	struct img_create_opts co = { .block_size = MiB };
+	const uint64_t size = 24 * MiB;
+	uint8_t *old, *new, *got, *buf = malloc(3 * MiB);
+	size_t len;
+	int status;
+	pid_t pid;
+	/* round 1 (flushed): a partial block, two whole blocks */
+	static const struct { uint64_t off, len; } r1[] = {
+		{ 5 * 512, 7 * 512 }, { 4 * MiB, 2 * MiB },
+	};
+	/* round 2 (killed): into the full block, new bits in the partial
+	 * one, a new block, across into another */
+	static const struct { uint64_t off, len; bool lands; } r2[] = {
+		{ 4 * MiB + 512, 4096, true },		/* FULLY_PRESENT */
+		{ 64 * 512, 9 * 512, false },		/* bits not written */
+		{ 10 * MiB + 4096, 8192, false },	/* no BAT entry */
+		{ 12 * MiB - 4096, 8192, false },
+	};
+
+	setup();
+	ck_assert_int_ge(asprintf(&dir, "%s/kf", fx_tmpdir()), 0);
+	ck_assert(mk_parent(dir, 0, size, &ppath, &flat));
+	par = open_ok(ppath);
+	ck_assert_int_ge(asprintf(&child, "%s/child.vhdx", dir), 0);
+	cp = (struct img_create_parent){ par, "d0.vhdx", NULL, "vhdx" };
+	ck_assert_int_eq(vd->create_diff(child, &cp, &co), 0);
+	old = fx_read_file(flat, &len);
+	ck_assert_uint_eq(len, size);
+	got = malloc(size);
+	l[1] = par;
+
+	ck_assert_int_eq(img_open(child, NULL, true, &img), 0);
+	for (unsigned i = 0; i < ARRAY_SIZE(r1); i++) {
+		fx_fill_random(buf, r1[i].len, 50 + i);
+		ck_assert_int_eq(img->drv->write(img, buf, r1[i].len,
+						 r1[i].off, NULL), 0);
+		memcpy(old + r1[i].off, buf, r1[i].len);
+	}
+	/* not flushed: another open sees none of it, the writer all */
+	ro = open_ok(child);
+	l[0] = ro;
+	read_layers(l, 2, got, 0, size);
+	ck_assert_mem_ne(got + 4 * MiB, old + 4 * MiB, 4096);
+	img_unref(ro);
+	l[0] = img;
+	read_layers(l, 2, got, 0, size);
+	ck_assert_mem_eq(got, old, size);
+	ck_assert_int_eq(img->drv->flush(img), 0);
+	ro = open_ok(child);
+	l[0] = ro;
+	read_layers(l, 2, got, 0, size);
+	ck_assert_mem_eq(got, old, size);
+	img_unref(ro);
+	img_unref(img);
+
+	new = malloc(size);
+	memcpy(new, old, size);
+	for (unsigned i = 0; i < ARRAY_SIZE(r2); i++) {
+		fx_fill_random(buf, r2[i].len, 70 + i);
+		memcpy(new + r2[i].off, buf, r2[i].len);
+	}
+	fflush(NULL);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (img_open(child, NULL, true, &img) < 0)
+			_exit(1);
+		for (unsigned i = 0; i < ARRAY_SIZE(r2); i++)
+			if (img->drv->write(img, new + r2[i].off, r2[i].len,
+					    r2[i].off, NULL) < 0)
+				_exit(1);
+		if (img->drv->zero(img, 4 * MiB, MiB, NULL) < 0) /* ZERO */
+			_exit(1);
+		_exit(42);	/* killed: no flush, no close */
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), 42);
+	ck_assert_int_eq(fx_system("python3 '%s' -q '%s' >&2", VHDXCHECK,
+				   child), 0);
+	ro = open_ok(child);
+	l[0] = ro;
+	read_layers(l, 2, got, 0, size);
+	img_unref(ro);
+	for (unsigned i = 0; i < ARRAY_SIZE(r2); i++) {
+		const uint8_t *w = r2[i].lands ? new : old;
+
+		ck_assert_mem_eq(got + r2[i].off, w + r2[i].off, r2[i].len);
+		memcpy(got + r2[i].off, old + r2[i].off, r2[i].len);
+	}
+	ck_assert_mem_eq(got, old, size);	/* the rest: as flushed */
+	if (have("7zz")) {
+		char *wf;
+
+		ck_assert_int_ge(asprintf(&wf, "%s/got.raw", dir), 0);
+		ro = open_ok(child);
+		l[0] = ro;
+		read_layers(l, 2, got, 0, size);
+		img_unref(ro);
+		fx_pwrite(wf, got, size, 0);
+		ck_assert_int_eq(fx_system("cd '%s' && 7zz e -so -tvhdx "
+					   "child.vhdx 2>/dev/null | cmp - "
+					   "'%s'", dir, wf), 0);
+		free(wf);
+	}
+
+	/* writable again; the same writes, closed without a flush */
+	ck_assert_int_eq(img_open(child, NULL, true, &img), 0);
+	for (unsigned i = 0; i < ARRAY_SIZE(r2); i++)
+		ck_assert_int_eq(img->drv->write(img, new + r2[i].off,
+						 r2[i].len, r2[i].off, NULL),
+				 0);
+	img_unref(img);
+	ck_assert_int_eq(fx_system("python3 '%s' -q '%s' >&2", VHDXCHECK,
+				   child), 0);
+	ro = open_ok(child);
+	l[0] = ro;
+	read_layers(l, 2, got, 0, size);
+	ck_assert_mem_eq(got, new, size);
+	img_unref(ro);
+	ck_assert_uint_eq(nerrors, 0);
+	img_unref(par);
+	free(buf);
+	free(got);
+	free(old);
+	free(new);
 	free(child);
 	free(ppath);
 	free(flat);
@@ -2273,6 +2445,7 @@ Suite *unit_suite(void)
 	tcase_add_loop_test(img, diff_create_and_write, 0, ARRAY_SIZE(wcases));
 	tcase_add_test(img, dirty_log_not_writable);
 	tcase_add_test(img, concurrent_writes);
+	tcase_add_test(img, metadata_written_at_flush);
 	suite_add_tcase(s, img);
 
 	tcase_add_unchecked_fixture(dmg, dmg_setup, dmg_teardown);

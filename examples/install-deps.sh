@@ -10,7 +10,7 @@ packages=(
 	libfdisk-dev uuid-dev check
 	# oracles and tools the tests use
 	qemu-utils android-sdk-libsparse-utils 7zip python3 xz-utils bzip2
-	gzip util-linux fdisk e2fsprogs genisoimage mandoc dosfstools mtools ntfs-3g libvhdi-utils
+	gzip util-linux mount fdisk e2fsprogs genisoimage mandoc dosfstools mtools ntfs-3g libvhdi-utils
 	# benchmarks
 	fio qemu-system-common
 )

@@ -31,6 +31,13 @@ struct part {
 	bool container;		/* MBR extended partition (holds logicals) */
 };
 
+/*
+ * What part_scan reads of each partition to find its file system: the
+ * first MiB and the last 64 KiB.  A write there can change a label.
+ */
+#define PART_FS_HEAD ((uint64_t)1 << 20)
+#define PART_FS_TAIL ((uint64_t)64 << 10)
+
 struct part_range {
 	uint64_t off, len;
 };
@@ -57,5 +64,9 @@ int part_scan(struct chain *c, struct part_table **out);
 void part_table_free(struct part_table *t);
 /* true if [off, off + len) overlaps a watched range of t */
 bool part_table_touches(const struct part_table *t, uint64_t off, uint64_t len);
+/* true if [off, off + len) overlaps what part_scan probes of a partition
+ * for its file system type and label (PART_FS_HEAD, PART_FS_TAIL) */
+bool part_table_touches_fs(const struct part_table *t, uint64_t off,
+			   uint64_t len);
 
 #endif

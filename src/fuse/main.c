@@ -35,7 +35,7 @@ struct cli_opts {
 	int strict_layers, allow_outside, ignore_parent_id;
 	unsigned max_depth;
 	unsigned max_threads, max_idle_threads;
-	int rw, has_fsname, has_subtype;
+	int rw, has_fsname, has_subtype, has_default_permissions;
 	char *newlayer;		/* owned: CHAIN[:FILE] */
 	char *newformat;	/* owned: vhd, vhdx, qcow2 */
 	int bad_arg;		/* a third non-option argument was given */
@@ -51,6 +51,7 @@ enum {
 	KEY_RW,
 	KEY_FSNAME,
 	KEY_SUBTYPE,
+	KEY_DEFAULT_PERMISSIONS,
 };
 
 #define CLI_OPT(t, field, v) { t, offsetof(struct cli_opts, field), v }
@@ -69,6 +70,7 @@ static const struct fuse_opt cli_spec[] = {
 	FUSE_OPT_KEY("rw", KEY_RW),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
 	FUSE_OPT_KEY("subtype=", KEY_SUBTYPE),
+	FUSE_OPT_KEY("default_permissions", KEY_DEFAULT_PERMISSIONS),
 	FUSE_OPT_KEY("debug", KEY_DEBUG),
 	FUSE_OPT_KEY("-d", KEY_DEBUG),
 	FUSE_OPT_KEY("-f", KEY_FOREGROUND),
@@ -85,7 +87,8 @@ static void usage(const char *prog)
 	printf("usage: %s [options] IMAGEDIR MOUNTPOINT\n"
 	       "\n"
 	       "Mount every disk image chain found in IMAGEDIR as\n"
-	       "MOUNTPOINT/NAME/disk (read-only).\n"
+	       "MOUNTPOINT/NAME/disk (read-only), with its partitions as\n"
+	       "MOUNTPOINT/NAME/p1, p2, ... and a description in NAME/info.\n"
 	       "\n"
 	       "General options:\n"
 	       "    -h, --help             print this help and exit\n"
@@ -168,6 +171,9 @@ static int cli_proc(void *data, const char *arg, int key,
 	case KEY_SUBTYPE:
 		o->has_subtype = 1;
 		return 1;
+	case KEY_DEFAULT_PERMISSIONS:
+		o->has_default_permissions = 1;
+		return 1;
 	}
 	return 1;		/* anything else is libfuse's to judge */
 }
@@ -217,13 +223,22 @@ static void fuse_log_to_log(enum fuse_log_level level, const char *fmt,
 	}
 }
 
-/* Mount options of our own making: ro always, fsname and subtype. */
+/*
+ * Mount options of our own making: ro unless rw, fsname and subtype, and
+ * default_permissions always: the daemon checks no permissions itself, so
+ * the kernel must check the files' modes (0644/0444, owner: the mounting
+ * user).  Without it, allow_other would let any user write a writable
+ * chain's disk.
+ */
 static int add_mount_opts(struct fuse_args *args, const struct cli_opts *o)
 {
 	char *opts = NULL, *fsname = NULL;
 	int r = -1;
 
 	if (!o->rw && fuse_opt_add_opt(&opts, "ro") < 0)
+		goto out;
+	if (!o->has_default_permissions &&
+	    fuse_opt_add_opt(&opts, "default_permissions") < 0)
 		goto out;
 	if (!o->has_subtype && fuse_opt_add_opt(&opts, "subtype=layerfs") < 0)
 		goto out;
@@ -382,7 +397,11 @@ int main(int argc, char *argv[])
 		goto out_signals;
 	if (fuse_daemonize(o.foreground) != 0)
 		goto out_unmount;
+	/* threads after the fork: partition rescans of writable chains */
+	if (fs_start(fs, se) < 0)
+		goto out_unmount;
 	r = serve(se, &o);
+	fs_stop(fs);
 	/* > 0: the signal that ended the loop, a clean exit */
 	if (r < 0)
 		log_err("%s: session ended: %s", o.mountpoint, strerror(-r));

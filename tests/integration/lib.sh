@@ -12,6 +12,7 @@
 #                            the background; waits until MNT is mounted;
 #                            stderr to $MNT.err (and $T/layerfs.err)
 #   layerfs_umount MNT       fusermount3 -u; the daemon must exit with 0
+#   daemon_pid MNT           pid of the layerfs serving MNT (not our child)
 #   sha_of FILE              sha256 (hex) of FILE's content
 #   sparse_sha_of FILE       the same, reading only what SEEK_DATA reports
 #   expect_sha FILE SHA [WHAT] / expect_same A B [WHAT]
@@ -181,6 +182,26 @@ layerfs_umount() {
 # Processes started by a test that the trap must reap
 track_pid() { _extra_pids+=("$1"); }
 track_mount() { _extra_mounts+=("$1"); }
+
+# daemon_pid MNT: the pid of the layerfs daemon serving MNT when it is not
+# a child of ours (mount(8) or a daemonized layerfs started it), found by
+# its executable and command line in /proc
+daemon_pid() {
+	python3 - "$1" "$(readlink -f "$LAYERFS")" <<'EOF'
+import os, sys
+mnt, exe = sys.argv[1], sys.argv[2]
+for p in os.listdir("/proc"):
+    if not p.isdigit():
+        continue
+    try:
+        args = open("/proc/%s/cmdline" % p, "rb").read().split(b"\0")
+        me = os.readlink("/proc/%s/exe" % p)
+    except OSError:
+        continue
+    if me == exe and mnt.encode() in args:
+        print(p)
+EOF
+}
 
 # Hashing: python's hashlib is several times faster than sha256sum here.
 sha_of() {

@@ -84,25 +84,6 @@ unset "_mount_pid[$T/m-term]"
 grep -qs " $T/m-term " /proc/self/mounts && fail "SIGTERM: still mounted"
 ok "SIGTERM: unmounted, daemon exited 0"
 
-# The pid of the layerfs daemon serving MNT (one we did not start as a
-# child), from /proc/*/cmdline
-daemon_pid() {
-	python3 - "$1" "$(readlink -f "$LAYERFS")" <<'EOF'
-import os, sys
-mnt, exe = sys.argv[1], sys.argv[2]
-for p in os.listdir("/proc"):
-    if not p.isdigit():
-        continue
-    try:
-        args = open("/proc/%s/cmdline" % p, "rb").read().split(b"\0")
-        me = os.readlink("/proc/%s/exe" % p)
-    except OSError:
-        continue
-    if me == exe and mnt.encode() in args:
-        print(p)
-EOF
-}
-
 wait_gone() {
 	local pid=$1 i
 	for i in $(seq 100); do

@@ -40,7 +40,8 @@ expect_dirs "$m" alpha one dup.img dup.raw cd
 for pair in alpha:alpha.img one:one.raw dup.img:dup.img dup.raw:dup.raw \
 	cd:cd.iso; do
 	d=${pair%%:*} f=${pair#*:}
-	[ "$(ls -1A "$m/$d")" = disk ] || fail "$d/ holds $(ls -1A "$m/$d")"
+	[ "$(ls -1A "$m/$d" | tr '\n' ' ')" = "disk info " ] ||
+		fail "$d/ holds $(ls -1A "$m/$d" | tr '\n' ' ')"
 	expect_same "$m/$d/disk" "$img/$f" "$d/disk equals $f"
 	expect_sha "$m/$d/disk" "$(sha_of "$img/$f")" "$d/disk"
 done

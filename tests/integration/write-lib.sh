@@ -15,6 +15,8 @@
 #            (the top file, which may not exist yet), FAM_BASES (array of
 #            the files that must never change) and FAM_FIRST (the options
 #            of the first mount)
+#   family_from_raw FAM DIR RAW   the same, but the base is made from RAW
+#            (a raw file the caller prepared)
 #   snapshot_files FILE... / check_files   the base files stay unchanged
 #   forget_files             start a new list
 #   flat_of FAM TOP OUT      the chain of TOP flattened by an independent
@@ -51,30 +53,37 @@ make_family() {
 	local fam=$1 dir=$2 mib=${3:-32}
 	mkdir -p "$dir"
 	make_base_raw "$dir.base-raw" "$mib"
+	family_from_raw "$fam" "$dir" "$dir.base-raw"
+}
+
+# family_from_raw FAM DIR RAW: make_family's images, with RAW as the base
+family_from_raw() {
+	local fam=$1 dir=$2 raw=$3
+	mkdir -p "$dir"
 	case $fam in
 	vhd)
 		qemu-img convert -q -f raw -O vpc \
 			-o subformat=dynamic,force_size=on \
-			"$dir.base-raw" "$dir/win-L301.vhd" ||
+			"$raw" "$dir/win-L301.vhd" ||
 			fail "qemu-img convert -O vpc"
 		FAM_CHAIN=win-L302 FAM_TOP=$dir/win-L302.vhd
 		FAM_BASES=("$dir/win-L301.vhd")
 		FAM_FIRST=(-o newlayer=win-L301) ;;
 	vhdx)
-		qemu-img convert -q -f raw -O vhdx "$dir.base-raw" \
+		qemu-img convert -q -f raw -O vhdx "$raw" \
 			"$dir/srv-L1.vhdx" || fail "qemu-img convert -O vhdx"
 		FAM_CHAIN=srv-L2 FAM_TOP=$dir/srv-L2.vhdx
 		FAM_BASES=("$dir/srv-L1.vhdx")
 		FAM_FIRST=(-o newlayer=srv-L1) ;;
 	qcow2raw)
-		cp "$dir.base-raw" "$dir/base.raw"
+		cp "$raw" "$dir/base.raw"
 		(cd "$dir" && qemu-img create -q -f qcow2 -b base.raw -F raw \
 			top.qcow2) || fail "qemu-img create top.qcow2"
 		FAM_CHAIN=top FAM_TOP=$dir/top.qcow2
 		FAM_BASES=("$dir/base.raw")
 		FAM_FIRST=(-o rw) ;;
 	qcow2)
-		qemu-img convert -q -f raw -O qcow2 "$dir.base-raw" \
+		qemu-img convert -q -f raw -O qcow2 "$raw" \
 			"$dir/vm-L1.qcow2" || fail "qemu-img convert -O qcow2"
 		FAM_CHAIN=vm-L2 FAM_TOP=$dir/vm-L2.qcow2
 		FAM_BASES=("$dir/vm-L1.qcow2")

@@ -20,6 +20,12 @@ trap cleanup EXIT
 examples/make-example.sh "$ex/images"
 mkdir -p "$mnt" "$ex/p1"
 
+echo; echo "== layerimg create --layout: a GPT disk from a Windows OEM device layout"
+build/src/cli/layerimg create --layout examples/DeviceLayoutOEM.xml -f vhdx \
+	"$ex/images/oem-L0.vhdx"
+echo; echo "== layerimg info of the win11 chain"
+build/src/cli/layerimg info "$ex/images" win11-L2
+
 echo; echo "== layerfs $ex/images $mnt"
 build/src/layerfs "$ex/images" "$mnt"
 
@@ -32,10 +38,12 @@ disk=$mnt/win11-L2/disk
 echo; echo "== partitions of win11-L2 (L2.qcow2 -> L1.vhd -> L0.vhd)"
 sfdisk -l "$disk"
 
+echo; echo "== partitions as files, and the chain's info file"
+ls -l "$mnt/win11-L2" "$mnt/oem-L0" "$mnt/oem-L0/by-name"
+cat "$mnt/win11-L2/info"
+
 echo; echo "== p1 of win11-L2, loop-mounted read-only"
-start=$(sfdisk -J "$disk" | python3 -c 'import json,sys; p=json.load(sys.stdin)["partitiontable"]["partitions"][0]; print(p["start"], p["size"])')
-set -- $start
-loop=$(losetup -f --show -r -o $(($1 * 512)) --sizelimit $(($2 * 512)) "$disk")
+loop=$(losetup -f --show -r "$mnt/win11-L2/p1")
 mount -o ro "$loop" "$ex/p1"
 ls -l "$ex/p1"
 cat "$ex/p1/etc/motd"

@@ -124,4 +124,13 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 		  struct chainset **out);
 void chainset_free(struct chainset *cs);
 
+/* The directory part of path ("." if it has none, "/" at the root).  malloc'd. */
+char *chain_path_dir(const char *path);
+/*
+ * to as a path relative to the directory from_dir ("../b/x.vhd"), both
+ * canonical (absolute, no "." or ".." parts, no trailing '/').  malloc'd,
+ * or NULL when out of memory.
+ */
+char *chain_path_relative(const char *from_dir, const char *to);
+
 #endif

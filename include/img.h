@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "compiler.h"
 #include "guid.h"
 
 #define IMG_HOST_NONE UINT64_MAX
@@ -139,6 +140,14 @@ struct img_check {
 	uint64_t allocated;	/* bytes of data the image holds */
 };
 
+/*
+ * For ->check: log one finding as "MOD: PATH: message" (an error when
+ * error is true, else a warning) and count it in res->errors or
+ * res->warnings.
+ */
+void img_check_report(struct img_check *res, bool error, const char *mod,
+		      const char *path, const char *fmt, ...) __printf(5, 6);
+
 struct img_driver {
 	const char *name;
 	const char *desc;
@@ -194,8 +203,10 @@ struct img_driver {
 	 */
 	int (*create)(const char *path, const struct img_create_opts *o);
 	/*
-	 * Optional: structural check of one file, opened read-only (or
-	 * writable when repair is true: fix only what is safe to fix).
+	 * Optional: structural check of one file.  img has path, fd (O_RDONLY,
+	 * or O_RDWR when repair is true: fix only what is safe to fix) and
+	 * file_size set, but ->open has NOT run (priv is NULL): the checker
+	 * reads the file itself, so it can report on files open refuses.
 	 * Fills *res; returns 0 when the check ran (whatever it found),
 	 * -errno when it could not run.
 	 */
@@ -204,7 +215,10 @@ struct img_driver {
 	 * Optional: rewrite the parent reference of img (opened writable)
 	 * to name parent, the way create_diff records it (locators, linkage
 	 * or UUID and time stamp, backing file name).  Atomic with respect to
-	 * crashes where the format allows it.  0 or -errno.
+	 * crashes where the format allows it.  The driver rewrites the file,
+	 * then closes and reopens its own state on the same fd; if that
+	 * reopen fails it sets img->drv to NULL and only img_unref is safe.
+	 * 0 or -errno.
 	 */
 	int (*set_parent)(struct img *img, const struct img_create_parent *parent);
 };
@@ -234,5 +248,19 @@ int img_parent_add_ref(struct img_parent *p, enum img_ref_kind kind,
 /* For drivers: map_extent with the caller's range checks applied. */
 int img_map(struct img *img, uint64_t off, uint64_t len,
 	    struct img_extent *ext);
+
+/*
+ * For set_parent: write n bytes at off and fdatasync them; a failure is
+ * logged as "DRIVER: PATH: cannot write WHAT at OFF: ...".  0 or -errno.
+ */
+int img_write_sync(struct img *img, const void *buf, size_t n, uint64_t off,
+		   const char *what);
+/*
+ * For set_parent, after the driver rewrote its file: close the driver's
+ * state and open it again from the file (file_size re-read).  On failure
+ * it logs "DRIVER: PATH: cannot reopen after the WHAT change: ..." and
+ * sets img->drv to NULL (only img_unref is safe then).  0 or -errno.
+ */
+int img_reopen(struct img *img, const char *what);
 
 #endif

@@ -17,4 +17,23 @@ int pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 /* fsync the directory holding path, so a new file's name is durable. */
 int fsync_parent_dir(const char *path);
 
+/*
+ * New image files, for the drivers' create hooks.  file_create() opens path
+ * O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, mode 0644 (an existing file is never
+ * touched): the fd, or -errno, logged as "MOD: PATH: cannot create: ...".
+ * file_create_end() ends the file written through fd with the result r of
+ * writing it: when r is 0 it fdatasyncs, closes and fsyncs the directory
+ * (the name is durable); when r or any of that failed it closes fd,
+ * unlinks path and logs "MOD: PATH: cannot write the new file: ...".
+ * Returns r, or the first error of ending.
+ */
+int file_create(const char *path, const char *mod);
+int file_create_end(int fd, const char *path, int r, const char *mod);
+/*
+ * Reserve [off, off + len) of fd with fallocate where the file system can;
+ * where it cannot (EOPNOTSUPP, ENOSYS) the range stays sparse (it reads as
+ * zeros either way).  0 or -errno; does not log.
+ */
+int file_reserve(int fd, uint64_t off, uint64_t len);
+
 #endif

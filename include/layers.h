@@ -52,4 +52,27 @@ bool layer_check_self(const struct layer_tag *t, char *buf, size_t len);
 bool layer_check_pair(const struct layer_tag *child,
 		      const struct layer_tag *parent, char *buf, size_t len);
 
+/* Which name a new layer over an image gets (layer_next_name). */
+enum layer_next {
+	LAYER_NEXT_DEFAULT,	/* L<d><nn> -> the next free L<d><nn+k>;
+				 * L<d> -> L<d+1>, else the first free L<d>nn
+				 * (L9 -> L901; never L0nn); untagged ->
+				 * <stem>-L1 */
+	LAYER_NEXT_DIFF,	/* L<d> -> L<d>01, L<d><nn> -> L<d><nn+1> (the
+				 * next free ones); none over L0 */
+	LAYER_NEXT_LEVEL,	/* L<d>, L<d><nn> -> L<d+1>; none over L9 */
+};
+
+/*
+ * The file name of a new layer over the image named top_name (a path's
+ * directory part is ignored), with extension ext: the stem's text before
+ * the tag is kept ("win-L3.vhd" -> "win-L4.<ext>").  taken(ctx, stem)
+ * says whether a candidate stem is in use (any extension); this module
+ * does no I/O itself.  malloc'd name, or NULL when no name is free (or
+ * the mode allows none, or out of memory).
+ */
+char *layer_next_name(const char *top_name, const char *ext,
+		      enum layer_next mode,
+		      bool (*taken)(void *ctx, const char *stem), void *ctx);
+
 #endif

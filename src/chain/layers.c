@@ -9,6 +9,7 @@
 #include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "compiler.h"
@@ -141,4 +142,78 @@ bool layer_check_pair(const struct layer_tag *child,
 			       "same-level parent %s is not a lower sequence than %s",
 			       p, c);
 	return verdict(buf, len, NULL);	/* L301 over L3, L305 over L302 */
+}
+
+/* The candidate tag number k (0, 1, ...) for mode over t; false: no more */
+static bool next_candidate(const struct layer_tag *t, enum layer_next mode,
+			   int k, char *cand, size_t len)
+{
+	int seq;
+
+	if (!t->tagged) {	/* every mode: <stem>-L1, then -L101... */
+		if (k >= 100)
+			return false;
+		snprintf(cand, len, k ? "-L1%02d" : "-L1", k);
+		return true;
+	}
+	switch (mode) {
+	case LAYER_NEXT_LEVEL:
+		if (k > 0 || t->level >= 9)
+			return false;
+		snprintf(cand, len, "L%d", t->level + 1);
+		return true;
+	case LAYER_NEXT_DIFF:
+		if (t->level == 0)	/* L0 has no differencing images */
+			return false;
+		/* fall through */
+	case LAYER_NEXT_DEFAULT:
+		if (t->seq > 0 || t->level == 9 || mode == LAYER_NEXT_DIFF) {
+			seq = (t->seq > 0 ? t->seq : 0) + 1 + k;
+			if (seq > 99)
+				return false;
+			snprintf(cand, len, "L%d%02d", t->level, seq);
+		} else if (k == 0) {
+			snprintf(cand, len, "L%d", t->level + 1);
+		} else if (k < 100 && t->level > 0) {	/* L0 has no L0nn */
+			snprintf(cand, len, "L%d%02d", t->level, k);
+		} else {
+			return false;
+		}
+		return true;
+	}
+	return false;
+}
+
+char *layer_next_name(const char *top_name, const char *ext,
+		      enum layer_next mode,
+		      bool (*taken)(void *ctx, const char *stem), void *ctx)
+{
+	const char *base = strrchr(top_name, '/'), *dot;
+	struct layer_tag t;
+	char *name = NULL;
+	size_t stem_len, prefix;
+
+	base = base ? base + 1 : top_name;
+	dot = strrchr(base, '.');
+	stem_len = dot && dot != base ? (size_t)(dot - base) : strlen(base);
+	layer_tag_parse(base, &t);
+	prefix = stem_len;
+	/* the tag is the stem's last token; keep what stands before it */
+	if (t.tagged) {
+		while (prefix > 0 && !is_sep(base[prefix - 1]))
+			prefix--;
+	}
+	for (int k = 0; !name; k++) {
+		char cand[16], *full;
+
+		if (!next_candidate(&t, mode, k, cand, sizeof(cand)))
+			break;
+		if (asprintf(&full, "%.*s%s", (int)(t.tagged ? prefix : stem_len),
+			     base, cand) < 0)
+			break;
+		if (!taken(ctx, full) && asprintf(&name, "%s.%s", full, ext) < 0)
+			name = NULL;
+		free(full);
+	}
+	return name;
 }

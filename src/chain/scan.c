@@ -229,7 +229,7 @@ static char *find_in_dir(const char *dir, const char *name)
 	return path;
 }
 
-static char *dir_of(const char *path)
+char *chain_path_dir(const char *path)
 {
 	const char *s = strrchr(path, '/');
 
@@ -240,10 +240,36 @@ static char *dir_of(const char *path)
 	return strndup(path, (size_t)(s - path));
 }
 
+char *chain_path_relative(const char *from_dir, const char *to)
+{
+	bool root = !strcmp(from_dir, "/");
+	size_t common = 0, i, ups = 0;
+	char *out, *o;
+
+	/* the longest common prefix that ends at a component boundary */
+	for (i = 0; from_dir[i] && from_dir[i] == to[i]; i++)
+		if (from_dir[i] == '/')
+			common = i;
+	if (!from_dir[i] && (to[i] == '/' || root))
+		common = root ? 0 : i;	/* from_dir is a prefix of to */
+	/* one "../" per component of from_dir past the common prefix */
+	for (i = common; from_dir[i]; i++)
+		if (from_dir[i] == '/' && from_dir[i + 1])
+			ups++;
+	out = malloc(ups * 3 + strlen(to + common) + 1);
+	if (!out)
+		return NULL;
+	o = out;
+	for (size_t k = 0; k < ups; k++, o += 3)
+		memcpy(o, "../", 3);
+	strcpy(o, to + common + 1);
+	return out;
+}
+
 /* A relative reference as a POSIX path joined to the child's directory. */
 static char *join_relative(const char *child, const char *ref)
 {
-	char *dir = dir_of(child), *norm = strdup(ref), *out = NULL;
+	char *dir = chain_path_dir(child), *norm = strdup(ref), *out = NULL;
 	char *p;
 
 	if (!dir || !norm)
@@ -601,9 +627,10 @@ static const char *format_ext(const char *fmt)
 	return "qcow2";
 }
 
-/* true if some file of dir has this stem (any extension) */
-static bool stem_taken(const char *dir, const char *stem)
+/* true if some file of dir (ctx) has this stem (any extension) */
+static bool stem_taken(void *ctx, const char *stem)
 {
+	const char *dir = ctx;
 	struct dirent *de;
 	bool taken = false;
 	DIR *d = opendir(dir);
@@ -620,58 +647,12 @@ static bool stem_taken(const char *dir, const char *stem)
 	return taken;
 }
 
-/*
- * The next free layer name over top: L<d><nn> -> the next free
- * L<d><nn+k>; L<d> -> L<d+1> (L9 -> L901); untagged -> <stem>-L1.
- * malloc'd file name, or NULL if none is free.
- */
+/* The next free layer name over top (layers.h: LAYER_NEXT_DEFAULT). */
 static char *next_layer_name(const struct resolver *r, const struct node *top,
 			     const char *ext)
 {
-	char *stem = stem_of(top->name), *name = NULL, tagbuf[LAYER_TAG_MAX];
-	size_t prefix;
-
-	if (!stem)
-		return NULL;
-	layer_tag_format(&top->tag, tagbuf, sizeof(tagbuf));
-	prefix = strlen(stem);
-	/* the tag is the stem's last token; keep what stands before it */
-	if (top->tag.tagged) {
-		const char *t = stem + strlen(stem);
-
-		while (t > stem && !strchr("-_.", t[-1]))
-			t--;
-		prefix = (size_t)(t - stem);
-	}
-	for (int k = 0; k < 200 && !name; k++) {
-		char cand[64], *full;
-		int level = top->tag.level, seq = top->tag.seq;
-
-		if (!top->tag.tagged) {
-			snprintf(cand, sizeof(cand), k ? "-L1%02d" : "-L1", k);
-		} else if (seq > 0 || level == 9) {
-			seq = (seq > 0 ? seq : 0) + 1 + k;
-			if (seq > 99)
-				break;
-			snprintf(cand, sizeof(cand), "L%d%02d", level, seq);
-		} else {
-			if (k == 0)
-				snprintf(cand, sizeof(cand), "L%d", level + 1);
-			else if (k < 100)
-				snprintf(cand, sizeof(cand), "L%d%02d", level,
-					 k);
-			else
-				break;
-		}
-		if (asprintf(&full, "%.*s%s", (int)prefix, stem, cand) < 0)
-			break;
-		if (!stem_taken(r->dir, full) &&
-		    asprintf(&name, "%s.%s", full, ext) < 0)
-			name = NULL;
-		free(full);
-	}
-	free(stem);
-	return name;
+	return layer_next_name(top->name, ext, LAYER_NEXT_DEFAULT, stem_taken,
+			       (void *)r->dir);
 }
 
 /* Make the new top layer asked for in the options; returns its node. */
@@ -746,7 +727,7 @@ int chain_open_file(const char *path, const char *dir,
 {
 	struct resolver r;
 	struct node *nd;
-	char *d = dir ? NULL : dir_of(path), *stem;
+	char *d = dir ? NULL : chain_path_dir(path), *stem;
 	int ret;
 
 	ret = resolver_init(&r, dir ? dir : d, o);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 
 #include "chain.h"
+#include "log.h"
 
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_LEAKS = 3 };
 
@@ -50,6 +51,25 @@ int cli_chain_open(const char *path, const char *name,
 		   const struct chain_opts *o, struct cli_chain *out);
 void cli_chain_close(struct cli_chain *cc);
 
+/*
+ * --allow-outside and --ignore-parent-id, shared by the commands that open
+ * a chain: CLI_CHAIN_OPTIONS goes into the getopt_long table, CLI_CHAIN_HELP
+ * into the usage text, and the switch's default case asks
+ * cli_chain_option(), which sets the option in *o and returns true if ch
+ * is one of them.
+ */
+enum { CLI_OPT_ALLOW_OUTSIDE = 1024, CLI_OPT_IGNORE_PARENT_ID };
+#define CLI_CHAIN_OPTIONS \
+	{ "allow-outside", no_argument, NULL, CLI_OPT_ALLOW_OUTSIDE }, \
+	{ "ignore-parent-id", no_argument, NULL, CLI_OPT_IGNORE_PARENT_ID }
+#define CLI_CHAIN_HELP \
+	"      --allow-outside     parents may resolve outside the directory\n" \
+	"      --ignore-parent-id  accept a parent whose UUID/linkage differs\n"
+bool cli_chain_option(int ch, struct chain_opts *o);
+
+/* A log sink that drops every message: log_set_sink(cli_log_drop). */
+void cli_log_drop(enum log_level lvl, const char *msg);
+
 /* A progress bar on stderr, drawn only when stderr is a terminal. */
 struct cli_progress {
 	bool on;
@@ -61,5 +81,13 @@ void cli_progress_start(struct cli_progress *p, const char *what,
 			uint64_t total, bool enable);
 void cli_progress_update(struct cli_progress *p, uint64_t done);
 void cli_progress_end(struct cli_progress *p);
+
+/*
+ * cmd-rebase.c, also used by commit: rewrite the parent reference of the
+ * image file top (opened writable) to name the image file parent: its
+ * path relative to top's directory and its absolute path, its identity
+ * and its format.  No identity check.  Errors are logged.  0 or -errno.
+ */
+int cli_set_parent(const char *top, const char *parent);
 
 #endif

@@ -1,13 +1,394 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
-/* cmd-check.c: layerimg check (PLACEHOLDER: not written yet; owned by a helper) */
+/*
+ * cmd-check.c: layerimg check, a structural check of one image file.
+ *
+ *   layerimg check [--repair] [--json] [-q] IMAGE
+ *
+ * The format's ->check hook does the work.  It gets a struct img whose fd,
+ * path, file_size and driver are set but whose ->open has NOT run (priv is
+ * NULL): a checker reads and judges every structure itself, so it can
+ * report on files that open would refuse.  Each finding is one log line
+ * naming the file; the hook counts them in struct img_check.
+ *
+ * Exit status (qemu-img check's in brackets):
+ *   0 clean (0), 1 errors/corruptions (2), 2 could not check (1, 63),
+ *   3 leaks only (3).  Warnings do not change the status.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "chain.h"
 #include "cli.h"
+#include "compiler.h"
+#include "img.h"
+#include "log.h"
+
+static const char usage_text[] =
+	"Usage: layerimg check [--repair] [--json] [-q] [-f FORMAT] IMAGE\n"
+	"\n"
+	"Check the structure of one image file (qcow2, vhd, vhdx, Android\n"
+	"sparse, raw): every table inside the file, no overlaps, checksums,\n"
+	"bitmaps, and for qcow2 every cluster's reference count.  Each\n"
+	"finding is one line on stderr naming the file, the structure and\n"
+	"its offset or index.\n"
+	"\n"
+	"  -r, --repair  fix what is safe to fix (qcow2: leaked clusters;\n"
+	"                vhd: the footer from its copy, the footer checksum),\n"
+	"                only in a top layer: refused if another image in the\n"
+	"                same directory uses IMAGE as its parent\n"
+	"  -f, --format FORMAT  check as this format (qcow2, vhd, vhdx,\n"
+	"                asparse, raw) instead of probing the content, for a\n"
+	"                file too damaged to be recognised\n"
+	"  -j, --json    print the summary as one JSON object on stdout\n"
+	"  -q, --quiet   no summary (findings are still printed)\n"
+	"  -h, --help    this help\n"
+	"\n"
+	"Exit status: 0 clean, 1 errors found, 2 could not check (or usage),\n"
+	"3 only leaks found (harmless).  qemu-img check uses 0, 2, 1, 3.\n";
+
+/* Findings collected for --json (and printed on stderr as usual). */
+struct finding {
+	enum log_level lvl;
+	char *msg;		/* owned */
+};
+
+static struct finding *findings;	/* owned */
+static size_t nfindings, findings_cap;
+static bool quiet_sink;			/* drop everything (directory scan) */
+
+static void check_sink(enum log_level lvl, const char *msg)
+{
+	static const char *const names[] = { "error", "warning", "info",
+					     "debug" };
+
+	if (quiet_sink)
+		return;
+	if (lvl == LOG_LVL_INFO)
+		fprintf(stderr, "layerimg: %s\n", msg);
+	else
+		fprintf(stderr, "layerimg: %s: %s\n", names[lvl], msg);
+	if (lvl > LOG_LVL_WARN)
+		return;
+	if (nfindings == findings_cap) {
+		size_t ncap = findings_cap ? 2 * findings_cap : 16;
+		struct finding *n = reallocarray(findings, ncap, sizeof(*n));
+
+		if (!n)
+			return;
+		findings = n;
+		findings_cap = ncap;
+	}
+	findings[nfindings].lvl = lvl;
+	findings[nfindings].msg = strdup(msg);
+	if (findings[nfindings].msg)
+		nfindings++;
+}
+
+static void findings_free(void)
+{
+	for (size_t i = 0; i < nfindings; i++)
+		free(findings[i].msg);
+	free(findings);
+	findings = NULL;
+	nfindings = findings_cap = 0;
+}
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(f, "\\u%04x", c);
+		else
+			fputc(c, f);
+	}
+	fputc('"', f);
+}
+
+/*
+ * Is the file at path the parent of another image in its directory?
+ * 1 yes (*child set, owned), 0 no, -errno if the directory cannot be read.
+ */
+static int used_as_parent(const char *path, const struct stat *st,
+			  char **child)
+{
+	struct chain_opts o = { .allow_outside = false };
+	struct chainset *cs;
+	char *copy = strdup(path), *dir;
+	int r, found = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	dir = dirname(copy);
+	quiet_sink = true;	/* other files' problems are not ours */
+	r = chainset_scan(dir, &o, &cs);
+	quiet_sink = false;
+	if (r < 0) {
+		log_err("%s: cannot scan the directory to find its children "
+			"(%s)", dir, strerror(-r));
+		free(copy);
+		return r;
+	}
+	for (size_t i = 0; i < cs->nchains && !found; i++) {
+		const struct chain *c = cs->chains[i];
+
+		for (unsigned k = 1; k < c->depth; k++) {
+			const struct img *img = c->layers[k].img;
+
+			if (img->dev == st->st_dev && img->ino == st->st_ino) {
+				*child = strdup(c->top_path);
+				found = *child ? 1 : -ENOMEM;
+				break;
+			}
+		}
+	}
+	chainset_free(cs);
+	free(copy);
+	return found;
+}
+
+/*
+ * Run the driver's check on path.  0 (res filled), or -errno: could not
+ * check (logged).  *drv_out names the format.
+ */
+static int run_check(const char *path, const struct img_driver *drv,
+		     bool repair, struct img_check *res,
+		     const struct img_driver **drv_out)
+{
+	struct img *img;
+	struct stat st;
+	int r;
+
+	if (access(path, repair ? R_OK | W_OK : R_OK) < 0)
+		return log_err_ret(-errno, "%s: cannot open: %s", path,
+				   strerror(errno));
+	if (!drv)
+		drv = img_probe_file(path);
+	if (!drv)
+		return log_err_ret(-EINVAL, "%s: not a disk image (unknown "
+				   "format)", path);
+	*drv_out = drv;
+	memset(res, 0, sizeof(*res));
+	if (!drv->check) {
+		/* no structural checker: what open validates is the check */
+		r = img_open(path, drv, false, &img);
+		if (r == -EUCLEAN || r == -EBADMSG) {
+			res->errors = 1;
+			return 0;
+		}
+		if (r < 0)
+			return r;
+		if (!strcmp(drv->name, "raw"))
+			res->allocated = img->file_size;
+		else
+			log_info("%s: %s: no structural check for this "
+				 "format; it opens cleanly", path, drv->name);
+		img_unref(img);
+		return 0;
+	}
+
+	img = calloc(1, sizeof(*img));
+	if (!img)
+		return -ENOMEM;
+	img->refcnt = 1;
+	img->writable = repair;
+	img->path = strdup(path);
+	img->fd = open(path, (repair ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (!img->path || img->fd < 0) {
+		r = img->path ? -errno : -ENOMEM;
+		log_err("%s: cannot open: %s", path, strerror(-r));
+		goto out;
+	}
+	if (fstat(img->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		r = log_err_ret(-EINVAL, "%s: not a regular file", path);
+		goto out;
+	}
+	img->dev = st.st_dev;
+	img->ino = st.st_ino;
+	img->file_size = (uint64_t)st.st_size;
+	img->sector_size = 512;
+	img->phys_sector_size = 512;
+	img->drv = drv;
+	r = drv->check(img, repair, res);
+	if (img->priv) {	/* a checker must not leave state behind */
+		log_err("%s: %s check left private state", path, drv->name);
+		img->priv = NULL;
+	}
+out:
+	img->drv = NULL;	/* ->open never ran: nothing for ->close */
+	img_unref(img);
+	return r;
+}
+
+static const char *verdict(const struct img_check *c)
+{
+	return c->errors ? "errors" : c->leaks ? "leaks" : "clean";
+}
+
+static void print_summary(FILE *f, const char *path, const char *fmt,
+			  const struct img_check *c, bool repair)
+{
+	if (repair && c->repaired)
+		fprintf(f, "The following inconsistencies were found and "
+			   "repaired:\n\n    %llu finding(s)\n\n",
+			(unsigned long long)c->repaired);
+	if (c->errors)
+		fprintf(f, "%s: %llu error(s) were found on the %s image.\n"
+			   "Data may be corrupted, or further writes to the "
+			   "image may corrupt it.\n",
+			path, (unsigned long long)c->errors, fmt);
+	if (c->leaks)
+		fprintf(f, "%s: %llu leaked cluster(s) or other harmless "
+			   "finding(s) on the %s image.\nThis means waste of "
+			   "disk space, but no harm to data.\n",
+			path, (unsigned long long)c->leaks, fmt);
+	if (!c->errors && !c->leaks)
+		fprintf(f, "%s: no errors were found on the %s image.\n", path,
+			fmt);
+	if (c->warnings)
+		fprintf(f, "%llu warning(s).\n",
+			(unsigned long long)c->warnings);
+	if (c->allocated)
+		fprintf(f, "%llu bytes allocated.\n",
+			(unsigned long long)c->allocated);
+}
+
+static void print_json(FILE *f, const char *path, const char *fmt,
+		       const struct img_check *c, int status, bool checked)
+{
+	fprintf(f, "{\"filename\": ");
+	json_str(f, path);
+	fprintf(f, ", \"format\": ");
+	json_str(f, fmt);
+	fprintf(f, ", \"check-errors\": %d", checked ? 0 : 1);
+	if (checked)
+		fprintf(f, ", \"result\": \"%s\", \"corruptions\": %llu, "
+			   "\"leaks\": %llu, \"warnings\": %llu, "
+			   "\"repaired\": %llu, \"allocated-bytes\": %llu",
+			verdict(c), (unsigned long long)c->errors,
+			(unsigned long long)c->leaks,
+			(unsigned long long)c->warnings,
+			(unsigned long long)c->repaired,
+			(unsigned long long)c->allocated);
+	fprintf(f, ", \"exit-status\": %d, \"findings\": [", status);
+	for (size_t i = 0; i < nfindings; i++) {
+		fprintf(f, "%s{\"level\": \"%s\", \"message\": ", i ? ", " : "",
+			findings[i].lvl == LOG_LVL_ERR ? "error" : "warning");
+		json_str(f, findings[i].msg);
+		fputc('}', f);
+	}
+	fprintf(f, "]}\n");
+}
 
 int cmd_check(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
-	fprintf(stderr, "layerimg check: not implemented yet\n");
-	return CLI_USAGE;
+	static const struct option opts[] = {
+		{ "repair", no_argument, NULL, 'r' },
+		{ "format", required_argument, NULL, 'f' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const struct img_driver *drv = NULL, *force = NULL;
+	struct img_check res = { 0 }, first = { 0 };
+	bool repair = false, json = false, quiet = false;
+	const char *path;
+	struct stat st;
+	int c, r, status;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "rf:jqh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			repair = true;
+			break;
+		case 'f':
+			force = img_driver_find(optarg);
+			if (!force) {
+				fprintf(stderr, "layerimg check: unknown format "
+					"'%s'\n", optarg);
+				return CLI_USAGE;
+			}
+			break;
+		case 'j':
+			json = true;
+			break;
+		case 'q':
+			quiet = true;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return CLI_OK;
+		default:
+			fputs(usage_text, stderr);
+			return CLI_USAGE;
+		}
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr, "layerimg check: expected one IMAGE\n");
+		fputs(usage_text, stderr);
+		return CLI_USAGE;
+	}
+	path = argv[optind];
+	log_set_sink(check_sink);
+
+	if (stat(path, &st) < 0) {
+		log_err("%s: %s", path, strerror(errno));
+		status = CLI_USAGE;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		log_err("%s: not a regular file", path);
+		status = CLI_USAGE;
+		goto out;
+	}
+	if (repair) {
+		char *child = NULL;
+
+		r = used_as_parent(path, &st, &child);
+		if (r > 0) {
+			log_err("%s: is the parent of %s: refusing to repair a "
+				"base layer (run check without --repair)", path,
+				child);
+			free(child);
+		}
+		if (r != 0) {
+			status = CLI_USAGE;
+			goto out;
+		}
+	}
+
+	r = run_check(path, force, repair, &res, &drv);
+	if (r == 0 && repair && res.repaired) {
+		/* report the state after the repair, as qemu-img does */
+		first = res;
+		r = run_check(path, force, false, &res, &drv);
+		res.repaired = first.repaired;
+	}
+	if (r < 0) {	/* logged where it was found */
+		status = CLI_USAGE;
+		goto out;
+	}
+	status = res.errors ? CLI_FAIL : res.leaks ? CLI_LEAKS : CLI_OK;
+out:
+	log_set_sink(NULL);
+	if (json)
+		print_json(stdout, path, drv ? drv->name : "unknown", &res,
+			   status, drv && (status != CLI_USAGE));
+	else if (!quiet && drv && status != CLI_USAGE)
+		print_summary(stdout, path, drv->name, &res, repair);
+	findings_free();
+	return status;
 }

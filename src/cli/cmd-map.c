@@ -1,13 +1,193 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
-/* cmd-map.c: layerimg map (PLACEHOLDER: not written yet; owned by a helper) */
+/*
+ * cmd-map.c: layerimg map, the extents of a chain's flat disk and which
+ * layer provides each one (like `qemu-img map`).
+ *
+ * The disk is walked with chain_map; neighbouring runs with the same
+ * provider (same layer and kind, and for data in a file, contiguous host
+ * offsets) are joined.  --json prints qemu-img map's fields: start,
+ * length, depth (0 the top), present, zero, data, offset (data stored
+ * plainly in a file), plus file (the layer's path).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
+#include "chain.h"
 #include "cli.h"
+#include "json.h"
+#include "log.h"
+
+struct map_run {
+	uint64_t start, len;
+	enum chain_ext_type type;
+	bool allocated;
+	unsigned layer;		/* the provider, or a hole's depth */
+	int fd;
+	uint64_t host_off;
+};
+
+static void map_usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: layerimg map [--json] IMAGE|IMAGEDIR [CHAIN]\n"
+		"\n"
+		"Show the extents of the chain's flat disk and which layer (or a\n"
+		"zero run, or a hole) provides each one, like qemu-img map.\n"
+		"\n"
+		"  -j, --json              JSON, qemu-img map's fields (start, length,\n"
+		"                          depth, present, zero, data, offset) plus file\n"
+		CLI_CHAIN_HELP
+		"  -h, --help              this help\n");
+}
+
+static bool run_joins(const struct map_run *a, const struct chain_extent *e)
+{
+	if (a->type != e->type || a->allocated != e->allocated ||
+	    a->layer != e->layer)
+		return false;
+	if (a->type == CHAIN_EXT_HOST)
+		return a->fd == e->fd && a->host_off + a->len == e->host_off;
+	return true;
+}
+
+/*
+ * qemu's depth of a hole: the deepest layer that reaches off (a parent
+ * smaller than its child ends sooner).  chain_map never returns a run
+ * that crosses the end of a layer.
+ */
+static unsigned hole_depth(const struct chain *c, uint64_t off)
+{
+	unsigned d = 0;
+
+	while (d + 1 < c->depth && off < c->layers[d + 1].img->size)
+		d++;
+	return d;
+}
+
+static void print_run(const struct chain *c, const struct map_run *r,
+		      bool json, bool first)
+{
+	const char *file = r->allocated ? c->layers[r->layer].img->path : NULL;
+
+	if (json) {
+		printf("%s  { \"start\": %" PRIu64 ", \"length\": %" PRIu64
+		       ", \"depth\": %u, \"present\": %s, \"zero\": %s, "
+		       "\"data\": %s",
+		       first ? "" : ",\n", r->start, r->len, r->layer,
+		       r->allocated ? "true" : "false",
+		       r->type == CHAIN_EXT_ZERO ? "true" : "false",
+		       r->type == CHAIN_EXT_ZERO ? "false" : "true");
+		if (r->type == CHAIN_EXT_HOST)
+			printf(", \"offset\": %" PRIu64, r->host_off);
+		if (file) {
+			fputs(", \"file\": ", stdout);
+			json_write_string(stdout, file);
+		}
+		fputs(" }", stdout);
+		return;
+	}
+	printf("%#-18" PRIx64 " %#-18" PRIx64 " ", r->start, r->len);
+	if (r->allocated)
+		printf("%-5u ", r->layer);
+	else
+		printf("%-5s ", "-");
+	if (r->type == CHAIN_EXT_HOST)
+		printf("%-5s %#-18" PRIx64 " %s\n", "data", r->host_off, file);
+	else if (r->type == CHAIN_EXT_READ)
+		printf("%-5s %-18s %s\n", "data", "(decoded)", file);
+	else if (r->allocated)
+		printf("%-5s %-18s %s\n", "zero", "-", file);
+	else
+		printf("%-5s %-18s %s\n", "hole", "-", "-");
+}
+
+static int map_chain(struct chain *c, bool json)
+{
+	struct map_run cur = { 0 };
+	bool have = false, first = true;
+	uint64_t off = 0;
+	int r = 0;
+
+	if (json)
+		fputs("[\n", stdout);
+	else
+		printf("%-18s %-18s %-5s %-5s %-18s %s\n", "Start", "Length",
+		       "Layer", "Kind", "Offset", "File");
+	pthread_rwlock_rdlock(&c->lock);
+	while (off < c->size) {
+		struct chain_extent e;
+
+		r = chain_map(c, off, c->size - off, &e);
+		if (r < 0)
+			break;		/* the driver said why */
+		if (!e.allocated)
+			e.layer = hole_depth(c, off);
+		if (have && run_joins(&cur, &e)) {
+			cur.len += e.len;
+		} else {
+			if (have) {
+				print_run(c, &cur, json, first);
+				first = false;
+			}
+			cur = (struct map_run){ .start = off, .len = e.len,
+						.type = e.type,
+						.allocated = e.allocated,
+						.layer = e.layer, .fd = e.fd,
+						.host_off = e.host_off };
+			have = true;
+		}
+		off += e.len;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	if (r == 0 && have)
+		print_run(c, &cur, json, first);
+	if (json)
+		fputs("\n]\n", stdout);
+	return r;
+}
 
 int cmd_map(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
-	fprintf(stderr, "layerimg map: not implemented yet\n");
-	return CLI_USAGE;
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		CLI_CHAIN_OPTIONS,
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct chain_opts co = { 0 };
+	struct cli_chain cc;
+	bool json = false;
+	int ch, r;
+
+	while ((ch = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			map_usage(stdout);
+			return CLI_OK;
+		default:
+			if (cli_chain_option(ch, &co))
+				break;
+			map_usage(stderr);
+			return CLI_USAGE;
+		}
+	}
+	if (argc - optind < 1 || argc - optind > 2) {
+		map_usage(stderr);
+		return CLI_USAGE;
+	}
+	if (cli_chain_open(argv[optind], argc - optind == 2 ? argv[optind + 1]
+							     : NULL,
+			   &co, &cc) < 0)
+		return CLI_USAGE;
+	r = map_chain(cc.c, json);
+	cli_chain_close(&cc);
+	if (fflush(stdout) != 0 || ferror(stdout))
+		return CLI_FAIL;
+	return r < 0 ? CLI_FAIL : CLI_OK;
 }

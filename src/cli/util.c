@@ -9,6 +9,7 @@
 
 #include "checked.h"
 #include "cli.h"
+#include "compiler.h"
 #include "log.h"
 
 int cli_parse_size(const char *s, uint64_t *out)
@@ -112,4 +113,22 @@ void cli_progress_end(struct cli_progress *p)
 		return;
 	cli_progress_update(p, p->total);
 	fputc('\n', stderr);
+}
+
+bool cli_chain_option(int ch, struct chain_opts *o)
+{
+	switch (ch) {
+	case CLI_OPT_ALLOW_OUTSIDE:
+		o->allow_outside = true;
+		return true;
+	case CLI_OPT_IGNORE_PARENT_ID:
+		o->ignore_parent_id = true;
+		return true;
+	default:
+		return false;
+	}
+}
+
+void cli_log_drop(enum log_level lvl __unused, const char *msg __unused)
+{
 }

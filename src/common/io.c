@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "io.h"
+#include "log.h"
 
 static int pread_loop(int fd, void *buf, size_t n, uint64_t off, int pad)
 {
@@ -79,4 +80,39 @@ int fsync_parent_dir(const char *path)
 		close(fd);
 	free(copy);
 	return r;
+}
+
+int file_create(const char *path, const char *mod)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+
+	if (fd < 0)
+		return log_err_ret(-errno, "%s: %s: cannot create: %s", mod,
+				   path, strerror(errno));
+	return fd;
+}
+
+int file_create_end(int fd, const char *path, int r, const char *mod)
+{
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0)
+		r = fsync_parent_dir(path);
+	if (r < 0) {
+		log_err("%s: %s: cannot write the new file: %s", mod, path,
+			strerror(-r));
+		unlink(path);
+	}
+	return r;
+}
+
+int file_reserve(int fd, uint64_t off, uint64_t len)
+{
+	if (!len || fallocate(fd, 0, (off_t)off, (off_t)len) == 0)
+		return 0;
+	if (errno == EOPNOTSUPP || errno == ENOSYS)
+		return 0;
+	return -errno;
 }

@@ -597,6 +597,7 @@ const struct img_driver asparse_driver = {
 	.open = asparse_open,
 	.close = asparse_close,
 	.map_extent = asparse_map_extent,
+	.check = asparse_check,		/* asparse-check.c */
 	.read = asparse_read,
 	/* no .parent: a sparse image stands alone; no .write: read-only */
 };

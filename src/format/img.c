@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /* img.c: opening an image by content, references, parent descriptions. */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,4 +204,58 @@ int img_map(struct img *img, uint64_t off, uint64_t len,
 		return -EIO;
 	}
 	return 0;
+}
+
+int img_write_sync(struct img *img, const void *buf, size_t n, uint64_t off,
+		   const char *what)
+{
+	int r = pwrite_full(img->fd, buf, n, off);
+
+	if (r == 0 && fdatasync(img->fd) < 0)
+		r = -errno;
+	if (r < 0)
+		log_err("%s: %s: cannot write %s at %llu: %s", img->drv->name,
+			img->path, what, (unsigned long long)off,
+			strerror(-r));
+	return r;
+}
+
+int img_reopen(struct img *img, const char *what)
+{
+	const char *name = img->drv->name;
+	struct stat st;
+	int r;
+
+	img->drv->close(img);
+	img->priv = NULL;
+	if (fstat(img->fd, &st) < 0) {
+		r = -errno;
+	} else {
+		img->file_size = (uint64_t)st.st_size;
+		r = img->drv->open(img);
+	}
+	if (r < 0) {
+		log_err("%s: %s: cannot reopen after the %s change: %s", name,
+			img->path, what, strerror(-r));
+		img->drv = NULL;	/* unusable: only img_unref is left */
+	}
+	return r;
+}
+
+void img_check_report(struct img_check *res, bool error, const char *mod,
+		      const char *path, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (error) {
+		log_err("%s: %s: %s", mod, path, msg);
+		res->errors++;
+	} else {
+		log_warn("%s: %s: %s", mod, path, msg);
+		res->warnings++;
+	}
 }

@@ -6,6 +6,7 @@
 #include "img.h"
 
 extern const struct img_driver raw_driver;
+extern const struct img_driver raw_rw_driver;	/* raw with writes; not probed */
 extern const struct img_driver vhd_driver;
 extern const struct img_driver asparse_driver;
 extern const struct img_driver vhdx_driver;

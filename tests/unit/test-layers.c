@@ -4,6 +4,7 @@
  * (layerfs-layers(7)) checked on single tags and child/parent pairs.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "compiler.h"
@@ -369,6 +370,62 @@ START_TEST(check_message_buffer)
 }
 END_TEST
 
+/* layer_next_name: the taken stems are a comma-separated list */
+static bool taken_in(void *ctx, const char *stem)
+{
+	const char *list = ctx, *p = list;
+	size_t n = strlen(stem);
+
+	while ((p = strstr(p, stem))) {
+		if ((p == list || p[-1] == ',') && (p[n] == ',' || !p[n]))
+			return true;
+		p++;
+	}
+	return false;
+}
+
+static const struct {
+	const char *top;
+	enum layer_next mode;
+	const char *taken;
+	const char *want;	/* NULL: no name */
+} nexts[] = {
+	{ "win-L3.vhd", LAYER_NEXT_DEFAULT, "", "win-L4.vhd" },
+	{ "win-L3.vhd", LAYER_NEXT_DEFAULT, "win-L4", "win-L301.vhd" },
+	{ "win-L3.vhd", LAYER_NEXT_DEFAULT, "win-L4,win-L301", "win-L302.vhd" },
+	{ "win-L301.vhd", LAYER_NEXT_DEFAULT, "", "win-L302.vhd" },
+	{ "win-L9.vhd", LAYER_NEXT_DEFAULT, "", "win-L901.vhd" },
+	{ "win-L0.vhd", LAYER_NEXT_DEFAULT, "win-L1", NULL },	/* no L0nn */
+	{ "dir/base.img", LAYER_NEXT_DEFAULT, "", "base-L1.vhd" },
+	{ "base.img", LAYER_NEXT_DEFAULT, "base-L1", "base-L101.vhd" },
+	{ "win-L3.vhd", LAYER_NEXT_DIFF, "", "win-L301.vhd" },
+	{ "win-L3.vhd", LAYER_NEXT_DIFF, "win-L301", "win-L302.vhd" },
+	{ "301.vhd", LAYER_NEXT_DIFF, "", "L302.vhd" },
+	{ "win-L0.vhd", LAYER_NEXT_DIFF, "", NULL },
+	{ "win-L398.vhd", LAYER_NEXT_DIFF, "win-L399", NULL },
+	{ "win-L3.vhd", LAYER_NEXT_LEVEL, "", "win-L4.vhd" },
+	{ "win-L301.vhd", LAYER_NEXT_LEVEL, "", "win-L4.vhd" },
+	{ "win-L3.vhd", LAYER_NEXT_LEVEL, "win-L4", NULL },
+	{ "win-L9.vhd", LAYER_NEXT_LEVEL, "", NULL },
+	{ "a_b.L2.qcow2", LAYER_NEXT_LEVEL, "", "a_b.L3.vhd" },
+};
+
+START_TEST(next_names)
+{
+	char *got = layer_next_name(nexts[_i].top, "vhd", nexts[_i].mode,
+				    taken_in, (void *)nexts[_i].taken);
+
+	if (!nexts[_i].want)
+		ck_assert_msg(!got, "%s: got %s", nexts[_i].top, got);
+	else
+		ck_assert_msg(got && !strcmp(got, nexts[_i].want),
+			      "%s mode %d: got %s, want %s", nexts[_i].top,
+			      nexts[_i].mode, got ? got : "NULL",
+			      nexts[_i].want);
+	free(got);
+}
+END_TEST
+
 Suite *unit_suite(void)
 {
 	Suite *s = suite_create("layers");
@@ -386,6 +443,10 @@ Suite *unit_suite(void)
 	tcase_add_loop_test(tc, check_pair, 0, ARRAY_SIZE(pairs));
 	tcase_add_test(tc, check_pair_all);
 	tcase_add_test(tc, check_message_buffer);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("next");
+	tcase_add_loop_test(tc, next_names, 0, ARRAY_SIZE(nexts));
 	suite_add_tcase(s, tc);
 	return s;
 }

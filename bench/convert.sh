@@ -149,6 +149,37 @@ for f in $FORMATS; do
 	rm -f "$W/chk.raw"
 done
 
+# commit: top.qcow2 merged into a fresh copy of mid.qcow2 (base hard
+# linked), by layerimg and by qemu-img; the copies are made outside the
+# timing; the result (mid's chain) must equal qemu-img's flat mid+top.
+top_mib=$(($(qemu-img map -f qcow2 --output=json "$W/top.qcow2" |
+	python3 -c 'import json,sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["depth"] == 0 and e["data"]))') >> 20))
+commit_bench() {
+	local label=$1 r t0 t1 all=() c=$W/commit
+	shift
+	for ((r = 0; r < REPS; r++)); do
+		rm -rf "$c" && mkdir -p "$c"
+		ln "$W/base.qcow2" "$c/base.qcow2"
+		cp "$W/mid.qcow2" "$W/top.qcow2" "$c/"
+		drop
+		t0=$(date +%s.%N)
+		"$@" "$c/top.qcow2" >/dev/null 2>&1 || die "$label failed"
+		sync
+		t1=$(date +%s.%N)
+		all+=("$(python3 -c "print($t1 - $t0)")")
+		qemu-img convert -f qcow2 -O raw "$c/mid.qcow2" "$W/chk.raw" &&
+			cmp "$W/chk.raw" "$W/ref.raw" || die "$label: mid does not read the chain"
+		rm -f "$W/chk.raw"
+	done
+	rm -rf "$c"
+	secs[$label]=$(printf '%s\n' "${all[@]}" | sort -n |
+		awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}')
+}
+commit_bench "layerimg commit" "$LAYERIMG" commit
+commit_bench "qemu-img commit" qemu-img commit -q -f qcow2
+time_cmd "dd of top's data (${top_mib} MiB)" "$W/out-dd2.raw" \
+	dd if="$W/ref.raw" of="$W/out-dd2.raw" bs=8M count=$((top_mib / 8)) status=none
+
 echo
 cache=warm
 [ "$COLD" = 1 ] && cache=cold
@@ -163,5 +194,12 @@ for f in $FORMATS; do
 	label="layerimg convert -O $f"
 	printf '| %s | %s | %s |\n' "$label" "${secs[$label]}" \
 		"$(python3 -c "print('%.0f' % ($data_mib / max(${secs[$label]}, 0.001)))")"
+done
+echo
+echo "| commit of top.qcow2 (${top_mib} MiB of data) into mid.qcow2 (median of $REPS, $cache cache) | s | MiB/s of data |"
+echo "|---|---:|---:|"
+for label in "layerimg commit" "qemu-img commit" "dd of top's data (${top_mib} MiB)"; do
+	printf '| %s | %s | %s |\n' "$label" "${secs[$label]}" \
+		"$(python3 -c "print('%.0f' % ($top_mib / max(${secs[$label]}, 0.001)))")"
 done
 rm -f "$W"/out-*

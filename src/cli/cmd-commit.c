@@ -27,6 +27,7 @@
  * (refused when other images are built on TOP).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -197,6 +198,14 @@ static int commit_run(struct img *top, struct chain *pc, const struct run *rn,
 					strerror(-r));
 			return r;
 		}
+		/* let the kernel read the next piece while this one is
+		 * written: reads and writes overlap, as in a pipeline */
+		if (rn->fd >= 0 && done + k < rn->len)
+			(void)posix_fadvise(rn->fd,
+					    (off_t)(rn->host_off + done + k),
+					    (off_t)MIN(rn->len - done - k,
+						       (uint64_t)COMMIT_BUF),
+					    POSIX_FADV_WILLNEED);
 		r = chain_pwrite(pc, buf, k, rn->off + done);
 		if (r < 0) {
 			log_err("%s: cannot write at %" PRIu64 ": %s",

@@ -160,7 +160,7 @@ static bool next_candidate(const struct layer_tag *t, enum layer_next mode,
 	case LAYER_NEXT_LEVEL:
 		if (k > 0 || t->level >= 9)
 			return false;
-		snprintf(cand, len, "L%d", t->level + 1);
+		snprintf(cand, len, "L%u", (unsigned)t->level + 1);
 		return true;
 	case LAYER_NEXT_DIFF:
 		if (t->level == 0)	/* L0 has no differencing images */
@@ -171,11 +171,13 @@ static bool next_candidate(const struct layer_tag *t, enum layer_next mode,
 			seq = (t->seq > 0 ? t->seq : 0) + 1 + k;
 			if (seq > 99)
 				return false;
-			snprintf(cand, len, "L%d%02d", t->level, seq);
+			snprintf(cand, len, "L%u%02u", (unsigned)t->level % 10,
+				 (unsigned)seq % 100);	/* both in range */
 		} else if (k == 0) {
 			snprintf(cand, len, "L%d", t->level + 1);
 		} else if (k < 100 && t->level > 0) {	/* L0 has no L0nn */
-			snprintf(cand, len, "L%d%02d", t->level, k);
+			snprintf(cand, len, "L%u%02u", (unsigned)t->level % 10,
+				 (unsigned)k % 100);
 		} else {
 			return false;
 		}

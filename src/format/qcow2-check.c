@@ -73,51 +73,6 @@ struct q2c {
 	img_check_report((q)->res, false, "qcow2", (q)->img->path, \
 			 __VA_ARGS__)
 
-/* Stored refcount i of a refcount block (spec: "Refcount block entry"). */
-static uint64_t q2c_rc_get(const uint8_t *p, unsigned order, uint64_t i)
-{
-	unsigned bits = 1u << order;
-	uint64_t bit = i * bits;
-
-	switch (order) {
-	case 6:
-		return get_be64(p + i * 8);
-	case 5:
-		return get_be32(p + i * 4);
-	case 4:
-		return get_be16(p + i * 2);
-	case 3:
-		return p[i];
-	default:	/* under a byte: bit 0 is the least significant */
-		return (uint64_t)(p[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
-	}
-}
-
-static void q2c_rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v)
-{
-	unsigned bits = 1u << order, mask = (1u << (bits & 7)) - 1;
-	uint64_t bit = i * bits;
-
-	switch (order) {
-	case 6:
-		put_be64(p + i * 8, v);
-		break;
-	case 5:
-		put_be32(p + i * 4, (uint32_t)v);
-		break;
-	case 4:
-		put_be16(p + i * 2, (uint16_t)v);
-		break;
-	case 3:
-		p[i] = (uint8_t)v;
-		break;
-	default:
-		p[bit / 8] = (uint8_t)((p[bit / 8] & ~(mask << (bit % 8))) |
-				       ((v & mask) << (bit % 8)));
-		break;
-	}
-}
-
 /*
  * One more reference to every cluster of [off, off + len).  false (and
  * one error) if the range reaches a cluster past the end of the file.
@@ -395,7 +350,7 @@ static int q2c_refcounts(struct q2c *q)
 			return r;
 		for (uint64_t k = 0; k < q->rb_entries &&
 				     first + k < q->nclusters; k++) {
-			uint64_t v = q2c_rc_get(q->cl, q->rc_order, k);
+			uint64_t v = qcow2_rc_get(q->cl, q->rc_order, k);
 
 			q->stored[first + k] = v > UINT32_MAX ? UINT32_MAX :
 					       (uint32_t)v;
@@ -626,8 +581,8 @@ static int q2c_compare(struct q2c *q, bool repair)
 			uint64_t c = first + k;
 
 			if (q->stored[c] > q->ref[c] &&
-			    q2c_rc_get(q->cl, q->rc_order, k) == q->stored[c]) {
-				q2c_rc_set(q->cl, q->rc_order, k, q->ref[c]);
+			    qcow2_rc_get(q->cl, q->rc_order, k) == q->stored[c]) {
+				qcow2_rc_set(q->cl, q->rc_order, k, q->ref[c]);
 				fixed++;
 			}
 		}

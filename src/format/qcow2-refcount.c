@@ -49,7 +49,7 @@
 
 /* ---- entries of a refcount block (spec: "Refcount block entry") ---- */
 
-static uint64_t rc_get(const uint8_t *p, unsigned order, uint64_t i)
+uint64_t qcow2_rc_get(const uint8_t *p, unsigned order, uint64_t i)
 {
 	unsigned bits = 1u << order;
 	uint64_t bit;
@@ -69,7 +69,7 @@ static uint64_t rc_get(const uint8_t *p, unsigned order, uint64_t i)
 	}
 }
 
-static void rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v)
+void qcow2_rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v)
 {
 	unsigned bits = 1u << order, mask;
 	uint64_t bit;
@@ -180,7 +180,7 @@ static int rc_block_add(struct img *img, struct qcow2 *s, const uint64_t *rt,
 	if (r < 0)
 		return r;
 	for (uint64_t i = i0; i < i1; i++) {
-		uint64_t v = rc_get(b->raw, order, i);
+		uint64_t v = qcow2_rc_get(b->raw, order, i);
 
 		if (fresh && v != 0)
 			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of an unused cluster is %llu (block %llu, entry %llu)",
@@ -191,7 +191,7 @@ static int rc_block_add(struct img *img, struct qcow2 *s, const uint64_t *rt,
 			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount of a cluster in use is 0 (block %llu, entry %llu)",
 					   img->path, (unsigned long long)b->off,
 					   (unsigned long long)i);
-		rc_set(b->raw, order, i, fresh ? v + 1 : v - 1);
+		qcow2_rc_set(b->raw, order, i, fresh ? v + 1 : v - 1);
 	}
 	if (i1 > i0)
 		b->dirty = true;
@@ -304,14 +304,15 @@ static int rc_fresh(struct img *img, struct qcow2 *s,
 				if (r < 0)
 					return r;
 				for (uint64_t i = lo; i < hi; i++)
-					rc_set(b->raw, w->rc_order, i, 1);
+					qcow2_rc_set(b->raw, w->rc_order, i,
+						     1);
 				continue;
 			}
 			if (!new_blocks)
 				continue;
 			memset(w->buf, 0, cs);
 			for (uint64_t i = lo; i < hi; i++)
-				rc_set(w->buf, w->rc_order, i, 1);
+				qcow2_rc_set(w->buf, w->rc_order, i, 1);
 			r = pwrite_full(img->fd, w->buf, cs, at);
 			if (r < 0)
 				return log_err_ret(r, "qcow2: %s: cannot write refcount block at %llu (%s)",
@@ -610,7 +611,7 @@ int qcow2_rc_open(struct img *img, struct qcow2 *s)
 			return rc_refuse(img, "cannot read a refcount block",
 					 w->rt[t]);
 		for (uint64_t i = rbe; i > lo; i--) {
-			if (rc_get(w->rbuf, w->rc_order, i - 1)) {
+			if (qcow2_rc_get(w->rbuf, w->rc_order, i - 1)) {
 				hw = t * rbe + i;
 				break;
 			}

@@ -1081,7 +1081,8 @@ int qcow2_flush_locked(struct img *img, struct qcow2 *s)
 		r = qcow2_sync(img);
 	if (r < 0)
 		goto broken;
-	qsort(w->dl2, w->ndl2, sizeof(*w->dl2), q2_cmp_l1i);
+	if (w->ndl2)	/* qsort's base must not be NULL, even for 0 items */
+		qsort(w->dl2, w->ndl2, sizeof(*w->dl2), q2_cmp_l1i);
 	for (size_t i = 0; r == 0 && i < w->ndl2; i++) {
 		struct qcow2_dirty_l2 *d = &w->dl2[i];
 
@@ -1102,8 +1103,9 @@ int qcow2_flush_locked(struct img *img, struct qcow2 *s)
 		z = a + 1;
 		if (!w->dl2[a].fresh)
 			continue;
-		while (z < w->ndl2 && w->dl2[z].fresh &&
-		       w->dl2[z].l1i == l1a + (z - a))
+		/* a run is at most one cluster of entries: w->buf's size */
+		while (z < w->ndl2 && z - a < s->cluster_size / 8 &&
+		       w->dl2[z].fresh && w->dl2[z].l1i == l1a + (z - a))
 			z++;
 		for (size_t k = a; k < z; k++)
 			put_be64(w->buf + (k - a) * 8,
@@ -1442,7 +1444,7 @@ int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 	uint8_t *cl = NULL, *rt = NULL, *blocks = NULL;
 	bool extl2;
 	unsigned cb;
-	int fd = -1, r;
+	int fd, r;
 
 	if (!is_pow2(cs) || cs < 512 || cs > (2u << 20))
 		return log_err_ret(-EINVAL, "qcow2: %s: cluster size must be a power of two from 512 bytes to 2 MiB (%llu)",
@@ -1549,10 +1551,9 @@ int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 	for (uint64_t c = 0; c < total; c++)
 		put_be16(blocks + c * 2, 1);	/* block c / rbe, entry c % rbe */
 
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	fd = file_create(path, "qcow2");
 	if (fd < 0) {
-		r = -errno;
-		log_err("qcow2: %s: cannot create (%s)", path, strerror(-r));
+		r = fd;
 		goto out;
 	}
 	r = pwrite_full(fd, cl, cs, 0);
@@ -1562,18 +1563,8 @@ int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 		r = pwrite_full(fd, blocks, nblk * cs, (1 + rtc) * cs);
 	if (r == 0 && ftruncate(fd, (off_t)(total * cs)) < 0)
 		r = -errno;
-	if (r == 0 && fdatasync(fd) < 0)
-		r = -errno;
-	if (r == 0)
-		r = fsync_parent_dir(path);
-	if (r < 0) {
-		log_err("qcow2: %s: cannot write the new image (%s)", path,
-			strerror(-r));
-		unlink(path);
-	}
+	r = file_create_end(fd, path, r, "qcow2");
 out:
-	if (fd >= 0)
-		close(fd);
 	free(cl);
 	free(rt);
 	free(blocks);

@@ -482,6 +482,13 @@ int qcow2_rc_flush(struct img *img, struct qcow2 *s);
 int qcow2_flush_locked(struct img *img, struct qcow2 *s);
 /* fdatasync, logged on failure */
 int qcow2_sync(struct img *img);
+/*
+ * Refcount entry i of a refcount block p of 2^order-bit entries (spec:
+ * "Refcount block entry"; big-endian, sub-byte entries from bit 0 up),
+ * read and set; i must lie inside the block.  Also used by qcow2-check.c.
+ */
+uint64_t qcow2_rc_get(const uint8_t *p, unsigned order, uint64_t i);
+void qcow2_rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v);
 
 /*
  * Describe a backing file name as a parent (qcow and qcow2 alike):

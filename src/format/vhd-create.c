@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checked.h"
 #include "endian-io.h"
 #include "guid.h"
 #include "img.h"
@@ -42,24 +41,11 @@ int vhd_create(const char *path, const struct img_create_opts *o)
 	uint8_t footer[VHD_FOOTER_SIZE], *buf = NULL;
 	int fd, r;
 
-	if (o->sector_size && o->sector_size != VHD_SECTOR)
-		return log_err_ret(-ENOTSUP, "vhd: %s: VHD has 512-byte "
-				   "sectors only (%u asked)", path,
-				   o->sector_size);
-	if (bs < VHD_SECTOR || !is_pow2(bs) || bs > VHD_MAX_BLOCK_SIZE)
-		return log_err_ret(-EINVAL, "vhd: %s: block size must be a "
-				   "power of two from 512 to %u (%u)", path,
-				   VHD_MAX_BLOCK_SIZE, bs);
-	if (!size || size > VHD_MAX_DISK_SIZE)
-		return log_err_ret(size ? -EFBIG : -EINVAL, "vhd: %s: size "
-				   "must be 1 byte to 2040 GiB (%llu)", path,
-				   (unsigned long long)size);
-	size = (size + VHD_SECTOR - 1) & ~(uint64_t)(VHD_SECTOR - 1);
-	if (!o->fixed && size / bs + !!(size % bs) > VHD_MAX_BAT_ENTRIES)
-		return log_err_ret(-EFBIG, "vhd: %s: %llu bytes need more than "
-				   "%u blocks of %u bytes", path,
-				   (unsigned long long)size,
-				   VHD_MAX_BAT_ENTRIES, bs);
+	r = vhd_new_geometry(path, &size, bs,
+			     o->sector_size ? o->sector_size : VHD_SECTOR,
+			     !o->fixed);
+	if (r < 0)
+		return r;
 	/* a fixed disk needs only the footer: build the smallest layout */
 	r = vhd_build(&buf, &len, footer, size, o->fixed ? VHD_MAX_BLOCK_SIZE : bs,
 		      &none, 0, NULL, 0, NULL, 0);

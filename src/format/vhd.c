@@ -1797,6 +1797,33 @@ int vhd_build(uint8_t **out, uint64_t *out_len, uint8_t *footer,
 	return 0;
 }
 
+/* The checks of a new image's geometry (see vhd.h). */
+int vhd_new_geometry(const char *path, uint64_t *size, uint32_t bs,
+		     uint32_t ss, bool dynamic)
+{
+	uint64_t n = *size;
+
+	if (ss != VHD_SECTOR)
+		return log_err_ret(-ENOTSUP, "vhd: %s: VHD has 512-byte "
+				   "sectors only (%u asked)", path, ss);
+	if (bs < VHD_SECTOR || !is_pow2(bs) || bs > VHD_MAX_BLOCK_SIZE)
+		return log_err_ret(-EINVAL, "vhd: %s: block size must be a "
+				   "power of two from 512 to %u (%u)", path,
+				   VHD_MAX_BLOCK_SIZE, bs);
+	if (!n || n > VHD_MAX_DISK_SIZE)
+		return log_err_ret(n ? -EFBIG : -EINVAL, "vhd: %s: size "
+				   "must be 1 byte to 2040 GiB (%llu)", path,
+				   (unsigned long long)n);
+	n = (n + VHD_SECTOR - 1) & ~(uint64_t)(VHD_SECTOR - 1);
+	if (dynamic && n / bs + !!(n % bs) > VHD_MAX_BAT_ENTRIES)
+		return log_err_ret(-EFBIG, "vhd: %s: %llu bytes need more than "
+				   "%u blocks of %u bytes", path,
+				   (unsigned long long)n,
+				   VHD_MAX_BAT_ENTRIES, bs);
+	*size = n;
+	return 0;
+}
+
 /*
  * A new, empty differencing VHD over parent.  It records the parent's
  * identity (its unique id: a VHD's footer id, whatever identity another
@@ -1830,23 +1857,9 @@ static int vhd_create_diff(const char *path,
 	if (!ref || (par->rel_path && par->rel_path[0] == '/'))
 		return log_err_ret(-EINVAL, "vhd: %s: no relative or absolute "
 				   "path of the parent", path);
-	if (ss != VHD_SECTOR)
-		return log_err_ret(-ENOTSUP, "vhd: %s: VHD has 512-byte "
-				   "sectors only (%u asked)", path, ss);
-	if (bs < VHD_SECTOR || !is_pow2(bs) || bs > VHD_MAX_BLOCK_SIZE)
-		return log_err_ret(-EINVAL, "vhd: %s: block size must be a "
-				   "power of two from 512 to %u (%u)", path,
-				   VHD_MAX_BLOCK_SIZE, bs);
-	if (!size || size > VHD_MAX_DISK_SIZE)
-		return log_err_ret(size ? -EFBIG : -EINVAL, "vhd: %s: size "
-				   "must be 1 byte to 2040 GiB (%llu)", path,
-				   (unsigned long long)size);
-	size = (size + VHD_SECTOR - 1) & ~(uint64_t)(VHD_SECTOR - 1);
-	if (size / bs + !!(size % bs) > VHD_MAX_BAT_ENTRIES)
-		return log_err_ret(-EFBIG, "vhd: %s: %llu bytes need more than "
-				   "%u blocks of %u bytes", path,
-				   (unsigned long long)size,
-				   VHD_MAX_BAT_ENTRIES, bs);
+	r = vhd_new_geometry(path, &size, bs, ss, true);
+	if (r < 0)
+		return r;
 	if (pimg->has_id)
 		pid = pimg->id;
 	r = vhd_parent_stamp(pimg, &pstamp);
@@ -1885,26 +1898,15 @@ static int vhd_create_diff(const char *path,
 	if (r < 0)
 		goto out;
 
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+	fd = file_create(path, "vhd");
 	if (fd < 0) {
-		r = log_err_ret(-errno, "vhd: %s: cannot create: %s", path,
-				strerror(errno));
+		r = fd;
 		goto out;
 	}
 	r = pwrite_full(fd, buf, (size_t)len, 0);
 	if (r == 0)
 		r = pwrite_full(fd, footer, sizeof(footer), len);
-	if (r == 0 && fdatasync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0)
-		r = fsync_parent_dir(path);
-	if (r < 0) {
-		log_err("vhd: %s: cannot write the new file (%s)", path,
-			strerror(-r));
-		unlink(path);
-	}
+	r = file_create_end(fd, path, r, "vhd");
 out:
 	for (unsigned i = 0; i < nloc; i++)
 		free(loc[i].data);

@@ -237,6 +237,17 @@ int vhd_build(uint8_t **out, uint64_t *out_len, uint8_t *footer,
 	      uint32_t pstamp, const uint8_t *name, size_t name_len,
 	      struct vhd_new_locator *loc, unsigned nloc);
 
+/*
+ * vhd.c: the checks a new image's geometry passes (512-byte sectors ss, a
+ * block size bs that is a power of two from 512 to VHD_MAX_BLOCK_SIZE, a
+ * size of 1 byte to 2040 GiB and, for a dynamic or differencing disk, at
+ * most VHD_MAX_BAT_ENTRIES blocks), for vhd.c's ->create_diff and
+ * vhd-create.c.  *size is rounded up to whole sectors.  0, or -errno
+ * logged as "vhd: PATH: ...".
+ */
+int vhd_new_geometry(const char *path, uint64_t *size, uint32_t bs,
+		     uint32_t ss, bool dynamic);
+
 /* vhd-create.c: the driver's ->create (fixed or dynamic base image) */
 struct img_create_opts;
 int vhd_create(const char *path, const struct img_create_opts *o);

@@ -5,8 +5,8 @@
  * The layout is the one vhdx_create_diff() writes (MS-VHDX 2.2): file
  * identifier, two headers (sequence 1 and 2, the same GUIDs), two region
  * tables, an empty 1 MiB log at 1 MiB (LogGuid zero), the metadata region
- * at 2 MiB and the BAT at 3 MiB; the headers and tables come from its
- * encoders.  The metadata (2.6.2) holds five items: file parameters (no
+ * at 2 MiB and the BAT at 3 MiB; the headers and tables come from
+ * vhdx_new_header_section(), shared with it.  The metadata (2.6.2) holds five items: file parameters (no
  * HasParent; LeaveBlockAllocated for a fixed disk), virtual disk size,
  * page 83 data, logical and physical sector size.  The BAT of a file
  * without a parent ends at its last payload entry (2.5); its sector
@@ -21,13 +21,11 @@
 #include <unistd.h>
 
 #include "checked.h"
-#include "compiler.h"
 #include "endian-io.h"
 #include "guid.h"
 #include "img.h"
 #include "io.h"
 #include "log.h"
-#include "utf16.h"
 #include "vhdx.h"
 
 #define vhdx_err(err, path, fmt, ...) \
@@ -35,8 +33,6 @@
 
 #define VHDX_BASE_BLOCK_DEFAULT (32 * VHDX_MiB)	/* Hyper-V's for dynamic */
 #define VHDX_META_IS_VIRTUAL_DISK 0x2		/* 2.6.1.2 IsVirtualDisk */
-#define VHDX_LOG_OFF VHDX_MiB
-#define VHDX_META_OFF (2 * VHDX_MiB)
 #define VHDX_BAT_OFF (3 * VHDX_MiB)
 
 static uint64_t round_up(uint64_t v, uint64_t a)
@@ -116,9 +112,7 @@ int vhdx_create(const char *path, const struct img_create_opts *o)
 	uint32_t lss = o->sector_size ? o->sector_size : 512, pss = 4096;
 	uint64_t size = o->size, nblocks, ratio, entries, bat_len, data_off;
 	uint64_t end;
-	struct vhdx_header h;
-	uint8_t *hs = NULL, *meta = NULL, *u = NULL;
-	size_t ulen;
+	uint8_t *hs = NULL, *meta = NULL;
 	int fd, r;
 
 	if (lss != 512 && lss != 4096)
@@ -139,47 +133,20 @@ int vhdx_create(const char *path, const struct img_create_opts *o)
 	data_off = VHDX_BAT_OFF + bat_len;
 	end = o->fixed ? data_off + nblocks * bs : data_off;
 
-	memset(&h, 0, sizeof(h));
-	h.version = 1;
-	h.log_length = (uint32_t)VHDX_MiB;
-	h.log_offset = VHDX_LOG_OFF;
-	r = vhdx_random_guid(&h.file_write_guid);
-	if (r == 0)
-		r = vhdx_random_guid(&h.data_write_guid);
+	r = vhdx_new_header_section(&hs, &meta, bat_len);
 	if (r < 0)
 		return r;
-	hs = calloc(1, VHDX_HEADER_SECTION);
-	meta = calloc(1, VHDX_MiB);
-	if (!hs || !meta) {
-		r = -ENOMEM;
-		goto out_free;
-	}
-	memcpy(hs, "vhdxfile", 8);
-	r = utf8_to_utf16("layerfs", false, &u, &ulen);
-	if (r < 0)
-		goto out_free;
-	memcpy(hs + 8, u, MIN(ulen, (size_t)512));
-	for (int k = 0; k < 2; k++) {
-		h.sequence = 1 + (uint64_t)k;
-		vhdx_header_encode(&h, hs + (k ? VHDX_HEADER2_OFF :
-					     VHDX_HEADER1_OFF));
-	}
-	vhdx_region_encode(hs + VHDX_REGION1_OFF, VHDX_BAT_OFF, bat_len,
-			   VHDX_META_OFF, VHDX_MiB);
-	memcpy(hs + VHDX_REGION2_OFF, hs + VHDX_REGION1_OFF, VHDX_REGION_SIZE);
 	r = meta_encode(meta, size, bs, lss, pss, o->fixed);
 	if (r < 0)
 		goto out_free;
 
-	fd = file_create(path, "vhdx");
+	fd = vhdx_new_file(path, hs, meta);
 	if (fd < 0) {
 		r = fd;
 		goto out_free;
 	}
-	r = pwrite_full(fd, hs, VHDX_HEADER_SECTION, 0);
-	if (r == 0)
-		r = pwrite_full(fd, meta, VHDX_MiB, VHDX_META_OFF);
-	if (r == 0 && o->fixed)
+	r = 0;
+	if (o->fixed)
 		r = bat_write_fixed(fd, nblocks, (uint32_t)ratio, bs, data_off);
 	if (r == 0 && ftruncate(fd, (off_t)end) < 0)
 		r = -errno;
@@ -188,7 +155,6 @@ int vhdx_create(const char *path, const struct img_create_opts *o)
 		r = file_reserve(fd, data_off, end - data_off);
 	r = file_create_end(fd, path, r, "vhdx");
 out_free:
-	free(u);
 	free(hs);
 	free(meta);
 	return r;

@@ -67,25 +67,17 @@ static uint64_t vp_round_up(uint64_t v, uint64_t a)
 static int vp_headers(struct img *img, struct vhdx *s)
 {
 	static const uint64_t slot[2] = { VHDX_HEADER1_OFF, VHDX_HEADER2_OFF };
-	struct vhdx_header a, b, h = s->hdr;
+	struct vhdx_header h = s->hdr;
 	uint8_t *buf = malloc(2 * VHDX_HEADER_SIZE);
 	int cur = 0, r;
 
 	if (!buf)
 		return -ENOMEM;
-	r = pread_full(img->fd, buf, VHDX_HEADER_SIZE, slot[0]);
-	if (r == 0)
-		r = pread_full(img->fd, buf + VHDX_HEADER_SIZE,
-			       VHDX_HEADER_SIZE, slot[1]);
+	r = vhdx_header_slot(img->fd, buf, &cur);
 	if (r < 0) {
 		vp_err(r, img, "cannot read the headers: %s", strerror(-r));
 		goto out;
 	}
-	if (vhdx_header_decode(buf, &a) < 0)
-		cur = 1;
-	else if (vhdx_header_decode(buf + VHDX_HEADER_SIZE, &b) == 0 &&
-		 b.sequence > a.sequence)
-		cur = 1;
 	r = vhdx_random_guid(&h.file_write_guid);
 	for (int k = 0; k < 2 && r == 0; k++) {
 		h.sequence = s->hdr.sequence + 1 + (uint64_t)k;

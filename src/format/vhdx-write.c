@@ -395,10 +395,31 @@ fail:
 
 /* ---- step 0: new headers, once per open ---- */
 
+/* The current header's slot, for here and vhdx-parent.c; see vhdx.h. */
+int vhdx_header_slot(int fd, uint8_t *buf, int *cur)
+{
+	struct vhdx_header a, b;
+	int r;
+
+	r = pread_full(fd, buf, VHDX_HEADER_SIZE, VHDX_HEADER1_OFF);
+	if (r == 0)
+		r = pread_full(fd, buf + VHDX_HEADER_SIZE, VHDX_HEADER_SIZE,
+			       VHDX_HEADER2_OFF);
+	if (r < 0)
+		return r;
+	*cur = 0;
+	if (vhdx_header_decode(buf, &a) < 0)
+		*cur = 1;
+	else if (vhdx_header_decode(buf + VHDX_HEADER_SIZE, &b) == 0 &&
+		 b.sequence > a.sequence)
+		*cur = 1;
+	return 0;
+}
+
 static int w_session_locked(struct vhdx *s)
 {
 	uint8_t *buf;
-	struct vhdx_header a, b, h = s->hdr;
+	struct vhdx_header h = s->hdr;
 	uint64_t slot[2] = { VHDX_HEADER1_OFF, VHDX_HEADER2_OFF };
 	int cur = 0, r;
 
@@ -408,18 +429,9 @@ static int w_session_locked(struct vhdx *s)
 	if (!buf)
 		return -ENOMEM;
 	/* Which slot holds the current header (the one open() picked)? */
-	r = pread_full(s->fd, buf, 2 * VHDX_HEADER_SIZE, VHDX_HEADER1_OFF);
-	if (r == 0) {
-		r = pread_full(s->fd, buf + VHDX_HEADER_SIZE, VHDX_HEADER_SIZE,
-			       VHDX_HEADER2_OFF);
-	}
+	r = vhdx_header_slot(s->fd, buf, &cur);
 	if (r < 0)
 		goto out;
-	if (vhdx_header_decode(buf, &a) < 0)
-		cur = 1;
-	else if (vhdx_header_decode(buf + VHDX_HEADER_SIZE, &b) == 0 &&
-		 b.sequence > a.sequence)
-		cur = 1;
 	r = random_guid(&h.file_write_guid);
 	if (r == 0)
 		r = random_guid(&h.data_write_guid);
@@ -1005,16 +1017,68 @@ void vhdx_header_encode(const struct vhdx_header *h, uint8_t *buf)
 	header_encode(h, buf);
 }
 
-void vhdx_region_encode(uint8_t *t, uint64_t bat_off, uint64_t bat_len,
-			uint64_t meta_off, uint64_t meta_len)
-{
-	region_encode(t, bat_off, bat_len, meta_off, meta_len);
-}
-
 void vhdx_meta_entry(uint8_t *t, unsigned i, const struct guid *g,
 		     uint32_t off, uint32_t len, uint32_t flags)
 {
 	meta_entry(t, i, g, off, len, flags);
+}
+
+/* The start of a new file, for create_diff and vhdx-create.c; see vhdx.h. */
+int vhdx_new_header_section(uint8_t **out, uint8_t **meta, uint64_t bat_len)
+{
+	struct vhdx_header h;
+	uint8_t *hs, *u = NULL;
+	size_t ulen;
+	int r;
+
+	*out = NULL;
+	*meta = NULL;
+	memset(&h, 0, sizeof(h));
+	h.version = 1;
+	h.log_length = (uint32_t)VHDX_MiB;
+	h.log_offset = VHDX_MiB;
+	r = random_guid(&h.file_write_guid);
+	if (r == 0)
+		r = random_guid(&h.data_write_guid);
+	if (r < 0)
+		return r;
+	hs = calloc(1, VHDX_HEADER_SECTION);
+	*meta = calloc(1, VHDX_MiB);
+	r = hs && *meta ? utf8_to_utf16("layerfs", false, &u, &ulen)
+			: -ENOMEM;
+	if (r < 0) {
+		free(hs);
+		free(*meta);
+		*meta = NULL;
+		return r;
+	}
+	memcpy(hs, "vhdxfile", 8);
+	memcpy(hs + 8, u, MIN(ulen, (size_t)512));
+	free(u);
+	for (int k = 0; k < 2; k++) {
+		h.sequence = 1 + (uint64_t)k;
+		header_encode(&h, hs + (k ? VHDX_HEADER2_OFF :
+					VHDX_HEADER1_OFF));
+	}
+	region_encode(hs + VHDX_REGION1_OFF, 3 * VHDX_MiB, bat_len,
+		      2 * VHDX_MiB, VHDX_MiB);
+	memcpy(hs + VHDX_REGION2_OFF, hs + VHDX_REGION1_OFF, VHDX_REGION_SIZE);
+	*out = hs;
+	return 0;
+}
+
+int vhdx_new_file(const char *path, const uint8_t *hs, const uint8_t *meta)
+{
+	int fd = file_create(path, "vhdx"), r;
+
+	if (fd < 0)
+		return fd;
+	r = pwrite_full(fd, hs, VHDX_HEADER_SECTION, 0);
+	if (r == 0)
+		r = pwrite_full(fd, meta, VHDX_MiB, 2 * VHDX_MiB);
+	if (r < 0)
+		return file_create_end(fd, path, r, "vhdx");
+	return fd;
 }
 
 /*
@@ -1031,9 +1095,7 @@ int vhdx_create_diff(const char *path, const struct img_create_parent *par,
 	uint32_t pss = pi->phys_sector_size;
 	uint64_t size = o->size ? o->size : pi->size;
 	uint64_t nblocks, ratio, nchunks, bat_len, bat_off = 3 * VHDX_MiB;
-	struct vhdx_header h;
-	uint8_t *hs = NULL, *meta = NULL, *u = NULL;
-	size_t ulen;
+	uint8_t *hs = NULL, *meta = NULL;
 	int fd, r;
 
 	if (!o->sector_size && lss != 512 && lss != 4096)
@@ -1057,63 +1119,23 @@ int vhdx_create_diff(const char *path, const struct img_create_parent *par,
 	nchunks = nblocks / ratio + (nblocks % ratio != 0);
 	bat_len = round_up(nchunks * (ratio + 1) * 8, VHDX_MiB);
 
-	memset(&h, 0, sizeof(h));
-	h.version = 1;
-	h.log_length = (uint32_t)VHDX_MiB;
-	h.log_offset = VHDX_MiB;
-	r = random_guid(&h.file_write_guid);
-	if (r == 0)
-		r = random_guid(&h.data_write_guid);
+	r = vhdx_new_header_section(&hs, &meta, bat_len);
 	if (r < 0)
 		return r;
-	hs = calloc(1, VHDX_HEADER_SECTION);
-	meta = calloc(1, VHDX_MiB);
-	if (!hs || !meta) {
-		r = -ENOMEM;
-		goto out_free;
-	}
-	memcpy(hs, "vhdxfile", 8);
-	r = utf8_to_utf16("layerfs", false, &u, &ulen);
-	if (r < 0)
-		goto out_free;
-	memcpy(hs + 8, u, MIN(ulen, (size_t)512));
-	for (int k = 0; k < 2; k++) {
-		h.sequence = 1 + (uint64_t)k;
-		header_encode(&h, hs + (k ? VHDX_HEADER2_OFF :
-					VHDX_HEADER1_OFF));
-	}
-	region_encode(hs + VHDX_REGION1_OFF, bat_off, bat_len, 2 * VHDX_MiB,
-		      VHDX_MiB);
-	memcpy(hs + VHDX_REGION2_OFF, hs + VHDX_REGION1_OFF, VHDX_REGION_SIZE);
 	r = meta_encode(meta, par, size, bs, lss, pss);
 	if (r < 0) {
 		vhdx_err(r, path, "cannot encode the parent locator (%s)",
 			 strerror(-r));
 		goto out_free;
 	}
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	fd = vhdx_new_file(path, hs, meta);
 	if (fd < 0) {
-		r = vhdx_err(-errno, path, "cannot create: %s", strerror(errno));
+		r = fd;
 		goto out_free;
 	}
-	r = pwrite_full(fd, hs, VHDX_HEADER_SECTION, 0);
-	if (r == 0)
-		r = pwrite_full(fd, meta, VHDX_MiB, 2 * VHDX_MiB);
-	if (r == 0 && ftruncate(fd, (off_t)(bat_off + bat_len)) < 0)
-		r = -errno;
-	if (r == 0 && fdatasync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0)
-		r = fsync_parent_dir(path);
-	if (r < 0) {
-		vhdx_err(r, path, "cannot write the new file: %s",
-			 strerror(-r));
-		unlink(path);
-	}
+	r = ftruncate(fd, (off_t)(bat_off + bat_len)) < 0 ? -errno : 0;
+	r = file_create_end(fd, path, r, "vhdx");
 out_free:
-	free(u);
 	free(hs);
 	free(meta);
 	return r;

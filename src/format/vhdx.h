@@ -388,14 +388,36 @@ int vhdx_create_diff(const char *path, const struct img_create_parent *parent,
 		     const struct img_create_opts *o);
 /*
  * The encoders create_diff uses, for vhdx-create.c: a random (v4) GUID
- * (0 or -errno, logged); a 4 KiB header with its CRC; a 64 KiB region
- * table naming the BAT and metadata regions, with its CRC; metadata table
+ * (0 or -errno, logged); a 4 KiB header with its CRC; metadata table
  * entry i (t is the 64 KiB table, flags VHDX_META_IS_*).
  */
 int vhdx_random_guid(struct guid *g);
 void vhdx_header_encode(const struct vhdx_header *h, uint8_t *buf);
-void vhdx_region_encode(uint8_t *t, uint64_t bat_off, uint64_t bat_len,
-			uint64_t meta_off, uint64_t meta_len);
+/*
+ * The header section (1 MiB, malloc'd into *out) of a new file, for
+ * create_diff and vhdx-create.c: file identifier (creator "layerfs"), two
+ * headers (sequence 1 and 2, new file and data write GUIDs, an empty 1 MiB
+ * log at 1 MiB) and two region tables naming the metadata region (1 MiB
+ * at 2 MiB) and the BAT (bat_len bytes at 3 MiB); *meta gets that
+ * metadata region, all zeros, for the caller to fill (both malloc'd, the
+ * caller frees them).  0, or -errno (nothing allocated then).
+ */
+int vhdx_new_header_section(uint8_t **out, uint8_t **meta, uint64_t bat_len);
+/*
+ * Create the new file path (file_create) and write that header section
+ * hs at 0 and the 1 MiB metadata region meta at 2 MiB: the fd, for the
+ * caller to finish with file_create_end(), or -errno (logged; the file
+ * is gone again).
+ */
+int vhdx_new_file(const char *path, const uint8_t *hs, const uint8_t *meta);
+/*
+ * Which header slot of the file fd holds the current header (0: the one
+ * at 64 KiB, 1: at 128 KiB), as open() picks it: *cur is 1 when the first
+ * does not decode or the second is valid with a higher sequence.  buf is
+ * 2 * VHDX_HEADER_SIZE bytes of scratch (it gets both headers).  0, or
+ * -errno of reading (not logged).  For the writer and vhdx-parent.c.
+ */
+int vhdx_header_slot(int fd, uint8_t *buf, int *cur);
 void vhdx_meta_entry(uint8_t *t, unsigned i, const struct guid *g,
 		     uint32_t off, uint32_t len, uint32_t flags);
 

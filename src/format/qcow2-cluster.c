@@ -189,6 +189,20 @@ static int l2_load(struct l2_slot *s, size_t nwords, int fd,
 	return 0;
 }
 
+/* Put a new slot into bucket b of sh (locked), unlock, trim if over budget. */
+static void slot_insert_unlock(struct l2_shard *sh, unsigned b,
+			       struct l2_slot *s)
+{
+	s->hnext = sh->buckets[b];
+	sh->buckets[b] = s;
+	lru_push_head(sh, s);
+	__atomic_add_fetch(&cache_used, s->bytes, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&sh->lock);
+	if (__atomic_load_n(&cache_used, __ATOMIC_RELAXED) >
+	    __atomic_load_n(&cache_budget, __ATOMIC_RELAXED))
+		cache_trim();
+}
+
 int qcow2_l2_get(uint64_t owner, uint64_t index, size_t nwords, int fd,
 		 uint64_t host_off, const char *drv, const char *path,
 		 struct qcow2_l2_ref *ref)
@@ -263,14 +277,7 @@ again:
 		goto again;
 	}
 	s = fresh;
-	s->hnext = sh->buckets[b];
-	sh->buckets[b] = s;
-	lru_push_head(sh, s);
-	__atomic_add_fetch(&cache_used, s->bytes, __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&sh->lock);
-	if (__atomic_load_n(&cache_used, __ATOMIC_RELAXED) >
-	    __atomic_load_n(&cache_budget, __ATOMIC_RELAXED))
-		cache_trim();
+	slot_insert_unlock(sh, b, s);
 done:
 	ref->table = s->table;
 	ref->slot = s;
@@ -324,14 +331,7 @@ int qcow2_l2_new(uint64_t owner, uint64_t index, size_t nwords,
 	s->bucket = b;
 	s->bytes = sizeof(*s) + nwords * 8;
 	s->pins = 1;
-	s->hnext = sh->buckets[b];
-	sh->buckets[b] = s;
-	lru_push_head(sh, s);
-	__atomic_add_fetch(&cache_used, s->bytes, __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&sh->lock);
-	if (__atomic_load_n(&cache_used, __ATOMIC_RELAXED) >
-	    __atomic_load_n(&cache_budget, __ATOMIC_RELAXED))
-		cache_trim();
+	slot_insert_unlock(sh, b, s);
 done:
 	ref->table = s->table;
 	ref->slot = s;

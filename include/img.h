@@ -148,6 +148,52 @@ struct img_check {
 void img_check_report(struct img_check *res, bool error, const char *mod,
 		      const char *path, const char *fmt, ...) __printf(5, 6);
 
+/*
+ * Format facts beyond struct img, for `layerimg info` (the way qemu's block
+ * drivers answer bdrv_get_specific_info).  Filled by ->info; every part is
+ * optional and format-neutral, so the front ends never include a format's
+ * private header.  Free with img_info_clear().
+ */
+struct img_snapshot {			/* an internal snapshot (QCOW2) */
+	char *id;			/* owned, NUL-terminated */
+	char *name;			/* owned, NUL-terminated */
+	uint32_t date_sec;		/* seconds since the Epoch */
+	uint32_t date_nsec;
+	uint64_t vm_clock_nsec;		/* guest run time */
+	uint64_t vm_state_size;		/* bytes, 0 if none */
+	uint64_t disk_size;		/* virtual size, 0 if not recorded */
+};
+
+struct img_log_state {			/* a metadata journal (VHDX log) */
+	bool dirty;			/* entries still to replay (a log GUID) */
+	struct guid guid;		/* the log GUID when dirty */
+	uint64_t offset, length;	/* the log region in the file */
+	unsigned entries;		/* entries replayed in memory at open */
+};
+
+#define IMG_INFO_FACTS_MAX 16
+struct img_info_fact {			/* one named number of the format */
+	const char *key;		/* static string, snake_case */
+	uint64_t value;
+};
+
+struct img_info {
+	bool has_log;			/* the format keeps a journal */
+	struct img_log_state log;
+	bool has_snapshots;		/* the format keeps internal snapshots */
+	int snapshots_err;		/* 0, or -errno: the table is unreadable */
+	struct img_snapshot *snapshots;	/* owned, nsnapshots entries */
+	size_t nsnapshots;
+	unsigned nfacts;		/* facts[0..nfacts) in display order */
+	struct img_info_fact facts[IMG_INFO_FACTS_MAX];
+};
+
+/* Fill *out from img's driver (zeroed when it has no ->info): 0 or -errno. */
+int img_info_get(struct img *img, struct img_info *out);
+/* Append a fact; silently ignored past IMG_INFO_FACTS_MAX (a driver bug). */
+void img_info_add_fact(struct img_info *inf, const char *key, uint64_t value);
+void img_info_clear(struct img_info *inf);
+
 struct img_driver {
 	const char *name;
 	const char *desc;
@@ -221,6 +267,11 @@ struct img_driver {
 	 * 0 or -errno.
 	 */
 	int (*set_parent)(struct img *img, const struct img_create_parent *parent);
+	/*
+	 * Optional: format facts for the front ends (see struct img_info),
+	 * on an opened image; *out is zeroed by the caller.  0 or -errno.
+	 */
+	int (*info)(struct img *img, struct img_info *out);
 };
 
 /* registry.c */

@@ -27,7 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "asparse.h"
+#include "asparse-writer.h"
 #include "chain.h"
 #include "checked.h"
 #include "cli.h"

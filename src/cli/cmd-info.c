@@ -26,9 +26,7 @@
 #include "layers.h"
 #include "log.h"
 #include "part.h"
-#include "qcow2.h"
 #include "registry.h"
-#include "vhdx.h"
 
 #define INFO_SCHEMA_VERSION 1
 #define INFO_MAX_WARNINGS 64
@@ -204,9 +202,7 @@ static void json_layer(struct json *j, const struct chain *c, unsigned i,
 	const struct chain_layer *l = &c->layers[i];
 	struct img *img = l->img;
 	struct img_parent p = { 0 };
-	struct vhdx_log_info li;
-	struct qcow2_snapshot *sn = NULL;
-	size_t nsn = 0;
+	struct img_info inf;
 	char tag[LAYER_TAG_MAX], g[GUID_STR_LEN + 1], d[32];
 	int pr;
 
@@ -274,41 +270,49 @@ static void json_layer(struct json *j, const struct chain *c, unsigned i,
 	}
 	img_parent_clear(&p);
 
-	if (vhdx_log_info(img, &li) == 0) {
+	if (img_info_get(img, &inf) < 0)
+		memset(&inf, 0, sizeof(inf));
+	if (inf.has_log) {
 		json_obj_begin(j, "log");
-		json_bool(j, "dirty", li.dirty);
-		json_u64(j, "entries_replayed", li.entries);
-		if (li.dirty) {
-			guid_to_str(&li.log_guid, g);
+		json_bool(j, "dirty", inf.log.dirty);
+		json_u64(j, "entries_replayed", inf.log.entries);
+		if (inf.log.dirty) {
+			guid_to_str(&inf.log.guid, g);
 			json_str(j, "guid", g);
 		} else {
 			json_null(j, "guid");
 		}
-		json_u64(j, "offset", li.log_offset);
-		json_u64(j, "length", li.log_length);
+		json_u64(j, "offset", inf.log.offset);
+		json_u64(j, "length", inf.log.length);
 		json_obj_end(j);
 	}
-	if (img->drv == &qcow2_driver) {
-		if (qcow2_snapshot_list(img, &sn, &nsn) < 0) {
-			json_null(j, "snapshots");
-		} else {
-			json_arr_begin(j, "snapshots");
-			for (size_t k = 0; k < nsn; k++) {
-				json_obj_begin(j, NULL);
-				json_str(j, "id", sn[k].id);
-				json_str(j, "name", sn[k].name);
-				date_str(sn[k].date_sec, d, sizeof(d));
-				json_str(j, "date", d);
-				json_u64(j, "date_sec", sn[k].date_sec);
-				json_u64(j, "vm_clock_nsec", sn[k].vm_clock_nsec);
-				json_u64(j, "vm_state_size", sn[k].vm_state_size);
-				json_u64(j, "disk_size", sn[k].disk_size);
-				json_obj_end(j);
-			}
-			json_arr_end(j);
-			qcow2_snapshot_list_free(sn, nsn);
+	if (inf.has_snapshots && inf.snapshots_err < 0) {
+		json_null(j, "snapshots");
+	} else if (inf.has_snapshots) {
+		json_arr_begin(j, "snapshots");
+		for (size_t k = 0; k < inf.nsnapshots; k++) {
+			const struct img_snapshot *sn = &inf.snapshots[k];
+
+			json_obj_begin(j, NULL);
+			json_str(j, "id", sn->id);
+			json_str(j, "name", sn->name);
+			date_str(sn->date_sec, d, sizeof(d));
+			json_str(j, "date", d);
+			json_u64(j, "date_sec", sn->date_sec);
+			json_u64(j, "vm_clock_nsec", sn->vm_clock_nsec);
+			json_u64(j, "vm_state_size", sn->vm_state_size);
+			json_u64(j, "disk_size", sn->disk_size);
+			json_obj_end(j);
 		}
+		json_arr_end(j);
 	}
+	if (inf.nfacts) {
+		json_obj_begin(j, "format_specific");
+		for (unsigned k = 0; k < inf.nfacts; k++)
+			json_u64(j, inf.facts[k].key, inf.facts[k].value);
+		json_obj_end(j);
+	}
+	img_info_clear(&inf);
 	json_obj_end(j);
 }
 
@@ -349,9 +353,7 @@ static void text_layer(const struct chain *c, unsigned i,
 {
 	const struct chain_layer *l = &c->layers[i];
 	struct img *img = l->img;
-	struct vhdx_log_info li;
-	struct qcow2_snapshot *sn = NULL;
-	size_t nsn = 0;
+	struct img_info inf;
 	char tag[LAYER_TAG_MAX], g[GUID_STR_LEN + 1], s[64], h[32];
 
 	layer_tag_format(&l->tag, tag, sizeof(tag));
@@ -393,28 +395,37 @@ static void text_layer(const struct chain *c, unsigned i,
 		       : l->id_check < 0 ? "MISMATCH (ignored)"
 					 : "not recorded");
 	}
-	if (vhdx_log_info(img, &li) == 0 && li.dirty)
+	if (img_info_get(img, &inf) < 0)
+		memset(&inf, 0, sizeof(inf));
+	if (inf.has_log && inf.log.dirty)
 		printf("      log:           dirty, %u entr%s replayed in memory "
 		       "(the file is not changed)\n",
-		       li.entries, li.entries == 1 ? "y" : "ies");
-	if (img->drv == &qcow2_driver &&
-	    qcow2_snapshot_list(img, &sn, &nsn) == 0 && nsn) {
-		printf("      snapshots:     %zu\n", nsn);
+		       inf.log.entries, inf.log.entries == 1 ? "y" : "ies");
+	if (inf.nsnapshots) {
+		printf("      snapshots:     %zu\n", inf.nsnapshots);
 		printf("        %-8s %-20s %-20s %10s %12s\n", "ID", "NAME",
 		       "DATE", "VM STATE", "VM CLOCK");
-		for (size_t k = 0; k < nsn; k++) {
+		for (size_t k = 0; k < inf.nsnapshots; k++) {
+			const struct img_snapshot *sn = &inf.snapshots[k];
 			char d[32];
-			uint64_t cs = sn[k].vm_clock_nsec / 1000000000u;
+			uint64_t cs = sn->vm_clock_nsec / 1000000000u;
 
-			date_str(sn[k].date_sec, d, sizeof(d));
-			human_size(sn[k].vm_state_size, h, sizeof(h));
+			date_str(sn->date_sec, d, sizeof(d));
+			human_size(sn->vm_state_size, h, sizeof(h));
 			printf("        %-8s %-20s %-20s %10s %4" PRIu64
 			       ":%02u:%02u\n",
-			       sn[k].id, sn[k].name, d, h, cs / 3600,
+			       sn->id, sn->name, d, h, cs / 3600,
 			       (unsigned)(cs / 60 % 60), (unsigned)(cs % 60));
 		}
 	}
-	qcow2_snapshot_list_free(sn, nsn);
+	if (inf.nfacts) {
+		printf("      format facts:  ");
+		for (unsigned k = 0; k < inf.nfacts; k++)
+			printf("%s%s=%" PRIu64, k ? ", " : "", inf.facts[k].key,
+			       inf.facts[k].value);
+		putchar('\n');
+	}
+	img_info_clear(&inf);
 }
 
 static void text_partitions(const struct part_table *t)

@@ -160,6 +160,38 @@ void img_unref(struct img *img)
 	free(img);
 }
 
+int img_info_get(struct img *img, struct img_info *out)
+{
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (!img->drv || !img->drv->info)
+		return 0;
+	r = img->drv->info(img, out);
+	if (r < 0)
+		img_info_clear(out);
+	return r;
+}
+
+void img_info_add_fact(struct img_info *inf, const char *key, uint64_t value)
+{
+	if (inf->nfacts >= IMG_INFO_FACTS_MAX)
+		return;
+	inf->facts[inf->nfacts].key = key;
+	inf->facts[inf->nfacts].value = value;
+	inf->nfacts++;
+}
+
+void img_info_clear(struct img_info *inf)
+{
+	for (size_t i = 0; i < inf->nsnapshots; i++) {
+		free(inf->snapshots[i].id);
+		free(inf->snapshots[i].name);
+	}
+	free(inf->snapshots);
+	memset(inf, 0, sizeof(*inf));
+}
+
 void img_parent_clear(struct img_parent *p)
 {
 	for (unsigned i = 0; i < p->nrefs; i++)

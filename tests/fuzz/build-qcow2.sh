@@ -17,12 +17,12 @@ CC=${CC:-clang}
 "$CC" -g -O1 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	-fno-omit-frame-pointer \
-	-I"$src/include" -I"$src/src/format" \
+	-I"$src/include" -I"$src/src/format/qcow2" \
 	"$src/tests/fuzz/fuzz-qcow2.c" \
 	"$src/src/common/log.c" "$src/src/common/io.c" \
 	"$src/src/format/img.c" "$src/src/format/raw.c" \
-	"$src/src/format/qcow2.c" "$src/src/format/qcow2-cluster.c" \
-	"$src/src/format/qcow.c" \
+	"$src/src/format/qcow2/open.c" "$src/src/format/qcow2/cluster.c" \
+	"$src/src/format/qcow2/qcow.c" \
 	-lz -lzstd -lpthread -o "$out/fuzz-qcow2"
 echo "built $out/fuzz-qcow2"
 

@@ -20,10 +20,10 @@ $CC -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=undefined \
 	-DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
 	-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-	-I"$src/include" -I"$src/src/format" -I"$src" \
+	-I"$src/include" -I"$src/src/format/vhdx" -I"$src" \
 	"$src/tests/fuzz/fuzz-vhdx.c" \
-	"$src/src/format/vhdx.c" "$src/src/format/vhdx-bat.c" \
-	"$src/src/format/vhdx-log.c" "$src/src/format/img.c" \
+	"$src/src/format/vhdx/open.c" "$src/src/format/vhdx/bat.c" \
+	"$src/src/format/vhdx/log.c" "$src/src/format/img.c" \
 	"$src/src/common/log.c" "$src/src/common/io.c" \
 	"$src/src/common/guid.c" "$src/src/common/utf16.c" \
 	"$src/src/common/crc32c.c" \

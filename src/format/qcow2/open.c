@@ -1075,4 +1075,5 @@ const struct img_driver qcow2_driver = {
 	.check = qcow2_check,		/* qcow2-check.c */
 	.create = qcow2_create,		/* qcow2-create.c */
 	.set_parent = qcow2_set_parent,	/* qcow2-parent.c */
+	.info = qcow2_info,
 };

@@ -175,6 +175,10 @@ int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
 			size_t *n);
 void qcow2_snapshot_list_free(struct qcow2_snapshot *list, size_t n);
 
+/* ---- info.c ---- */
+struct img_info;
+int qcow2_info(struct img *img, struct img_info *out);
+
 /* ---- qcow2-cluster.c: shared by the qcow2 and qcow drivers ---- */
 
 /* A process-unique id for one open image: the key of its cached data. */

@@ -366,6 +366,9 @@ struct vhdx_log_info {
 struct img;
 /* 0 and *out, or -EINVAL if img is not an open VHDX image. */
 int vhdx_log_info(const struct img *img, struct vhdx_log_info *out);
+/* info.c: the ->info hook */
+struct img_info;
+int vhdx_info(struct img *img, struct img_info *out);
 /*
  * Read file bytes as they are after the replay: [off, off+n) must lie
  * below s->eff_size; bytes past the real end read as zeros.

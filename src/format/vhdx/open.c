@@ -894,4 +894,5 @@ const struct img_driver vhdx_driver = {
 	.check = vhdx_check,		/* vhdx-check.c */
 	.create = vhdx_create,		/* vhdx-create.c */
 	.set_parent = vhdx_set_parent,	/* vhdx-parent.c */
+	.info = vhdx_info,
 };

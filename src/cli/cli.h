@@ -2,17 +2,22 @@
 /*
  * cli.h: layerimg's subcommands and the helpers they share.
  *
- * Every subcommand is `int cmd_X(int argc, char **argv)` with argv[0] the
- * subcommand name, and returns the process exit status:
- *   0  success (check: the image is clean)
- *   1  the operation failed (check: errors were found)
- *   2  bad usage, or the input could not be opened/checked
- *   3  check only: leaks or other harmless findings, no errors
- * Messages go to stderr through log.h, one line naming the file.
+ * Every subcommand is `int cmd_X(int argc, char **argv)` with argv[0]
+ * "layerimg: X" (so getopt's own complaints carry the prefix), and returns
+ * the process exit status:
+ *   0  success
+ *   1  the operation failed
+ *   2  bad usage, or the input could not be opened
+ * check uses qemu-img check's codes instead (enum cli_check_status).
+ * Messages go to stderr through log.h and cli_log_sink, one line each:
+ * "layerimg: X: error: message", "layerimg: X: warning: message", or
+ * "layerimg: X: message" for information (getopt's own complaints have
+ * no level word).
  */
 #ifndef LAYERFS_CLI_H
 #define LAYERFS_CLI_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,7 +25,30 @@
 #include "chain.h"
 #include "log.h"
 
-enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_LEAKS = 3 };
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+
+/* layerimg check's exit status: qemu-img check's values. */
+enum cli_check_status {
+	CLI_CHECK_CLEAN = 0,
+	CLI_CHECK_FAILED = 1,		/* could not check (or bad usage) */
+	CLI_CHECK_CORRUPT = 2,		/* errors (corruptions) found */
+	CLI_CHECK_LEAKS = 3,		/* leaks only */
+	CLI_CHECK_UNSUPPORTED = 63,	/* the format has no checker */
+};
+
+/*
+ * The command being run, for the message prefix ("layerimg: COMMAND: ").
+ * Set by main() before the command runs; NULL before a command is known.
+ */
+void cli_set_command(const char *name);
+/* The log sink of every command: the prefix, INFO dropped when quiet. */
+void cli_log_sink(enum log_level lvl, const char *msg);
+void cli_set_quiet(bool quiet);
+/* One error line with the prefix (usage errors: no file to name). */
+void cli_error(const char *fmt, ...) __printf(1, 2);
+void cli_verror(const char *fmt, va_list ap) __printf(1, 0);
+/* The usage-error tail: "Try 'layerimg COMMAND --help'..." on stderr. */
+int cli_try_help(void);
 
 int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
@@ -31,10 +59,38 @@ int cmd_convert(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 
 /*
- * Parse a size: a decimal number with an optional K, M, G, T or P suffix
- * (powers of 1024; also KiB, MiB...; a trailing B is allowed).  0 or -EINVAL.
+ * Parse a size as qemu-img does: a decimal number, a fraction allowed
+ * when a suffix follows ("1.5G"), with an optional suffix b/B (bytes) or
+ * k, M, G, T, P, E (powers of 1024, either case; also KiB, MB...).  The
+ * fraction's bytes are rounded down.  0 or -EINVAL (-ERANGE: too big).
  */
 int cli_parse_size(const char *s, uint64_t *out);
+
+/* A size for a 32-bit field, not 0; errors logged naming what. */
+int cli_parse_size32(const char *what, const char *s, uint32_t *out);
+
+/*
+ * -o key[=value],... of create and convert (list is cut up): block_size,
+ * cluster_size, sector_size, fixed, subformat=fixed|dynamic,
+ * preallocation=off|metadata|falloc|full.  0, or -EINVAL (logged).
+ */
+struct img_create_opts;
+int cli_parse_create_opts(char *list, struct img_create_opts *o);
+
+/* --output=human|json: *json set.  0, or -EINVAL (logged). */
+int cli_parse_output(const char *arg, bool *json);
+
+/* A format name as given to -f/-F/-O, qemu-img's spelling accepted
+ * ("vpc" is vhd).  Returns the layerimg name (borrowed). */
+const char *cli_format_name(const char *name);
+
+/*
+ * -f FMT for an input file: FMT must be a known format and path's content
+ * must be that format, as qemu-img refuses an image of another format.
+ * allow_unknown: a file no driver recognises (it probes as raw) passes
+ * too (check -f on a damaged file).  0, or -EINVAL (logged).
+ */
+int cli_format_expect(const char *path, const char *fmt, bool allow_unknown);
 
 /*
  * Open IMAGE's chain read-only (or with its top writable), parents looked up
@@ -70,15 +126,17 @@ bool cli_chain_option(int ch, struct chain_opts *o);
 /* A log sink that drops every message: log_set_sink(cli_log_drop). */
 void cli_log_drop(enum log_level lvl, const char *msg);
 
-/* A progress bar on stderr, drawn only when stderr is a terminal. */
+/* A progress bar on stderr. */
 struct cli_progress {
 	bool on;
 	uint64_t total;
 	int last_pct;
 	const char *what;
 };
+/* mode: CLI_PROGRESS_AUTO (on a terminal), _ON (-p: always), _OFF */
+enum { CLI_PROGRESS_OFF, CLI_PROGRESS_AUTO, CLI_PROGRESS_ON };
 void cli_progress_start(struct cli_progress *p, const char *what,
-			uint64_t total, bool enable);
+			uint64_t total, int mode);
 void cli_progress_update(struct cli_progress *p, uint64_t done);
 void cli_progress_end(struct cli_progress *p);
 

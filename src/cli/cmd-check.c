@@ -2,7 +2,7 @@
 /*
  * cmd-check.c: layerimg check, a structural check of one image file.
  *
- *   layerimg check [--repair] [--json] [-q] IMAGE
+ *   layerimg check [-r leaks|all] [--output=json] [-q] [-f FMT] [-U] IMAGE
  *
  * The format's ->check hook does the work.  It gets a struct img whose fd,
  * path, file_size and driver are set but whose ->open has NOT run (priv is
@@ -10,9 +10,11 @@
  * report on files that open would refuse.  Each finding is one log line
  * naming the file; the hook counts them in struct img_check.
  *
- * Exit status (qemu-img check's in brackets):
- *   0 clean (0), 1 errors/corruptions (2), 2 could not check (1, 63),
- *   3 leaks only (3).  Warnings do not change the status.
+ * Exit status, qemu-img check's (enum cli_check_status): 0 clean, 1 could
+ * not check (or bad usage), 2 errors/corruptions, 3 leaks only, 63 the
+ * format has no checker (raw, qcow).  Warnings do not change the status.
+ * -r leaks repairs only when the check finds no errors (so only leaks get
+ * fixed); -r all (--repair) lets the driver fix everything it can.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,27 +33,34 @@
 #include "log.h"
 
 static const char usage_text[] =
-	"Usage: layerimg check [--repair] [--json] [-q] [-f FORMAT] IMAGE\n"
+	"Usage: layerimg check [-r leaks|all] [--output=human|json] [-q]\n"
+	"                      [-f FMT] [-U] IMAGE\n"
 	"\n"
 	"Check the structure of one image file (qcow2, vhd, vhdx, Android\n"
-	"sparse, raw): every table inside the file, no overlaps, checksums,\n"
+	"sparse): every table inside the file, no overlaps, checksums,\n"
 	"bitmaps, and for qcow2 every cluster's reference count.  Each\n"
 	"finding is one line on stderr naming the file, the structure and\n"
 	"its offset or index.\n"
 	"\n"
-	"  -r, --repair  fix what is safe to fix (qcow2: leaked clusters;\n"
-	"                vhd: the footer from its copy, the footer checksum),\n"
-	"                only in a top layer: refused if another image in the\n"
-	"                same directory uses IMAGE as its parent\n"
-	"  -f, --format FORMAT  check as this format (qcow2, vhd, vhdx,\n"
-	"                asparse, raw) instead of probing the content, for a\n"
-	"                file too damaged to be recognised\n"
-	"  -j, --json    print the summary as one JSON object on stdout\n"
+	"  -r, --repair=leaks|all  fix what is safe to fix, only in a top layer\n"
+	"                (refused if another image in the same directory uses\n"
+	"                IMAGE as its parent): leaks only when no errors were\n"
+	"                found (qcow2 leaked clusters), or all (also the vhd\n"
+	"                footer from its copy, the footer checksum).  --repair\n"
+	"                without a value is all\n"
+	"  -f, --format FMT  IMAGE's format (qcow2, vhd or vpc, vhdx, asparse,\n"
+	"                raw): refused if the content is another format; a\n"
+	"                file too damaged to be recognised is checked as FMT\n"
+	"      --output=FMT  human (default) or json: the summary as one JSON\n"
+	"                object on stdout (--json, -j: the same)\n"
 	"  -q, --quiet   no summary (findings are still printed)\n"
+	"  -U, --force-share  accepted as qemu-img's; takes effect with image\n"
+	"                locking\n"
 	"  -h, --help    this help\n"
 	"\n"
-	"Exit status: 0 clean, 1 errors found, 2 could not check (or usage),\n"
-	"3 only leaks found (harmless).  qemu-img check uses 0, 2, 1, 3.\n";
+	"Exit status (qemu-img check's): 0 clean, 1 could not check (or usage),\n"
+	"2 errors found, 3 only leaks found (harmless), 63 the format has no\n"
+	"checker.\n";
 
 /* Findings collected for --json (and printed on stderr as usual). */
 struct finding {
@@ -65,15 +74,9 @@ static bool quiet_sink;			/* drop everything (directory scan) */
 
 static void check_sink(enum log_level lvl, const char *msg)
 {
-	static const char *const names[] = { "error", "warning", "info",
-					     "debug" };
-
 	if (quiet_sink)
 		return;
-	if (lvl == LOG_LVL_INFO)
-		fprintf(stderr, "layerimg: %s\n", msg);
-	else
-		fprintf(stderr, "layerimg: %s: %s\n", names[lvl], msg);
+	cli_log_sink(lvl, msg);
 	if (lvl > LOG_LVL_WARN)
 		return;
 	if (nfindings == findings_cap) {
@@ -160,7 +163,7 @@ static int used_as_parent(const char *path, const struct stat *st,
 
 /*
  * Run the driver's check on path.  0 (res filled), or -errno: could not
- * check (logged).  *drv_out names the format.
+ * check (logged; -ENOTSUP: the format has no checker).  *drv_out names the format.
  */
 static int run_check(const char *path, const struct img_driver *drv,
 		     bool repair, struct img_check *res,
@@ -189,13 +192,10 @@ static int run_check(const char *path, const struct img_driver *drv,
 		}
 		if (r < 0)
 			return r;
-		if (!strcmp(drv->name, "raw"))
-			res->allocated = img->file_size;
-		else
-			log_info("%s: %s: no structural check for this "
-				 "format; it opens cleanly", path, drv->name);
 		img_unref(img);
-		return 0;
+		return log_err_ret(-ENOTSUP, "%s: the %s format has no "
+				   "structural check (it opens cleanly)", path,
+				   drv->name);
 	}
 
 	img = calloc(1, sizeof(*img));
@@ -291,36 +291,57 @@ static void print_json(FILE *f, const char *path, const char *fmt,
 	fprintf(f, "]}\n");
 }
 
+enum { OPT_OUTPUT = 256, OPT_REPAIR_ALL };
+enum repair_mode { REPAIR_NONE, REPAIR_LEAKS, REPAIR_ALL };
+
 int cmd_check(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "repair", no_argument, NULL, 'r' },
+		{ "repair", optional_argument, NULL, OPT_REPAIR_ALL },
 		{ "format", required_argument, NULL, 'f' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
 		{ "json", no_argument, NULL, 'j' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "force-share", no_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const struct img_driver *drv = NULL, *force = NULL;
 	struct img_check res = { 0 }, first = { 0 };
-	bool repair = false, json = false, quiet = false;
-	const char *path;
+	enum repair_mode mode = REPAIR_NONE;
+	bool json = false, quiet = false;
+	const char *path, *fmt = NULL, *rarg;
 	struct stat st;
 	int c, r, status;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "rf:jqh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "r:f:jqUh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'r':
-			repair = true;
+		case OPT_REPAIR_ALL:
+			rarg = c == 'r' ? optarg : optarg ? optarg : "all";
+			if (!strcmp(rarg, "leaks")) {
+				mode = REPAIR_LEAKS;
+			} else if (!strcmp(rarg, "all")) {
+				mode = REPAIR_ALL;
+			} else {
+				cli_error("-r takes 'leaks' or 'all', not '%s'",
+					  rarg);
+				cli_try_help();
+				return CLI_CHECK_FAILED;
+			}
 			break;
 		case 'f':
-			force = img_driver_find(optarg);
+			fmt = optarg;
+			force = img_driver_find(cli_format_name(optarg));
 			if (!force) {
-				fprintf(stderr, "layerimg check: unknown format "
-					"'%s'\n", optarg);
-				return CLI_USAGE;
+				cli_error("unknown format '%s'", optarg);
+				return CLI_CHECK_FAILED;
 			}
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &json) < 0)
+				return CLI_CHECK_FAILED;
 			break;
 		case 'j':
 			json = true;
@@ -328,67 +349,93 @@ int cmd_check(int argc, char **argv)
 		case 'q':
 			quiet = true;
 			break;
+		case 'U':	/* nothing to share until images are locked */
+			break;
 		case 'h':
 			fputs(usage_text, stdout);
-			return CLI_OK;
+			return CLI_CHECK_CLEAN;
 		default:
-			fputs(usage_text, stderr);
-			return CLI_USAGE;
+			cli_try_help();
+			return CLI_CHECK_FAILED;
 		}
 	}
 	if (optind != argc - 1) {
-		fprintf(stderr, "layerimg check: expected one IMAGE\n");
-		fputs(usage_text, stderr);
-		return CLI_USAGE;
+		cli_error("expected one IMAGE");
+		cli_try_help();
+		return CLI_CHECK_FAILED;
 	}
 	path = argv[optind];
+	cli_set_quiet(quiet);
 	log_set_sink(check_sink);
 
 	if (stat(path, &st) < 0) {
 		log_err("%s: %s", path, strerror(errno));
-		status = CLI_USAGE;
+		status = CLI_CHECK_FAILED;
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode)) {
 		log_err("%s: not a regular file", path);
-		status = CLI_USAGE;
+		status = CLI_CHECK_FAILED;
 		goto out;
 	}
-	if (repair) {
+	if (fmt && cli_format_expect(path, fmt, true) < 0) {
+		status = CLI_CHECK_FAILED;
+		goto out;
+	}
+	if (mode != REPAIR_NONE) {
 		char *child = NULL;
 
 		r = used_as_parent(path, &st, &child);
 		if (r > 0) {
 			log_err("%s: is the parent of %s: refusing to repair a "
-				"base layer (run check without --repair)", path,
+				"base layer (run check without -r)", path,
 				child);
 			free(child);
 		}
 		if (r != 0) {
-			status = CLI_USAGE;
+			status = CLI_CHECK_FAILED;
 			goto out;
 		}
 	}
 
-	r = run_check(path, force, repair, &res, &drv);
-	if (r == 0 && repair && res.repaired) {
+	/* -r leaks: a first, silent, read-only pass; repair only if it found
+	 * leaks and no errors */
+	if (mode == REPAIR_LEAKS) {
+		quiet_sink = true;
+		r = run_check(path, force, false, &res, &drv);
+		quiet_sink = false;
+		/* (a failure ran silently: again, to say why) */
+		r = run_check(path, force, r == 0 && !res.errors && res.leaks,
+			      &res, &drv);
+		if (r == 0 && res.errors)
+			log_warn("%s: errors found: not repaired (-r leaks "
+				 "repairs leaks only; -r all tries more)",
+				 path);
+	} else {
+		r = run_check(path, force, mode == REPAIR_ALL, &res, &drv);
+	}
+	if (r == 0 && mode != REPAIR_NONE && res.repaired) {
 		/* report the state after the repair, as qemu-img does */
 		first = res;
 		r = run_check(path, force, false, &res, &drv);
 		res.repaired = first.repaired;
 	}
 	if (r < 0) {	/* logged where it was found */
-		status = CLI_USAGE;
+		status = r == -ENOTSUP ? CLI_CHECK_UNSUPPORTED
+				       : CLI_CHECK_FAILED;
 		goto out;
 	}
-	status = res.errors ? CLI_FAIL : res.leaks ? CLI_LEAKS : CLI_OK;
+	status = res.errors ? CLI_CHECK_CORRUPT :
+		 res.leaks ? CLI_CHECK_LEAKS : CLI_CHECK_CLEAN;
 out:
-	log_set_sink(NULL);
+	log_set_sink(cli_log_sink);
 	if (json)
 		print_json(stdout, path, drv ? drv->name : "unknown", &res,
-			   status, drv && (status != CLI_USAGE));
-	else if (!quiet && drv && status != CLI_USAGE)
-		print_summary(stdout, path, drv->name, &res, repair);
+			   status, drv && status != CLI_CHECK_FAILED &&
+				   status != CLI_CHECK_UNSUPPORTED);
+	else if (!quiet && drv && status != CLI_CHECK_FAILED &&
+		 status != CLI_CHECK_UNSUPPORTED)
+		print_summary(stdout, path, drv->name, &res, mode != REPAIR_NONE);
 	findings_free();
 	return status;
 }

@@ -2,7 +2,14 @@
 /*
  * cmd-commit.c: layerimg commit, merge a top layer into its parent.
  *
- *   layerimg commit [-f] [-d] TOP
+ *   layerimg commit [-f FMT] [-b BASE] [-d] [-p] [-q] [--drop] [--force]
+ *                   [--output=json] TOP
+ *
+ * The letters are qemu-img commit's: -f is TOP's format, -b names the
+ * image committed into (only TOP's own parent here), and -d ("do not
+ * empty TOP") is what layerimg always does.  Deleting TOP and committing
+ * despite other children are long options only (--drop, --force), so a
+ * qemu-img habit never deletes anything.
  *
  * Every extent TOP itself provides is written into its parent: DATA as
  * read from TOP, ZERO through the parent's ->zero (a ZERO state, a hole,
@@ -33,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "chain.h"
@@ -40,6 +48,7 @@
 #include "compiler.h"
 #include "img.h"
 #include "io.h"
+#include "json.h"
 #include "log.h"
 #include "registry.h"
 
@@ -48,17 +57,30 @@
 static void commit_usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: layerimg commit [-f] [-d] TOP\n"
+		"Usage: layerimg commit [-f FMT] [-b BASE] [-d] [-p] [-q] [--drop] [--force]\n"
+		"                       [--output=human|json] TOP\n"
 		"\n"
 		"Merge the differencing image TOP into its parent: every extent TOP\n"
 		"holds (data, and zeroed ranges) is written into the parent file, which\n"
-		"then reads as the chain of TOP did.  TOP stays valid (its chain reads\n"
-		"the same) unless --drop deletes it.\n"
+		"then reads as the chain of TOP did.  TOP keeps its contents and stays\n"
+		"valid (its chain reads the same) unless --drop deletes it.\n"
 		"\n"
-		"  -f, --force   commit even if other images in TOP's directory depend on\n"
-		"                the parent (their view of it changes)\n"
-		"  -d, --drop    delete TOP after a successful commit\n"
-		"  -h, --help    this help\n");
+		"  -f, --format FMT    TOP's format: refused if TOP is another format\n"
+		"  -b, --base BASE     the image to commit into: it must be TOP's parent\n"
+		"  -d, --keep          keep TOP's contents (qemu-img's -d; always so here)\n"
+		"      --drop          delete TOP after a successful commit\n"
+		"      --force         commit even if other images in TOP's directory\n"
+		"                      depend on the parent (their view of it changes),\n"
+		"                      or --drop even if images are built on TOP\n"
+		"  -p, --progress      draw a progress bar (by default, only on a terminal)\n"
+		"      --no-progress   no progress bar\n"
+		"  -q, --quiet         print nothing on success\n"
+		"      --output=FMT    human (default) or json: the result as one JSON\n"
+		"                      object on stdout (--json: the same)\n"
+		"  -h, --help          this help\n"
+		"\n"
+		"Exit status: 0 committed, 1 the commit failed or was refused, 2 bad\n"
+		"usage or TOP's chain does not resolve.\n");
 }
 
 static bool same_file(const struct img *a, const struct img *b)
@@ -109,7 +131,7 @@ static int find_dependents(const char *dir, const struct img *top,
 
 	log_set_sink(cli_log_drop);
 	r = chainset_scan(dir, NULL, &cs);
-	log_set_sink(NULL);
+	log_set_sink(cli_log_sink);
 	if (r < 0)
 		return log_err_ret(r, "%s: cannot scan for other children of "
 				   "%s: %s", dir, parent->path, strerror(-r));
@@ -219,7 +241,8 @@ static int commit_run(struct img *top, struct chain *pc, const struct run *rn,
 }
 
 /* Walk top's own extents, joined into long runs, into pc. */
-static int commit_copy(struct img *top, struct chain *pc, uint64_t *copied)
+static int commit_copy(struct img *top, struct chain *pc, uint64_t *copied,
+		       int progress)
 {
 	struct cli_progress prog;
 	struct run cur = { 0 };
@@ -231,7 +254,7 @@ static int commit_copy(struct img *top, struct chain *pc, uint64_t *copied)
 	if (!buf)
 		return -ENOMEM;
 	*copied = 0;
-	cli_progress_start(&prog, "commit", top->size, true);
+	cli_progress_start(&prog, "commit", top->size, progress);
 	while (off < top->size && r == 0) {
 		struct img_extent e;
 		int fd;
@@ -312,7 +335,10 @@ static int open_parent_rw(const char *path, const char *dir,
 	return 0;
 }
 
-/* After the commit: does top still name its parent's identity? */
+/*
+ * After the commit: does top still name its parent's identity?  1 if it
+ * had to be relinked, 0 if not, -errno.
+ */
 static int relink_if_needed(const char *top_path, const char *parent_path)
 {
 	struct img_parent p = { 0 };
@@ -330,9 +356,11 @@ static int relink_if_needed(const char *top_path, const char *parent_path)
 		img_unref(t);
 		t = NULL;
 		r = cli_set_parent(top_path, parent_path);
-		if (r == 0)
+		if (r == 0) {
 			log_info("%s: parent identity updated (%s changed it "
 				 "on write)", top_path, parent_path);
+			r = 1;
+		}
 	} else if (r > 0) {
 		r = 0;
 	}
@@ -342,13 +370,59 @@ static int relink_if_needed(const char *top_path, const char *parent_path)
 	return r;
 }
 
-static int commit(const char *top_path, bool force, bool drop)
+struct commit_args {
+	const char *top;
+	const char *fmt;	/* -f, or NULL */
+	const char *base;	/* -b, or NULL */
+	bool force, drop, json, quiet;
+	int progress;		/* CLI_PROGRESS_* */
+};
+
+static void print_result(const struct commit_args *a, const char *parent,
+			 const char *parent_fmt, uint64_t copied, bool relinked)
+{
+	struct json j;
+
+	if (!a->json) {
+		if (!a->quiet)
+			printf("%s: %" PRIu64 " bytes committed into %s%s\n",
+			       a->top, copied, parent,
+			       a->drop ? "; layer deleted" : "");
+		return;
+	}
+	json_init(&j, stdout, false);
+	json_obj_begin(&j, NULL);
+	json_u64(&j, "version", 1);
+	json_str(&j, "command", "commit");
+	json_str(&j, "top", a->top);
+	json_str(&j, "parent", parent);
+	json_str(&j, "parent_format", parent_fmt);
+	json_u64(&j, "bytes_committed", copied);
+	json_bool(&j, "top_deleted", a->drop);
+	json_bool(&j, "parent_identity_updated", relinked);
+	json_obj_end(&j);
+	json_end(&j);
+}
+
+/* -b BASE names the parent? */
+static bool is_base(const char *base, const struct img *parent)
+{
+	struct stat st;
+
+	return stat(base, &st) == 0 && st.st_dev == parent->dev &&
+	       st.st_ino == parent->ino;
+}
+
+static int commit(const struct commit_args *a)
 {
 	struct chain *c = NULL, *pc = NULL;
 	struct img *top, *parent;
+	const char *top_path = a->top;
 	char *dir = chain_path_dir(top_path), *parent_path = NULL;
+	char parent_fmt[32];
+	bool force = a->force, drop = a->drop;
 	uint64_t copied = 0;
-	int r, ret = CLI_FAIL;
+	int r, ret = CLI_FAIL, relinked = 0;
 
 	if (!dir)
 		return CLI_FAIL;
@@ -365,6 +439,13 @@ static int commit(const char *top_path, bool force, bool drop)
 		goto out;
 	}
 	parent = c->layers[1].img;
+	if (a->base && !is_base(a->base, parent)) {
+		log_err("%s: -b %s is not its parent (%s): layerimg commits "
+			"into the parent only", top_path, a->base, parent->path);
+		ret = CLI_USAGE;
+		goto out;
+	}
+	snprintf(parent_fmt, sizeof(parent_fmt), "%s", parent->drv->name);
 	parent_path = strdup(parent->path);
 	if (!parent_path)
 		goto out;
@@ -379,7 +460,7 @@ static int commit(const char *top_path, bool force, bool drop)
 	r = open_parent_rw(parent_path, dir, parent, &pc);
 	if (r < 0)
 		goto out;
-	r = commit_copy(top, pc, &copied);
+	r = commit_copy(top, pc, &copied, a->progress);
 	if (r == 0) {
 		r = chain_flush(pc);
 		if (r < 0)
@@ -406,14 +487,13 @@ static int commit(const char *top_path, bool force, bool drop)
 		if (r < 0)
 			log_warn("%s: deleted, but the directory sync failed: "
 				 "%s", top_path, strerror(-r));
-	} else if (relink_if_needed(top_path, parent_path) < 0) {
+	} else if ((relinked = relink_if_needed(top_path, parent_path)) < 0) {
 		log_err("%s: committed, but it no longer links to %s: run "
 			"layerimg rebase -u -b %s %s", top_path, parent_path,
 			parent_path, top_path);
 		goto out;
 	}
-	printf("%s: %" PRIu64 " bytes committed into %s%s\n", top_path,
-	       copied, parent_path, drop ? "; layer deleted" : "");
+	print_result(a, parent_path, parent_fmt, copied, relinked > 0);
 	ret = CLI_OK;
 out:
 	chain_free(pc);
@@ -425,34 +505,74 @@ out:
 
 int cmd_commit(int argc, char **argv)
 {
+	enum { OPT_FORCE = 256, OPT_DROP, OPT_NOPROG, OPT_OUTPUT, OPT_JSON };
 	static const struct option opts[] = {
-		{ "force", no_argument, NULL, 'f' },
-		{ "drop", no_argument, NULL, 'd' },
+		{ "format", required_argument, NULL, 'f' },
+		{ "base", required_argument, NULL, 'b' },
+		{ "keep", no_argument, NULL, 'd' },
+		{ "drop", no_argument, NULL, OPT_DROP },
+		{ "force", no_argument, NULL, OPT_FORCE },
+		{ "progress", no_argument, NULL, 'p' },
+		{ "no-progress", no_argument, NULL, OPT_NOPROG },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
+		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	bool force = false, drop = false;
+	struct commit_args a = { .progress = CLI_PROGRESS_AUTO };
 	int ch;
 
-	while ((ch = getopt_long(argc, argv, "fdh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "f:b:dpqh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'f':
-			force = true;
+			a.fmt = optarg;
 			break;
-		case 'd':
-			drop = true;
+		case 'b':
+			a.base = optarg;
+			break;
+		case 'd':	/* qemu-img: keep TOP's contents; always so */
+			break;
+		case OPT_DROP:
+			a.drop = true;
+			break;
+		case OPT_FORCE:
+			a.force = true;
+			break;
+		case 'p':
+			a.progress = CLI_PROGRESS_ON;
+			break;
+		case OPT_NOPROG:
+			a.progress = CLI_PROGRESS_OFF;
+			break;
+		case 'q':
+			a.quiet = true;
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &a.json) < 0)
+				return cli_try_help();
+			break;
+		case OPT_JSON:
+			a.json = true;
 			break;
 		case 'h':
 			commit_usage(stdout);
 			return CLI_OK;
 		default:
-			commit_usage(stderr);
-			return CLI_USAGE;
+			return cli_try_help();
 		}
 	}
 	if (argc - optind != 1) {
-		commit_usage(stderr);
-		return CLI_USAGE;
+		cli_error("expected one TOP");
+		return cli_try_help();
 	}
-	return commit(argv[optind], force, drop);
+	a.top = argv[optind];
+	if (a.quiet) {
+		cli_set_quiet(true);
+		if (a.progress == CLI_PROGRESS_AUTO)
+			a.progress = CLI_PROGRESS_OFF;
+	}
+	if (a.fmt && cli_format_expect(a.top, a.fmt, false) < 0)
+		return CLI_USAGE;
+	return commit(&a);
 }

@@ -12,7 +12,10 @@
  * never read or written: a raw output is ftruncate'd to size and stays
  * sparse, a sparse output gets DONT_CARE chunks, a driver output leaves
  * them unallocated.  A hole that runs past the window is skipped whole.
- * With -S, data blocks that hold only zeros are treated as holes too.
+ * -S SIZE is qemu-img's: a run of zero bytes at least SIZE long inside
+ * the data (512-byte sectors) is treated as a hole too; -S 0 allocates
+ * everything (holes written as zeros, a raw file preallocated).  Without
+ * -S the data is not scanned.
  * Explicit zero runs (a layer's ZERO state) read as zeros in every output
  * format; only the sparse output must say so (FILL 0), since a DONT_CARE
  * block may keep whatever the target held.
@@ -34,10 +37,12 @@
 #include "endian-io.h"
 #include "img.h"
 #include "io.h"
+#include "json.h"
 #include "log.h"
 
 #define CONV_WINDOW (8u << 20)	/* bytes read and written at a time */
-#define CONV_ZERO_GRAIN 4096u	/* -S: zero detection granule */
+#define CONV_ZERO_GRAIN 512u	/* -S: zero detection granule */
+#define CONV_SPARSE_DEFAULT 4096u	/* --sparse-zeros: -S 4k */
 
 enum conv_fmt { CONV_RAW, CONV_SPARSE, CONV_DRIVER };
 
@@ -49,7 +54,10 @@ struct conv {
 	struct chain *c;	/* borrowed */
 	const char *out;	/* borrowed */
 	enum conv_fmt fmt;
-	bool detect_zeros;	/* -S */
+	bool detect_zeros;	/* -S SIZE > 0 */
+	bool full_alloc;	/* -S 0 */
+	uint64_t min_zeros;	/* -S SIZE */
+	uint64_t written;	/* bytes of data written */
 	uint32_t align;		/* output granularity, a power of 2 */
 	uint64_t size;		/* output bytes */
 	int fd;			/* CONV_RAW: owned */
@@ -65,26 +73,44 @@ struct conv {
 static void convert_usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: layerimg convert [-O raw|vhd|vhdx|qcow2|sparse] [-S] [--fixed]\n"
-		"                        IMAGE|IMAGEDIR [CHAIN] OUTPUT\n"
+		"Usage: layerimg convert [-f FMT] [-O raw|vhd|vhdx|qcow2|sparse] [-S SIZE]\n"
+		"                        [-o OPTIONS] [--fixed] [-p] [-q] [-U]\n"
+		"                        [--output=human|json] IMAGE|IMAGEDIR [CHAIN] OUTPUT\n"
 		"\n"
 		"Flatten a chain into one standalone image with no parent.  Only\n"
 		"data is written: holes stay holes (raw: a sparse file; sparse:\n"
 		"DONT_CARE chunks; vhd/vhdx/qcow2: unallocated blocks).  OUTPUT must\n"
 		"not exist.\n"
 		"\n"
-		"  -O, --format FMT        output format: raw (default), vhd, vhdx, qcow2,\n"
-		"                          or sparse (Android sparse image)\n"
-		"  -S, --sparse-zeros      treat data blocks that hold only zeros as\n"
-		"                          holes (4 KiB granules)\n"
+		"  -f, --source-format FMT the format of IMAGE (the top): refused if it\n"
+		"                          is another format\n"
+		"  -O, --format FMT        output format: raw (default), vhd (or vpc),\n"
+		"                          vhdx, qcow2, or sparse (Android sparse image)\n"
+		"  -S, --sparse-size SIZE  a run of zero bytes at least SIZE long (a\n"
+		"                          multiple of 512) in the data is left a hole;\n"
+		"                          0: fully allocated output.  Without -S the\n"
+		"                          data is not scanned for zeros\n"
+		"      --sparse-zeros      the same as -S 4k\n"
+		"  -o OPTIONS              block_size=SIZE, cluster_size=SIZE, fixed,\n"
+		"                          subformat=fixed|dynamic, preallocation=...\n"
 		"      --fixed             fully allocated output (raw: preallocated;\n"
 		"                          vhd/vhdx: fixed disk; qcow2: preallocated)\n"
 		"      --block-size SIZE   vhd/vhdx block or qcow2 cluster size (default:\n"
 		"                          the format's; K, M suffixes)\n"
-		"      --no-progress       no progress bar (it is drawn only when\n"
+		"  -p, --progress          draw a progress bar (by default, only when\n"
 		"                          stderr is a terminal)\n"
+		"      --no-progress       no progress bar\n"
+		"  -q, --quiet             no progress bar, no messages but errors\n"
+		"  -U, --force-share       accepted as qemu-img's; takes effect with\n"
+		"                          image locking\n"
+		"      --output=FMT        human (default: nothing on success) or json:\n"
+		"                          the result as one JSON object on stdout\n"
+		"                          (--json: the same)\n"
 		CLI_CHAIN_HELP
-		"  -h, --help              this help\n");
+		"  -h, --help              this help\n"
+		"\n"
+		"Exit status: 0 converted, 1 the conversion failed (OUTPUT removed),\n"
+		"2 bad usage, an unreadable chain or an existing OUTPUT.\n");
 }
 
 static int zeros_below(void *ctx __unused, void *buf, size_t n,
@@ -118,7 +144,7 @@ static int add_run(struct conv *cv, uint64_t s, uint64_t e)
 	return 0;
 }
 
-/* -S: drop the granules of each run that hold only zeros. */
+/* -S SIZE: drop each run of zero sectors at least min_zeros long. */
 static int drop_zero_grains(struct conv *cv)
 {
 	size_t n = cv->nruns;
@@ -128,13 +154,31 @@ static int drop_zero_grains(struct conv *cv)
 	cv->runs = NULL;
 	cv->nruns = cv->cap = 0;
 	for (size_t i = 0; i < n && r == 0; i++) {
+		uint64_t keep = old[i].s;	/* data not yet added */
+		uint64_t zs = UINT64_MAX;	/* start of the zero run */
+
 		for (uint64_t g = old[i].s; g < old[i].e && r == 0;) {
 			uint64_t ge = MIN(old[i].e,
 					  g - g % CONV_ZERO_GRAIN + CONV_ZERO_GRAIN);
 
-			if (!all_zero(cv->buf + (g - cv->wbase), ge - g))
-				r = add_run(cv, g, ge);
+			if (all_zero(cv->buf + (g - cv->wbase), ge - g)) {
+				if (zs == UINT64_MAX)
+					zs = g;
+			} else {
+				if (zs != UINT64_MAX && g - zs >= cv->min_zeros) {
+					if (keep < zs)
+						r = add_run(cv, keep, zs);
+					keep = g;
+				}
+				zs = UINT64_MAX;
+			}
 			g = ge;
+		}
+		if (zs != UINT64_MAX && old[i].e - zs >= cv->min_zeros) {
+			if (r == 0 && keep < zs)
+				r = add_run(cv, keep, zs);
+		} else if (r == 0 && keep < old[i].e) {
+			r = add_run(cv, keep, old[i].e);
 		}
 	}
 	free(old);
@@ -180,6 +224,7 @@ static int put_run(struct conv *cv, uint64_t s, uint64_t e)
 	const uint8_t *p = cv->buf + (s - cv->wbase);
 	int r;
 
+	cv->written += e - s;
 	switch (cv->fmt) {
 	case CONV_RAW:
 		r = pwrite_full(cv->fd, p, (size_t)(e - s), s);
@@ -292,6 +337,10 @@ static int convert_window(struct conv *cv, uint64_t off, uint64_t *next)
 			   !cv->detect_zeros) {
 			memset(cv->buf + (pos - cv->wbase), 0, (size_t)n);
 			r = add_run(cv, pos, pos + n);
+		} else if (cv->full_alloc && cv->fmt != CONV_RAW) {
+			/* -S 0: zeros written (a raw file is preallocated) */
+			memset(cv->buf + (pos - cv->wbase), 0, (size_t)n);
+			r = add_run(cv, pos, pos + n);
 		} else if (end > wend) {
 			*next = end;	/* the hole runs on: skip it whole */
 		}
@@ -336,7 +385,8 @@ static int conv_open_output(struct conv *cv, const char *fmt, bool fixed,
 		if (ftruncate(cv->fd, (off_t)cv->size) < 0)
 			return log_err_ret(-errno, "%s: cannot set the size: %s",
 					   cv->out, strerror(errno));
-		if (fixed && (r = posix_fallocate(cv->fd, 0, (off_t)cv->size)))
+		if ((fixed || cv->full_alloc) &&
+		    (r = posix_fallocate(cv->fd, 0, (off_t)cv->size)))
 			return log_err_ret(-r, "%s: cannot preallocate: %s",
 					   cv->out, strerror(r));
 		return 0;
@@ -431,7 +481,7 @@ static int conv_close_output(struct conv *cv, bool ok)
 }
 
 static int convert(struct conv *cv, const char *fmt, bool fixed,
-		   uint32_t block_size, bool progress)
+		   uint32_t block_size, int progress)
 {
 	struct cli_progress pg;
 	uint64_t off = 0;
@@ -459,34 +509,102 @@ static int convert(struct conv *cv, const char *fmt, bool fixed,
 	return r;
 }
 
+static void print_result(const struct conv *cv, const char *src,
+			 const char *chain, const char *fmt, bool sparse_set)
+{
+	struct json j;
+
+	json_init(&j, stdout, false);
+	json_obj_begin(&j, NULL);
+	json_u64(&j, "version", 1);
+	json_str(&j, "command", "convert");
+	json_str(&j, "source", src);
+	json_str(&j, "chain", chain);
+	json_str(&j, "output", cv->out);
+	json_str(&j, "format", fmt);
+	json_u64(&j, "virtual_size", cv->size);
+	json_u64(&j, "bytes_written", cv->written);
+	if (sparse_set)
+		json_u64(&j, "sparse_size", cv->min_zeros);
+	else
+		json_null(&j, "sparse_size");
+	json_obj_end(&j);
+	json_end(&j);
+}
+
+/* -S SIZE as qemu-img takes it: a multiple of 512, here up to a window */
+static int parse_sparse_size(const char *arg, uint64_t *out)
+{
+	uint64_t v;
+
+	if (cli_parse_size(arg, &v) < 0 || v % 512 || v > CONV_WINDOW) {
+		cli_error("bad -S size '%s': a multiple of 512 up to %u (0: "
+			  "fully allocated)", arg, CONV_WINDOW);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
 int cmd_convert(int argc, char **argv)
 {
-	enum { OPT_FIXED = 256, OPT_NOPROG, OPT_BS };
+	enum { OPT_FIXED = 256, OPT_NOPROG, OPT_BS, OPT_SPARSE_ZEROS,
+	       OPT_OUTPUT, OPT_JSON };
 	static const struct option opts[] = {
 		{ "format", required_argument, NULL, 'O' },
-		{ "sparse-zeros", no_argument, NULL, 'S' },
+		{ "source-format", required_argument, NULL, 'f' },
+		{ "sparse-size", required_argument, NULL, 'S' },
+		{ "sparse-zeros", no_argument, NULL, OPT_SPARSE_ZEROS },
 		{ "fixed", no_argument, NULL, OPT_FIXED },
 		{ "block-size", required_argument, NULL, OPT_BS },
+		{ "progress", no_argument, NULL, 'p' },
 		{ "no-progress", no_argument, NULL, OPT_NOPROG },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "force-share", no_argument, NULL, 'U' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
+		{ "json", no_argument, NULL, OPT_JSON },
 		CLI_CHAIN_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct chain_opts co = { 0 };
+	struct img_create_opts oo = { 0 };
 	struct conv cv = { .fd = -1 };
 	struct cli_chain cc;
-	const char *fmt = "raw";
+	const char *fmt = "raw", *src_fmt = NULL;
 	uint64_t bs = 0;
-	bool fixed = false, progress = true;
+	bool fixed = false, json = false, quiet = false, sparse_set = false;
+	int progress = CLI_PROGRESS_AUTO;
 	int ch, r, rc, npos;
 
-	while ((ch = getopt_long(argc, argv, "O:Sh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "O:f:S:o:pqUh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'O':
-			fmt = optarg;
+			fmt = cli_format_name(optarg);
+			break;
+		case 'f':
+			src_fmt = optarg;
 			break;
 		case 'S':
-			cv.detect_zeros = true;
+			if (parse_sparse_size(optarg, &cv.min_zeros) < 0)
+				return cli_try_help();
+			sparse_set = true;
+			break;
+		case OPT_SPARSE_ZEROS:
+			cv.min_zeros = CONV_SPARSE_DEFAULT;
+			sparse_set = true;
+			break;
+		case 'o':
+			if (cli_parse_create_opts(optarg, &oo) < 0)
+				return cli_try_help();
+			if (oo.sector_size) {
+				cli_error("-o sector_size: convert keeps the "
+					  "chain's sector size");
+				return cli_try_help();
+			}
+			if (oo.block_size)
+				bs = oo.block_size;
+			fixed = oo.fixed;
 			break;
 		case OPT_FIXED:
 			fixed = true;
@@ -494,12 +612,27 @@ int cmd_convert(int argc, char **argv)
 		case OPT_BS:
 			if (cli_parse_size(optarg, &bs) < 0 || !bs ||
 			    bs > UINT32_MAX) {
-				log_err("convert: bad block size '%s'", optarg);
-				return CLI_USAGE;
+				cli_error("bad block size '%s'", optarg);
+				return cli_try_help();
 			}
 			break;
+		case 'p':
+			progress = CLI_PROGRESS_ON;
+			break;
 		case OPT_NOPROG:
-			progress = false;
+			progress = CLI_PROGRESS_OFF;
+			break;
+		case 'q':
+			quiet = true;
+			break;
+		case 'U':	/* nothing to share until images are locked */
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &json) < 0)
+				return cli_try_help();
+			break;
+		case OPT_JSON:
+			json = true;
 			break;
 		case 'h':
 			convert_usage(stdout);
@@ -507,20 +640,28 @@ int cmd_convert(int argc, char **argv)
 		default:
 			if (cli_chain_option(ch, &co))
 				break;
-			convert_usage(stderr);
-			return CLI_USAGE;
+			return cli_try_help();
 		}
 	}
 	npos = argc - optind;
 	if (npos < 2 || npos > 3) {
-		convert_usage(stderr);
-		return CLI_USAGE;
+		cli_error("expected IMAGE|IMAGEDIR [CHAIN] OUTPUT");
+		return cli_try_help();
 	}
+	if (quiet) {
+		cli_set_quiet(true);
+		if (progress == CLI_PROGRESS_AUTO)
+			progress = CLI_PROGRESS_OFF;
+	}
+	cv.detect_zeros = sparse_set && cv.min_zeros > 0;
+	cv.full_alloc = sparse_set && cv.min_zeros == 0;
 	cv.out = argv[argc - 1];
 	if (access(cv.out, F_OK) == 0) {
 		log_err("%s: exists; not overwritten", cv.out);
 		return CLI_USAGE;
 	}
+	if (src_fmt && cli_format_expect(argv[optind], src_fmt, false) < 0)
+		return CLI_USAGE;
 	if (cli_chain_open(argv[optind], npos == 3 ? argv[optind + 1] : NULL,
 			   &co, &cc) < 0)
 		return CLI_USAGE;
@@ -533,6 +674,10 @@ int cmd_convert(int argc, char **argv)
 	if (r < 0 && cv.created && unlink(cv.out) < 0)
 		log_err("%s: cannot remove the incomplete output: %s", cv.out,
 			strerror(errno));
+	if (r == 0 && json)
+		print_result(&cv, argv[optind], npos == 3 ? argv[optind + 1]
+							   : NULL,
+			     fmt, sparse_set);
 	free(cv.buf);
 	free(cv.runs);
 	cli_chain_close(&cc);

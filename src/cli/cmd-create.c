@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <dirent.h>
 #include <spawn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@
 #include "gpt.h"
 #include "img.h"
 #include "io.h"
+#include "json.h"
 #include "layers.h"
 #include "layout.h"
 #include "log.h"
@@ -45,19 +47,20 @@ extern char **environ;
 
 static const char usage_text[] =
 "Usage: layerimg create -f FMT [options] NAME SIZE\n"
-"       layerimg create -b PARENT [options] [NAME] [SIZE]\n"
+"       layerimg create -b PARENT [-F FMT] [options] [NAME] [SIZE]\n"
 "       layerimg create --layout LAYOUT.xml [-f FMT] [options] OUT\n"
 "\n"
 "Create a base layer of SIZE bytes, a differencing layer over PARENT, or\n"
 "the disks a Windows DeviceLayoutOEM.xml describes (one L0 image per store,\n"
 "with a GPT and its FAT/NTFS partitions formatted).\n"
 "\n"
-"  -f, --format=FMT      vhd, vhdx, qcow2 or raw.  Default: from NAME's\n"
+"  -f, --format=FMT      vhd (or vpc), vhdx, qcow2 or raw.  Default: from NAME's\n"
 "                        extension; else, for a differencing layer, the\n"
 "                        parent's format (qcow2 over raw, sparse, qcow);\n"
 "                        vhdx for a layout\n"
 "  -b, --parent=PARENT   make a differencing layer over the image PARENT\n"
 "                        (its chain must resolve); SIZE defaults to PARENT's\n"
+"  -F, --backing-format=FMT  PARENT's format: refused if it is another\n"
 "      --next-level      with -b and no NAME: name it one level up\n"
 "                        (L3 -> L4, L301 -> L4)\n"
 "      --next-diff       with -b and no NAME: name it the next differencing\n"
@@ -75,16 +78,21 @@ static const char usage_text[] =
 "                        file for a single store, else a directory that gets\n"
 "                        STORETYPE-L0.EXT per store\n"
 "  -q, --quiet           print nothing on success\n"
+"      --output=FMT      human (default) or json: what was created as one\n"
+"                        JSON object on stdout (--json: the same)\n"
 "  -h, --help            show this help\n"
 "\n"
-"SIZE takes K, M, G, T suffixes (powers of 1024).  NAME given as a\n"
-"directory: the new layer's name is chosen as without NAME, in it.\n"
+"SIZE is bytes, or takes a k, M, G, T, P or E suffix (powers of 1024) and\n"
+"then a fraction, as qemu-img: 1.5G, 512K.  NAME given as a directory: the\n"
+"new layer's name is chosen as without NAME, in it.\n"
 "Exit status: 0 created, 1 creation failed, 2 bad usage or a bad input\n"
 "(unreadable parent, malformed layout).\n";
 
 struct create_args {
 	const char *fmt;	/* NULL: the default */
 	const char *parent;
+	const char *parent_fmt;	/* -F: the parent must be this format */
+	struct json *js;	/* --output=json: the "images" array, or NULL */
 	const char *layout;
 	enum layer_next next;
 	bool next_set;
@@ -92,62 +100,30 @@ struct create_args {
 	struct img_create_opts o;
 };
 
-static int usage_err(const char *fmt, const char *arg)
+static int usage_err(const char *fmt, ...) __printf(1, 2);
+static int usage_err(const char *fmt, ...)
 {
-	fprintf(stderr, "layerimg create: ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, " (try layerimg create --help)\n");
-	return CLI_USAGE;
+	va_list ap;
+
+	va_start(ap, fmt);
+	cli_verror(fmt, ap);
+	va_end(ap);
+	return cli_try_help();
 }
 
 static int parse_u32_size(const char *what, const char *s, uint32_t *out)
 {
-	uint64_t v;
-
-	if (cli_parse_size(s, &v) < 0 || v == 0 || v > UINT32_MAX) {
-		fprintf(stderr, "layerimg create: bad %s \"%s\" (try layerimg "
-			"create --help)\n", what, s);
+	if (cli_parse_size32(what, s, out) < 0) {
+		cli_try_help();
 		return -EINVAL;
 	}
-	*out = (uint32_t)v;
 	return 0;
 }
 
 /* -o key[=value],... */
 static int parse_o(struct create_args *a, char *list)
 {
-	char *save = NULL;
-
-	for (char *kv = strtok_r(list, ",", &save); kv;
-	     kv = strtok_r(NULL, ",", &save)) {
-		char *val = strchr(kv, '=');
-
-		if (val)
-			*val++ = '\0';
-		if ((!strcmp(kv, "block_size") || !strcmp(kv, "cluster_size")) &&
-		    val) {
-			if (parse_u32_size(kv, val, &a->o.block_size) < 0)
-				return -EINVAL;
-		} else if (!strcmp(kv, "sector_size") && val) {
-			if (parse_u32_size(kv, val, &a->o.sector_size) < 0)
-				return -EINVAL;
-		} else if (!strcmp(kv, "fixed") && !val) {
-			a->o.fixed = true;
-		} else if (!strcmp(kv, "subformat") && val &&
-			   (!strcmp(val, "fixed") || !strcmp(val, "dynamic"))) {
-			a->o.fixed = !strcmp(val, "fixed");
-		} else if (!strcmp(kv, "preallocation") && val &&
-			   (!strcmp(val, "off") || !strcmp(val, "metadata") ||
-			    !strcmp(val, "full") || !strcmp(val, "falloc"))) {
-			a->o.fixed = strcmp(val, "off") != 0;
-		} else {
-			fprintf(stderr, "layerimg create: unknown option "
-				"\"%s%s%s\" in -o (try layerimg create "
-				"--help)\n", kv, val ? "=" : "", val ? val : "");
-			return -EINVAL;
-		}
-	}
-	return 0;
+	return cli_parse_create_opts(list, &a->o);
 }
 
 static const char *format_ext(const char *fmt)
@@ -190,13 +166,13 @@ static const struct img_driver *find_driver(const char *fmt, bool diff)
 	if (!drv || strcmp(fmt, drv->name) ||
 	    (strcmp(fmt, "vhd") && strcmp(fmt, "vhdx") &&
 	     strcmp(fmt, "qcow2") && strcmp(fmt, "raw"))) {
-		fprintf(stderr, "layerimg create: unknown format \"%s\" (vhd, "
-			"vhdx, qcow2 or raw)\n", fmt);
+		cli_error("unknown format '%s' (vhd or vpc, vhdx, qcow2 or raw)",
+			  fmt);
 		return NULL;
 	}
 	if (diff ? !drv->create_diff : !drv->create) {
-		fprintf(stderr, "layerimg create: the %s format cannot make %s\n",
-			fmt, diff ? "differencing layers" : "new images");
+		cli_error("the %s format cannot make %s", fmt,
+			  diff ? "differencing layers" : "new images");
 		return NULL;
 	}
 	return drv;
@@ -237,9 +213,34 @@ static bool stem_taken(void *ctx, const char *stem)
 	return taken;
 }
 
-static void print_created(const struct create_args *a, const char *path,
-			  const char *fmt, uint64_t size, const char *parent)
+static void json_created(const struct create_args *a, const char *path,
+			 const char *fmt, uint64_t size, const char *parent,
+			 const char *parent_fmt, const struct layout_store *st)
 {
+	struct json *j = a->js;
+
+	json_obj_begin(j, NULL);
+	json_str(j, "file", path);
+	json_str(j, "format", fmt);
+	json_u64(j, "virtual_size", size);
+	json_bool(j, "fixed", a->o.fixed);
+	json_str(j, "parent", parent);
+	json_str(j, "parent_format", parent_fmt);
+	if (st) {
+		json_str(j, "store", st->type);
+		json_u64(j, "partitions", st->nparts);
+	}
+	json_obj_end(j);
+}
+
+static void print_created(const struct create_args *a, const char *path,
+			  const char *fmt, uint64_t size, const char *parent,
+			  const char *parent_fmt)
+{
+	if (a->js) {
+		json_created(a, path, fmt, size, parent, parent_fmt, NULL);
+		return;
+	}
 	if (a->quiet)
 		return;
 	if (parent)
@@ -267,14 +268,14 @@ static int create_base(struct create_args *a, const char *name,
 	if (!drv)
 		return CLI_USAGE;
 	if (!size_arg)
-		return usage_err("a base layer needs a SIZE%s", "");
+		return usage_err("a base layer needs a SIZE");
 	if (cli_parse_size(size_arg, &a->o.size) < 0 || !a->o.size)
 		return usage_err("bad SIZE \"%s\"", size_arg);
 	if (ADD_OVERFLOW(a->o.size, 511, &a->o.size))
 		return usage_err("SIZE too large \"%s\"", size_arg);
 	a->o.size &= ~(uint64_t)511;	/* whole sectors, as qemu-img */
 	if (a->o.sector_size && strcmp(fmt, "vhdx") && a->o.sector_size != 512)
-		return usage_err("--sector-size 4096 needs -f vhdx%s", "");
+		return usage_err("--sector-size 4096 needs -f vhdx");
 	if (exists(name)) {
 		log_err("%s: already exists", name);
 		return CLI_FAIL;
@@ -293,7 +294,7 @@ static int create_base(struct create_args *a, const char *name,
 		unlink(name);
 		return CLI_FAIL;
 	}
-	print_created(a, name, fmt, img->size, NULL);
+	print_created(a, name, fmt, img->size, NULL, NULL);
 	img_unref(img);
 	return CLI_OK;
 }
@@ -326,10 +327,13 @@ static int create_diff(struct create_args *a, const char *name,
 		return usage_err("bad SIZE \"%s\"", size_arg);
 	if (a->o.fixed)
 		return usage_err("--fixed makes no sense for a differencing "
-				 "layer%s", "");
+				 "layer");
 	if (name && !is_dir(name) && a->next_set)
 		return usage_err("--next-level and --next-diff choose the "
-				 "name: give no NAME (or a directory)%s", "");
+				 "name: give no NAME (or a directory)");
+	if (a->parent_fmt &&
+	    cli_format_expect(a->parent, a->parent_fmt, false) < 0)
+		return CLI_USAGE;
 	if (chain_open_file(a->parent, NULL, &co, &c) < 0) {
 		log_err("%s: cannot be used as a parent (see above)",
 			a->parent);
@@ -400,7 +404,8 @@ static int create_diff(struct create_args *a, const char *name,
 		unlink(path);
 		goto out;
 	}
-	print_created(a, path, fmt, nc->size, a->parent);
+	print_created(a, path, fmt, nc->size, a->parent,
+		      cp.format);
 	ret = CLI_OK;
 out:
 	chain_free(nc);
@@ -739,7 +744,7 @@ static int create_layout(struct create_args *a, const char *out)
 		return CLI_USAGE;
 	if (a->o.sector_size)
 		return usage_err("the layout's SectorSize sets the sector "
-				 "size: no --sector-size%s", "");
+				 "size: no --sector-size");
 	r = layout_load(a->layout, !strcmp(fmt, "vhd") ? vhd_sizes :
 			other_sizes, fmt, &l);
 	if (r < 0)
@@ -778,7 +783,10 @@ static int create_layout(struct create_args *a, const char *out)
 			goto out;
 		}
 	}
-	for (unsigned i = 0; i < l->nstores && !a->quiet; i++)
+	for (unsigned i = 0; i < l->nstores && a->js; i++)
+		json_created(a, paths[i], fmt, l->stores[i].size, NULL, NULL,
+			     &l->stores[i]);
+	for (unsigned i = 0; i < l->nstores && !a->quiet && !a->js; i++)
 		printf("created %s: %s, %llu bytes, %u partitions (store %s)\n",
 		       paths[i], fmt, (unsigned long long)l->stores[i].size,
 		       l->stores[i].nparts,
@@ -795,7 +803,44 @@ out:
 /* ---- the command ---- */
 
 enum { OPT_NEXT_LEVEL = 256, OPT_NEXT_DIFF, OPT_BLOCK_SIZE, OPT_SECTOR_SIZE,
-       OPT_FIXED, OPT_LAYOUT };
+       OPT_FIXED, OPT_LAYOUT, OPT_OUTPUT, OPT_JSON };
+
+/* Run the command for a; with --output=json, the document is printed
+ * only when it succeeds (errors stay on stderr). */
+static int create_dispatch(struct create_args *a, int nargs, char **args);
+
+static int create_run(struct create_args *a, int nargs, char **args,
+		      bool json)
+{
+	struct json js;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *mem;
+	int ret;
+
+	if (!json)
+		return create_dispatch(a, nargs, args);
+	mem = open_memstream(&buf, &len);
+	if (!mem)
+		return log_err_ret(CLI_FAIL, "out of memory");
+	json_init(&js, mem, false);
+	json_obj_begin(&js, NULL);
+	json_u64(&js, "version", 1);
+	json_str(&js, "command", "create");
+	json_arr_begin(&js, "images");
+	a->js = &js;
+	ret = create_dispatch(a, nargs, args);
+	a->js = NULL;
+	json_arr_end(&js);
+	json_obj_end(&js);
+	json_end(&js);
+	if (fclose(mem) != 0 && ret == CLI_OK)
+		ret = log_err_ret(CLI_FAIL, "cannot build the JSON result");
+	if (ret == CLI_OK)
+		fwrite(buf, 1, len, stdout);
+	free(buf);
+	return ret;
+}
 
 int cmd_create(int argc, char **argv)
 {
@@ -810,21 +855,35 @@ int cmd_create(int argc, char **argv)
 		{ "sector-size", required_argument, NULL, OPT_SECTOR_SIZE },
 		{ "fixed", no_argument, NULL, OPT_FIXED },
 		{ "layout", required_argument, NULL, OPT_LAYOUT },
+		{ "backing-format", required_argument, NULL, 'F' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
+		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct create_args a = { .next = LAYER_NEXT_DEFAULT };
-	int c, nargs;
+	bool json = false;
+	int c;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "f:b:o:qh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:b:F:o:qh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
-			a.fmt = optarg;
+			a.fmt = cli_format_name(optarg);
 			break;
 		case 'b':
 			a.parent = optarg;
+			break;
+		case 'F':
+			a.parent_fmt = optarg;
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &json) < 0)
+				return cli_try_help();
+			break;
+		case OPT_JSON:
+			json = true;
 			break;
 		case 'o':
 			if (parse_o(&a, optarg) < 0)
@@ -840,7 +899,7 @@ int cmd_create(int argc, char **argv)
 		case OPT_NEXT_DIFF:
 			if (a.next_set)
 				return usage_err("--next-level and --next-diff "
-						 "exclude each other%s", "");
+						 "exclude each other");
 			a.next = c == OPT_NEXT_LEVEL ? LAYER_NEXT_LEVEL
 						     : LAYER_NEXT_DIFF;
 			a.next_set = true;
@@ -862,33 +921,38 @@ int cmd_create(int argc, char **argv)
 			a.layout = optarg;
 			break;
 		default:
-			fputs(usage_text, stderr);
-			return CLI_USAGE;
+			return cli_try_help();
 		}
 	}
-	nargs = argc - optind;
-	if (a.o.sector_size && a.o.sector_size != 512 &&
-	    a.o.sector_size != 4096)
-		return usage_err("sector size must be 512 or 4096%s", "");
-	if (a.layout) {
-		if (a.parent || a.next_set)
+	cli_set_quiet(a.quiet);
+	return create_run(&a, argc - optind, argv + optind, json);
+}
+
+static int create_dispatch(struct create_args *a, int nargs, char **args)
+{
+	if (a->o.sector_size && a->o.sector_size != 512 &&
+	    a->o.sector_size != 4096)
+		return usage_err("sector size must be 512 or 4096");
+	if (a->parent_fmt && !a->parent)
+		return usage_err("-F names the format of -b PARENT: give -b");
+	if (a->layout) {
+		if (a->parent || a->next_set)
 			return usage_err("--layout makes base images: no -b, "
-					 "--next-level or --next-diff%s", "");
+					 "--next-level or --next-diff");
 		if (nargs != 1)
 			return usage_err("--layout needs one OUT (a file, or a "
-					 "directory)%s", "");
-		return create_layout(&a, argv[optind]);
+					 "directory)");
+		return create_layout(a, args[0]);
 	}
-	if (a.next_set && !a.parent)
-		return usage_err("--next-level and --next-diff need -b PARENT%s",
-				 "");
-	if (a.parent) {
+	if (a->next_set && !a->parent)
+		return usage_err("--next-level and --next-diff need -b PARENT");
+	if (a->parent) {
 		if (nargs > 2)
-			return usage_err("too many arguments%s", "");
-		return create_diff(&a, nargs > 0 ? argv[optind] : NULL,
-				   nargs > 1 ? argv[optind + 1] : NULL);
+			return usage_err("too many arguments");
+		return create_diff(a, nargs > 0 ? args[0] : NULL,
+				   nargs > 1 ? args[1] : NULL);
 	}
 	if (nargs != 2)
-		return usage_err("a base layer needs NAME and SIZE%s", "");
-	return create_base(&a, argv[optind], argv[optind + 1]);
+		return usage_err("a base layer needs NAME and SIZE");
+	return create_base(a, args[0], args[1]);
 }

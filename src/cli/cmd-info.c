@@ -45,7 +45,8 @@ struct warnings {
 static void info_usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: layerimg info [--json] IMAGE|IMAGEDIR [CHAIN]\n"
+		"Usage: layerimg info [--output=human|json] [-f FMT] [-U] IMAGE|IMAGEDIR\n"
+		"                     [CHAIN]\n"
 		"\n"
 		"Show a resolved chain from top to bottom: each layer's file, format,\n"
 		"layer tag, sizes, allocation, parent reference (as written and as\n"
@@ -53,7 +54,14 @@ static void info_usage(FILE *f)
 		"layer-rule warnings and the partitions of the flat disk.  For an\n"
 		"IMAGEDIR, every chain (or the one named CHAIN).\n"
 		"\n"
-		"  -j, --json              JSON output (see docs/layerimg-json.md)\n"
+		"      --output=FMT        human (default) or json (--json, -j: the same);\n"
+		"                          the JSON is described in\n"
+		"                          " LAYERIMG_JSON_DOC "\n"
+		"  -f, --format FMT        IMAGE's format: refused if it is another\n"
+		"      --backing-chain     accepted as qemu-img's: the whole chain is\n"
+		"                          always shown\n"
+		"  -U, --force-share       accepted as qemu-img's; takes effect with\n"
+		"                          image locking\n"
 		"      --no-partitions     do not look for a partition table\n"
 		CLI_CHAIN_HELP
 		"  -h, --help              this help\n");
@@ -531,9 +539,13 @@ static int info_chain(struct json *j, struct chain *c, bool parts)
 
 int cmd_info(int argc, char **argv)
 {
-	enum { OPT_NOPART = 256 };
+	enum { OPT_NOPART = 256, OPT_OUTPUT, OPT_BACKING_CHAIN };
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
+		{ "format", required_argument, NULL, 'f' },
+		{ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
+		{ "force-share", no_argument, NULL, 'U' },
 		{ "no-partitions", no_argument, NULL, OPT_NOPART },
 		CLI_CHAIN_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -544,15 +556,25 @@ int cmd_info(int argc, char **argv)
 	struct chainset *all = NULL;
 	struct json js, *j = NULL;
 	bool json = false, parts = true;
-	const char *path, *name;
+	const char *path, *name, *fmt = NULL;
 	struct stat st;
 	unsigned nfailed = 0;
 	int ch, r = 0;
 
-	while ((ch = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "jf:Uh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'j':
 			json = true;
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &json) < 0)
+				return cli_try_help();
+			break;
+		case 'f':
+			fmt = optarg;
+			break;
+		case OPT_BACKING_CHAIN:	/* always the whole chain */
+		case 'U':	/* nothing to share until images are locked */
 			break;
 		case OPT_NOPART:
 			parts = false;
@@ -563,13 +585,12 @@ int cmd_info(int argc, char **argv)
 		default:
 			if (cli_chain_option(ch, &co))
 				break;
-			info_usage(stderr);
-			return CLI_USAGE;
+			return cli_try_help();
 		}
 	}
 	if (argc - optind < 1 || argc - optind > 2) {
-		info_usage(stderr);
-		return CLI_USAGE;
+		cli_error("expected IMAGE|IMAGEDIR [CHAIN]");
+		return cli_try_help();
 	}
 	path = argv[optind];
 	name = argc - optind == 2 ? argv[optind + 1] : NULL;
@@ -577,6 +598,12 @@ int cmd_info(int argc, char **argv)
 		log_err("%s: %s", path, strerror(errno));
 		return CLI_USAGE;
 	}
+	if (fmt && S_ISDIR(st.st_mode)) {
+		cli_error("-f names the format of an IMAGE, not of a directory");
+		return cli_try_help();
+	}
+	if (fmt && cli_format_expect(path, fmt, false) < 0)
+		return CLI_USAGE;
 	if (S_ISDIR(st.st_mode) && !name) {
 		if (chainset_scan(path, &co, &all) < 0)
 			return CLI_USAGE;

@@ -32,13 +32,18 @@ struct map_run {
 static void map_usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: layerimg map [--json] IMAGE|IMAGEDIR [CHAIN]\n"
+		"Usage: layerimg map [--output=human|json] [-f FMT] [-U] IMAGE|IMAGEDIR\n"
+		"                    [CHAIN]\n"
 		"\n"
 		"Show the extents of the chain's flat disk and which layer (or a\n"
 		"zero run, or a hole) provides each one, like qemu-img map.\n"
 		"\n"
-		"  -j, --json              JSON, qemu-img map's fields (start, length,\n"
+		"      --output=FMT        human (default) or json (--json, -j: the\n"
+		"                          same): qemu-img map's fields (start, length,\n"
 		"                          depth, present, zero, data, offset) plus file\n"
+		"  -f, --format FMT        IMAGE's format: refused if it is another\n"
+		"  -U, --force-share       accepted as qemu-img's; takes effect with\n"
+		"                          image locking\n"
 		CLI_CHAIN_HELP
 		"  -h, --help              this help\n");
 }
@@ -151,21 +156,35 @@ static int map_chain(struct chain *c, bool json)
 
 int cmd_map(int argc, char **argv)
 {
+	enum { OPT_OUTPUT = 256 };
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
+		{ "format", required_argument, NULL, 'f' },
+		{ "force-share", no_argument, NULL, 'U' },
 		CLI_CHAIN_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct chain_opts co = { 0 };
 	struct cli_chain cc;
+	const char *fmt = NULL;
 	bool json = false;
 	int ch, r;
 
-	while ((ch = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "jf:Uh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'j':
 			json = true;
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &json) < 0)
+				return cli_try_help();
+			break;
+		case 'f':
+			fmt = optarg;
+			break;
+		case 'U':	/* nothing to share until images are locked */
 			break;
 		case 'h':
 			map_usage(stdout);
@@ -173,14 +192,15 @@ int cmd_map(int argc, char **argv)
 		default:
 			if (cli_chain_option(ch, &co))
 				break;
-			map_usage(stderr);
-			return CLI_USAGE;
+			return cli_try_help();
 		}
 	}
 	if (argc - optind < 1 || argc - optind > 2) {
-		map_usage(stderr);
-		return CLI_USAGE;
+		cli_error("expected IMAGE|IMAGEDIR [CHAIN]");
+		return cli_try_help();
 	}
+	if (fmt && cli_format_expect(argv[optind], fmt, false) < 0)
+		return CLI_USAGE;
 	if (cli_chain_open(argv[optind], argc - optind == 2 ? argv[optind + 1]
 							     : NULL,
 			   &co, &cc) < 0)

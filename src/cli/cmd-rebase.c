@@ -2,7 +2,8 @@
 /*
  * cmd-rebase.c: layerimg rebase, rewrite a layer's parent reference.
  *
- *   layerimg rebase -b NEWPARENT [-u] TOP
+ *   layerimg rebase -b NEWPARENT [-F FMT] [-f FMT] [-u] [-q] [-p] [-U]
+ *                   [--output=json] TOP
  *
  * The Linux answer to Hyper-V's "reconnect to parent": after files moved
  * or were renamed, TOP is pointed at NEWPARENT through the format's own
@@ -27,12 +28,14 @@
 #include "cli.h"
 #include "guid.h"
 #include "img.h"
+#include "json.h"
 #include "log.h"
 
 static void rebase_usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: layerimg rebase -b NEWPARENT [-u] TOP\n"
+		"Usage: layerimg rebase -b NEWPARENT [-F FMT] [-f FMT] [-u] [-q] [-p] [-U]\n"
+		"                       [--output=human|json] TOP\n"
 		"\n"
 		"Rewrite the parent reference of the differencing image TOP so that it\n"
 		"names NEWPARENT (\"reconnect to parent\" after files moved).  No data is\n"
@@ -41,9 +44,20 @@ static void rebase_usage(FILE *f)
 		"NEWPARENT must have it.\n"
 		"\n"
 		"  -b, --backing NEWPARENT  the parent image file TOP is to name\n"
+		"  -F, --backing-format FMT NEWPARENT's format: refused if it is another\n"
+		"  -f, --format FMT         TOP's format: refused if it is another\n"
 		"  -u, --unsafe             link NEWPARENT even if its identity differs,\n"
 		"                           and record its identity in TOP\n"
-		"  -h, --help               this help\n");
+		"  -p, --progress           accepted (no data is copied: nothing to show)\n"
+		"  -q, --quiet              print nothing on success\n"
+		"  -U, --force-share        accepted as qemu-img's; takes effect with image\n"
+		"                           locking\n"
+		"      --output=FMT         human (default) or json: the result as one\n"
+		"                           JSON object on stdout (--json: the same)\n"
+		"  -h, --help               this help\n"
+		"\n"
+		"Exit status: 0 rebased, 1 refused or failed, 2 bad usage or an\n"
+		"unreadable image.\n");
 }
 
 int cli_set_parent(const char *top, const char *parent)
@@ -114,7 +128,7 @@ static int chain_contains(const char *path, const struct img *img)
 				found = 1;
 		chain_free(c);
 	}
-	log_set_sink(NULL);
+	log_set_sink(cli_log_sink);
 	return found;
 }
 
@@ -145,8 +159,39 @@ static int identity_matches(const struct img_parent *p, const struct img *np)
 	       (p->has_id2 && guid_equal(&p->id2, &np->id));
 }
 
-static int rebase(const char *top, const char *newparent, bool unsafe)
+struct rebase_args {
+	bool unsafe, json, quiet;
+};
+
+static void print_result(const struct rebase_args *a, const char *top,
+			 const char *newparent, const char *fmt, int match)
 {
+	struct json j;
+
+	if (!a->json) {
+		if (!a->quiet)
+			printf("%s: parent is now %s (%s)\n", top, newparent,
+			       fmt);
+		return;
+	}
+	json_init(&j, stdout, false);
+	json_obj_begin(&j, NULL);
+	json_u64(&j, "version", 1);
+	json_str(&j, "command", "rebase");
+	json_str(&j, "top", top);
+	json_str(&j, "parent", newparent);
+	json_str(&j, "parent_format", fmt);
+	json_str(&j, "identity_check", match > 0 ? "matched" :
+		 match < 0 ? "not-recorded" : "mismatch");
+	json_bool(&j, "unsafe", a->unsafe);
+	json_obj_end(&j);
+	json_end(&j);
+}
+
+static int rebase(const char *top, const char *newparent,
+		  const struct rebase_args *a)
+{
+	bool unsafe = a->unsafe;
 	struct chain_opts o = { .allow_outside = true };
 	struct img_parent p = { 0 };
 	struct img *ti = NULL, *np = NULL;
@@ -231,10 +276,10 @@ static int rebase(const char *top, const char *newparent, bool unsafe)
 		log_warn("%s: parent found through %s only", top,
 			 c->layers[0].parent_ref_what);
 	if (!inside_dir_of(top, newparent))
-		log_info("%s: %s lies outside its directory: layerfs follows "
-			 "it only with -o allow_outside", top, newparent);
-	printf("%s: parent is now %s (%s)\n", top, newparent,
-	       np->drv->name);
+		log_info("%s: %s lies outside its directory: layerimg info, "
+			 "map and convert follow it only with --allow-outside "
+			 "(layerfs: -o allow_outside)", top, newparent);
+	print_result(a, top, newparent, np->drv->name, m);
 	ret = CLI_OK;
 out:
 	chain_free(c);
@@ -246,38 +291,68 @@ out:
 
 int cmd_rebase(int argc, char **argv)
 {
+	enum { OPT_OUTPUT = 256, OPT_JSON };
 	static const struct option opts[] = {
 		{ "backing", required_argument, NULL, 'b' },
+		{ "backing-format", required_argument, NULL, 'F' },
+		{ "format", required_argument, NULL, 'f' },
 		{ "unsafe", no_argument, NULL, 'u' },
+		{ "progress", no_argument, NULL, 'p' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "force-share", no_argument, NULL, 'U' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
+		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *newparent = NULL;
-	bool unsafe = false;
+	struct rebase_args a = { 0 };
+	const char *newparent = NULL, *fmt = NULL, *pfmt = NULL;
 	int ch;
 
-	while ((ch = getopt_long(argc, argv, "b:uh", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "b:F:f:upqUh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'b':
 			newparent = optarg;
 			break;
+		case 'F':
+			pfmt = optarg;
+			break;
+		case 'f':
+			fmt = optarg;
+			break;
 		case 'u':
-			unsafe = true;
+			a.unsafe = true;
+			break;
+		case 'p':	/* no data is copied: no progress to draw */
+		case 'U':	/* nothing to share until images are locked */
+			break;
+		case 'q':
+			a.quiet = true;
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &a.json) < 0)
+				return cli_try_help();
+			break;
+		case OPT_JSON:
+			a.json = true;
 			break;
 		case 'h':
 			rebase_usage(stdout);
 			return CLI_OK;
 		default:
-			rebase_usage(stderr);
-			return CLI_USAGE;
+			return cli_try_help();
 		}
 	}
 	if (!newparent || argc - optind != 1) {
 		if (!newparent && argc - optind == 1)
-			fprintf(stderr, "layerimg rebase: -b NEWPARENT is "
-					"required\n");
-		rebase_usage(stderr);
-		return CLI_USAGE;
+			cli_error("-b NEWPARENT is required");
+		else
+			cli_error("expected one TOP");
+		return cli_try_help();
 	}
-	return rebase(argv[optind], newparent, unsafe);
+	cli_set_quiet(a.quiet);
+	if ((fmt && cli_format_expect(argv[optind], fmt, false) < 0) ||
+	    (pfmt && cli_format_expect(newparent, pfmt, false) < 0))
+		return CLI_USAGE;
+	return rebase(argv[optind], newparent, &a);
 }

@@ -37,17 +37,24 @@ static void usage(FILE *f)
 		   "       layerimg COMMAND --help\n\nCommands:\n");
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
-	fprintf(f, "\nExit status: 0 success, 1 failure (check: errors found), "
-		   "2 usage error or\nunreadable input, 3 (check) leaks only.\n"
+	fprintf(f, "\nqemu-img's options mean the same here: -f FMT (the input's "
+		   "format), -F, -b,\n-o, -p, -q, -U, --output=json|human, "
+		   "sizes like 1.5G.\n"
+		   "Exit status: 0 success, 1 failure, 2 usage error or unreadable "
+		   "input;\ncheck: 0 clean, 1 not checked, 2 corruptions, 3 leaks, "
+		   "63 no checker.\n"
 		   "See layerimg(1).\n");
 }
 
 int main(int argc, char **argv)
 {
+	static char prefix[64];
+
 	log_init("layerimg");
+	log_set_sink(cli_log_sink);
 	if (argc < 2) {
-		usage(stderr);
-		return CLI_USAGE;
+		cli_error("no command given");
+		return cli_try_help();
 	}
 	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
 	    !strcmp(argv[1], "help")) {
@@ -58,10 +65,16 @@ int main(int argc, char **argv)
 		printf("layerimg %s\n", PACKAGE_VERSION);
 		return CLI_OK;
 	}
-	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		if (!strcmp(argv[1], commands[i].name))
-			return commands[i].fn(argc - 1, argv + 1);
-	fprintf(stderr, "layerimg: unknown command '%s' (try layerimg --help)\n",
-		argv[1]);
-	return CLI_USAGE;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(argv[1], commands[i].name))
+			continue;
+		/* getopt prints its complaints after argv[0]: give it the
+		 * prefix every other message of the command has */
+		snprintf(prefix, sizeof(prefix), "layerimg: %s", argv[1]);
+		argv[1] = prefix;
+		cli_set_command(commands[i].name);
+		return commands[i].fn(argc - 1, argv + 1);
+	}
+	cli_error("unknown command '%s'", argv[1]);
+	return cli_try_help();
 }

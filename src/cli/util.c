@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /* util.c: helpers shared by layerimg's subcommands. */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -10,35 +12,230 @@
 #include "checked.h"
 #include "cli.h"
 #include "compiler.h"
+#include "img.h"
 #include "log.h"
+
+static const char *cli_cmd;	/* borrowed: the command's name */
+static bool cli_quiet;
+
+void cli_set_command(const char *name)
+{
+	cli_cmd = name;
+}
+
+void cli_set_quiet(bool quiet)
+{
+	cli_quiet = quiet;
+}
+
+static void cli_vprint(const char *tag, const char *fmt, va_list ap)
+{
+	if (cli_cmd)
+		fprintf(stderr, "layerimg: %s: %s", cli_cmd, tag);
+	else
+		fprintf(stderr, "layerimg: %s", tag);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+static void cli_print(const char *tag, const char *fmt, ...) __printf(2, 3);
+static void cli_print(const char *tag, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	cli_vprint(tag, fmt, ap);
+	va_end(ap);
+}
+
+void cli_log_sink(enum log_level lvl, const char *msg)
+{
+	switch (lvl) {
+	case LOG_LVL_ERR:
+		cli_print("error: ", "%s", msg);
+		break;
+	case LOG_LVL_WARN:
+		cli_print("warning: ", "%s", msg);
+		break;
+	case LOG_LVL_INFO:
+		if (!cli_quiet)
+			cli_print("", "%s", msg);
+		break;
+	default:
+		cli_print("debug: ", "%s", msg);
+		break;
+	}
+}
+
+void cli_verror(const char *fmt, va_list ap)
+{
+	cli_vprint("error: ", fmt, ap);
+}
+
+void cli_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	cli_vprint("error: ", fmt, ap);
+	va_end(ap);
+}
+
+int cli_try_help(void)
+{
+	fprintf(stderr, "Try 'layerimg %s%s--help' for more information.\n",
+		cli_cmd ? cli_cmd : "", cli_cmd ? " " : "");
+	return CLI_USAGE;
+}
+
+/* The multiplier of a size suffix (qemu's set: b, k, m, g, t, p, e), or 0 */
+static uint64_t size_suffix(char c)
+{
+	static const char units[] = "KMGTPE";
+	const char *u;
+	uint64_t mul = 1;
+
+	if (c == 'b' || c == 'B')
+		return 1;
+	if (c >= 'a' && c <= 'z')
+		c = (char)(c - 'a' + 'A');
+	u = c ? strchr(units, c) : NULL;
+	if (!u)
+		return 0;
+	for (const char *p = units; p <= u; p++)
+		mul *= 1024;
+	return mul;
+}
 
 int cli_parse_size(const char *s, uint64_t *out)
 {
-	static const char units[] = "KMGTP";
-	char *end;
-	uint64_t v, mul = 1;
+	unsigned __int128 frac = 0, scale = 1, v128;
+	const char *p = s;
+	uint64_t v = 0, mul = 1;
+	bool digits = false, has_frac = false;
 
-	if (!s || !*s || *s == '-')
+	if (!s)
 		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -EINVAL;
-	if (*end) {
-		const char *u = strchr(units, *end >= 'a' ? *end - 32 : *end);
-
-		if (!u || !*u)
-			return -EINVAL;
-		for (const char *p = units; p <= u; p++)
-			mul *= 1024;
-		end++;
-		if (!strcasecmp(end, "iB") || !strcasecmp(end, "B"))
-			end += strlen(end);
+	for (; *p >= '0' && *p <= '9'; p++, digits = true)
+		if (MUL_OVERFLOW(v, 10, &v) ||
+		    ADD_OVERFLOW(v, (uint64_t)(*p - '0'), &v))
+			return -ERANGE;
+	if (*p == '.') {
+		has_frac = true;
+		for (p++; *p >= '0' && *p <= '9'; p++, digits = true) {
+			if (scale > (unsigned __int128)UINT64_MAX)
+				continue;	/* beyond a byte: ignored */
+			frac = frac * 10 + (unsigned)(*p - '0');
+			scale *= 10;
+		}
 	}
-	if (*end || MUL_OVERFLOW(v, mul, &v))
+	if (!digits)
 		return -EINVAL;
-	*out = v;
+	if (*p) {
+		mul = size_suffix(*p);
+		if (!mul)
+			return -EINVAL;
+		p++;
+		/* layerimg's own spellings: KiB, KB (not after a b/B) */
+		if (mul > 1 && (!strcasecmp(p, "iB") || !strcasecmp(p, "B")))
+			p += strlen(p);
+	} else if (has_frac) {
+		return -EINVAL;	/* "1.5" without a unit, as qemu-img */
+	}
+	if (*p || (has_frac && mul == 1))
+		return -EINVAL;
+	v128 = (unsigned __int128)v * mul + frac * mul / scale;
+	if (v128 > (unsigned __int128)UINT64_MAX)
+		return -ERANGE;
+	*out = (uint64_t)v128;
 	return 0;
+}
+
+int cli_parse_size32(const char *what, const char *s, uint32_t *out)
+{
+	uint64_t v;
+
+	if (cli_parse_size(s, &v) < 0 || v == 0 || v > UINT32_MAX) {
+		cli_error("bad %s '%s'", what, s);
+		return -EINVAL;
+	}
+	*out = (uint32_t)v;
+	return 0;
+}
+
+int cli_parse_create_opts(char *list, struct img_create_opts *o)
+{
+	char *save = NULL;
+
+	for (char *kv = strtok_r(list, ",", &save); kv;
+	     kv = strtok_r(NULL, ",", &save)) {
+		char *val = strchr(kv, '=');
+
+		if (val)
+			*val++ = '\0';
+		if ((!strcmp(kv, "block_size") || !strcmp(kv, "cluster_size")) &&
+		    val) {
+			if (cli_parse_size32(kv, val, &o->block_size) < 0)
+				return -EINVAL;
+		} else if (!strcmp(kv, "sector_size") && val) {
+			if (cli_parse_size32(kv, val, &o->sector_size) < 0)
+				return -EINVAL;
+		} else if (!strcmp(kv, "fixed") && !val) {
+			o->fixed = true;
+		} else if (!strcmp(kv, "subformat") && val &&
+			   (!strcmp(val, "fixed") || !strcmp(val, "dynamic"))) {
+			o->fixed = !strcmp(val, "fixed");
+		} else if (!strcmp(kv, "preallocation") && val &&
+			   (!strcmp(val, "off") || !strcmp(val, "metadata") ||
+			    !strcmp(val, "full") || !strcmp(val, "falloc"))) {
+			o->fixed = strcmp(val, "off") != 0;
+		} else {
+			cli_error("unknown option '%s%s%s' in -o", kv,
+				  val ? "=" : "", val ? val : "");
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+int cli_parse_output(const char *arg, bool *json)
+{
+	if (!strcmp(arg, "json")) {
+		*json = true;
+	} else if (!strcmp(arg, "human")) {
+		*json = false;
+	} else {
+		cli_error("--output must be 'human' or 'json', not '%s'", arg);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+const char *cli_format_name(const char *name)
+{
+	if (!strcmp(name, "vpc"))	/* qemu's name for VHD */
+		return "vhd";
+	return name;
+}
+
+int cli_format_expect(const char *path, const char *fmt, bool allow_unknown)
+{
+	const char *name = cli_format_name(fmt);
+	const struct img_driver *want = img_driver_find(name), *got;
+
+	if (!want) {
+		cli_error("unknown format '%s' (qcow2, qcow, vhd or vpc, vhdx, "
+			  "asparse, raw)", fmt);
+		return -EINVAL;
+	}
+	got = img_probe_file(path);
+	if (!got || got == want)
+		return 0;	/* unreadable: opening it says why */
+	if (allow_unknown && !strcmp(got->name, "raw"))
+		return 0;
+	log_err("%s: is a %s image, not %s (-f %s)", path, got->name, name,
+		fmt);
+	return -EINVAL;
 }
 
 int cli_chain_open(const char *path, const char *name,
@@ -83,9 +280,10 @@ void cli_chain_close(struct cli_chain *cc)
 }
 
 void cli_progress_start(struct cli_progress *p, const char *what,
-			uint64_t total, bool enable)
+			uint64_t total, int mode)
 {
-	p->on = enable && isatty(STDERR_FILENO);
+	p->on = mode == CLI_PROGRESS_ON ||
+		(mode == CLI_PROGRESS_AUTO && isatty(STDERR_FILENO));
 	p->total = total;
 	p->last_pct = -1;
 	p->what = what;

@@ -161,8 +161,41 @@ expect_error "$T/drop.err" top.qcow2 'child\.qcow2'
 [ -f "$dir/top.qcow2" ] || fail "refused --drop deleted top.qcow2"
 rm -f "$dir/child.qcow2"
 qemu-img convert -f qcow2 -O raw "$dir/top.qcow2" "$T/expect.raw"
-"$LAYERIMG" commit -d "$dir/top.qcow2" >"$T/drop.out" 2>"$T/drop.err" ||
+## qemu-img's letters: -d keeps the top (it never deletes anything), -f is
+## TOP's format, -b names the parent, -p draws progress, --output=json
+"$LAYERIMG" commit -d -f qcow2 -b "$dir/base.raw" -p --output=json \
+	"$dir/top.qcow2" >"$T/keep.json" 2>"$T/keep.err" ||
+	fail "commit -d -f qcow2 -b: $(tr '\n' '|' <"$T/keep.err")"
+[ -f "$dir/top.qcow2" ] || fail "commit -d deleted top.qcow2 (qemu-img's -d keeps it)"
+grep -q '100%' "$T/keep.err" || fail "commit -p drew no progress: $(cat "$T/keep.err")"
+python3 - "$T/keep.json" "$dir" <<'EOF' || fail "commit --output=json: $(cat "$T/keep.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["version"] == 1 and j["command"] == "commit", j
+assert j["top"] == sys.argv[2] + "/top.qcow2", j
+assert j["parent"].endswith("/base.raw") and j["parent_format"] == "raw", j
+assert j["bytes_committed"] >= 700 * 1024 and j["top_deleted"] is False, j
+assert isinstance(j["parent_identity_updated"], bool), j
+EOF
+expect_same "$dir/base.raw" "$T/expect.raw" "commit -d: base.raw = the chain of top.qcow2"
+ok "commit -d -f qcow2 -b BASE -p --output=json: top kept, JSON result"
+sum=$(sha256sum <"$dir/base.raw")
+for bad in "-f vhdx" "-f vpc" "-b $dir/top.qcow2" "-f"; do
+	rc=0
+	# shellcheck disable=SC2086
+	"$LAYERIMG" commit $bad "$dir/top.qcow2" >/dev/null 2>"$T/bad.err" || rc=$?
+	[ "$rc" = 2 ] || fail "commit $bad: exit $rc, expected 2"
+	head -1 "$T/bad.err" | grep -q '^layerimg: commit: error: ' ||
+		fail "commit $bad: $(cat "$T/bad.err")"
+done
+grep -q 'expected one TOP' "$T/bad.err" || fail "commit -f TOP: $(cat "$T/bad.err")"
+[ "$(sha256sum <"$dir/base.raw")" = "$sum" ] && [ -f "$dir/top.qcow2" ] ||
+	fail "a refused commit wrote or deleted"
+ok "commit -f FMT (another format), -b not the parent, -f without FMT: refused"
+
+"$LAYERIMG" commit --drop --no-progress "$dir/top.qcow2" >"$T/drop.out" 2>"$T/drop.err" ||
 	fail "commit --drop: $(tr '\n' '|' <"$T/drop.err")"
+[ ! -s "$T/drop.err" ] || fail "commit --no-progress printed: $(cat "$T/drop.err")"
 [ ! -e "$dir/top.qcow2" ] || fail "commit --drop left top.qcow2"
 expect_same "$dir/base.raw" "$T/expect.raw" "commit --drop: base.raw = the chain of top.qcow2, which is gone"
 

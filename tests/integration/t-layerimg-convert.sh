@@ -53,12 +53,54 @@ expect_sha "$T/q.raw" "$want" "qcow2 chain -O raw = qemu-img convert"
 	fail "q.raw is not sparse: $(kib "$T/q.raw") KiB allocated"
 ok "qcow2 chain -O raw is sparse ($(kib "$T/q.raw") KiB of 65536)"
 
-# -S: the 4 MiB of written zeros at 40M are left out too
-"$LAYERIMG" convert -S "$q/top.qcow2" "$T/qS.raw" || fail "convert -S"
-expect_sha "$T/qS.raw" "$want" "-S output = qemu-img convert"
-[ "$(kib "$T/qS.raw")" -le $(($(kib "$T/q.raw") - 4096)) ] ||
-	fail "-S kept zero blocks: $(kib "$T/qS.raw") KiB vs $(kib "$T/q.raw") KiB"
-ok "-S leaves the zero-filled blocks out"
+# -S 4k (qemu-img's spelling; --sparse-zeros is the same): the 4 MiB of
+# written zeros at 40M are left out too
+for how in "-S 4k" "-S 4096" "--sparse-zeros"; do
+	rm -f "$T/qS.raw"
+	# shellcheck disable=SC2086
+	"$LAYERIMG" convert $how "$q/top.qcow2" "$T/qS.raw" || fail "convert $how"
+	expect_sha "$T/qS.raw" "$want" "$how output = qemu-img convert"
+	[ "$(kib "$T/qS.raw")" -le $(($(kib "$T/q.raw") - 4096)) ] ||
+		fail "$how kept zero blocks: $(kib "$T/qS.raw") KiB vs $(kib "$T/q.raw") KiB"
+done
+ok "-S 4k leaves the zero-filled blocks out"
+
+# -S 0: fully allocated, as qemu-img convert -S 0
+"$LAYERIMG" convert -S 0 "$q/top.qcow2" "$T/q0.raw" || fail "convert -S 0"
+expect_sha "$T/q0.raw" "$want" "-S 0 output = qemu-img convert"
+[ "$(kib "$T/q0.raw")" -ge $((64 * 1024)) ] ||
+	fail "-S 0 is sparse: $(kib "$T/q0.raw") KiB of 65536"
+"$LAYERIMG" convert -S 0 -O qcow2 "$q/top.qcow2" "$T/q0.qcow2" ||
+	fail "convert -S 0 -O qcow2"
+qemu-img compare -q "$T/q0.qcow2" "$T/q.raw" || fail "-S 0 -O qcow2 data"
+qemu-img map --output=json "$T/q0.qcow2" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+assert all(e["data"] for e in m), [e for e in m if not e["data"]][:3]' ||
+	fail "-S 0 -O qcow2 left clusters unallocated"
+ok "-S 0 allocates everything (raw and qcow2)"
+
+# -S SIZE is a minimum run: 8 KiB of zeros inside data is a hole with
+# -S 8k and stays data with -S 16k (qemu-img convert's rule)
+head -c 65536 /dev/urandom >"$T/zr.raw"
+dd if=/dev/zero of="$T/zr.raw" bs=1k seek=20 count=8 conv=notrunc 2>/dev/null
+qemu-img convert -q -O qcow2 -S 0 "$T/zr.raw" "$T/zr.qcow2"
+"$LAYERIMG" convert -S 8k "$T/zr.qcow2" "$T/zr8.raw" || fail "-S 8k"
+"$LAYERIMG" convert -S 16k "$T/zr.qcow2" "$T/zr16.raw" || fail "-S 16k"
+cmp "$T/zr.raw" "$T/zr8.raw" && cmp "$T/zr.raw" "$T/zr16.raw" || fail "-S data"
+holes() { python3 -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    print(os.lseek(fd, 0, os.SEEK_HOLE) < os.fstat(fd).st_size and 1 or 0)
+except OSError:
+    print(0)' "$1"; }
+[ "$(holes "$T/zr8.raw")" = 1 ] || fail "-S 8k: the 8 KiB zero run was written"
+[ "$(holes "$T/zr16.raw")" = 0 ] || fail "-S 16k: an 8 KiB zero run became a hole"
+set +e; "$LAYERIMG" convert -S 1000 "$T/zr.qcow2" "$T/zrx.raw" 2>"$T/S.err"; r=$?; set -e
+[ "$r" -eq 2 ] && [ ! -e "$T/zrx.raw" ] || fail "-S 1000 (not a multiple of 512): exit $r"
+grep -q "^layerimg: convert: error: bad -S size '1000'" "$T/S.err" || fail "-S 1000: $(cat "$T/S.err")"
+ok "-S SIZE: zero runs of at least SIZE become holes, shorter ones stay"
 
 # -O sparse: round trip through simg2img, all three chunk kinds
 "$LAYERIMG" convert -O sparse "$q/top.qcow2" "$T/q.simg" || fail "-O sparse"

@@ -257,9 +257,9 @@ expect_msg "needs NAME and SIZE" "no SIZE"
 expect_rc 2 "no format" li create "$d/x.bin" 1M
 expect_msg "no -f" "no format"
 expect_rc 2 "bad format" li create -f vmdk "$d/x.vmdk" 1M
-expect_msg 'unknown format "vmdk"' "bad format"
+expect_msg 'unknown format .vmdk.' "bad format"
 expect_rc 2 "bad -o" li create -f qcow2 -o colour=red "$d/x.qcow2" 1M
-expect_msg 'unknown option "colour=red"' "bad -o"
+expect_msg 'unknown option .colour=red.' "bad -o"
 expect_rc 2 "bad size" li create -f qcow2 "$d/x.qcow2" 12Q
 expect_msg 'bad SIZE "12Q"' "bad size"
 expect_rc 2 "--fixed with -b" li create --fixed -b "$d/qcow2dyn-L0.qcow2" "$d/x.qcow2"

@@ -309,7 +309,7 @@ for x in "$SRCDIR"/tests/data/layouts/*.xml; do
 	rc=0
 	li create --layout "$x" -f vhdx "$T/bad-L0.vhdx" >"$T/out" 2>"$T/err" || rc=$?
 	[ "$rc" = "$want_rc" ] || fail "${x##*/}: exit $rc, expected $want_rc: $(cat "$T/err")"
-	grep -Eq -- "^layerimg: error: $x:$line: $ere" "$T/err" ||
+	grep -Eq -- "^layerimg: create: error: $x:$line: $ere" "$T/err" ||
 		fail "${x##*/}: expected \"$x:$line: $ere\", got: $(cat "$T/err")"
 	[ "$(grep -c 'error:' "$T/err")" = 1 ] ||
 		fail "${x##*/}: more than one error line: $(cat "$T/err")"

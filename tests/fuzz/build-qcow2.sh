@@ -21,8 +21,12 @@ CC=${CC:-clang}
 	"$src/tests/fuzz/fuzz-qcow2.c" \
 	"$src/src/common/log.c" "$src/src/common/io.c" \
 	"$src/src/format/img.c" "$src/src/format/raw.c" \
-	"$src/src/format/qcow2/open.c" "$src/src/format/qcow2/cluster.c" \
-	"$src/src/format/qcow2/qcow.c" \
+	"$src/src/format/qcow2/codec.c" "$src/src/format/qcow2/open.c" \
+	"$src/src/format/qcow2/cluster.c" "$src/src/format/qcow2/qcow.c" \
+	"$src/src/format/qcow2/info.c" "$src/src/format/qcow2/refcount.c" \
+	"$src/src/format/qcow2/write.c" "$src/src/format/qcow2/create.c" \
+	"$src/src/format/qcow2/parent.c" "$src/src/format/qcow2/check.c" \
+	"$src/src/format/qcow2/driver.c" \
 	-lz -lzstd -lpthread -o "$out/fuzz-qcow2"
 echo "built $out/fuzz-qcow2"
 

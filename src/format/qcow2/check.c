@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * qcow2-check.c: the structural check of a QCOW2 file (layerimg check).
+ * qcow2/check.c: the structural check of a QCOW2 file (layerimg check).
  *
  * Works on the file alone, without the driver's open (which refuses what
  * this reports).  Every cluster's reference count is computed from what
@@ -34,14 +34,11 @@
 #include "log.h"
 #include "qcow2.h"
 
-#define L1E_RESERVED 0x7f000000000001feull	/* bits 1-8, 56-62 */
-#define L2E_STD_RESERVED 0x3f000000000001feull	/* bits 1-8, 56-61 */
-#define RTE_RESERVED 0x1ffull			/* bits 0-8 */
 #define BME_OFFSET_MASK 0x00fffffffffffe00ull	/* bitmap table entry */
 #define BME_RESERVED 0xff000000000001feull
-#define Q2C_MAX_CLUSTERS (1ull << 27)	/* 1 GiB of counters at most */
+#define CHECK_MAX_CLUSTERS (1ull << 27)	/* 1 GiB of counters at most */
 
-struct q2c {
+struct checker {
 	struct img *img;
 	struct img_check *res;
 	struct qcow2_header h;
@@ -59,7 +56,6 @@ struct q2c {
 	bool extl2;
 	uint32_t entry_words;		/* 1, or 2 with extended L2 */
 	uint64_t l2_entries;		/* entries per L2 table */
-	uint32_t comp_shift;		/* x: compressed descriptor split */
 	bool data_file;			/* data clusters in another file */
 	uint8_t *cl;			/* owned: one cluster buffer */
 	uint64_t bm_dir_off, bm_dir_size;	/* bitmaps extension */
@@ -67,9 +63,9 @@ struct q2c {
 	bool has_bitmaps;
 };
 
-#define q2c_err(q, ...) \
+#define check_err(q, ...) \
 	img_check_report((q)->res, true, "qcow2", (q)->img->path, __VA_ARGS__)
-#define q2c_warn(q, ...) \
+#define check_warn(q, ...) \
 	img_check_report((q)->res, false, "qcow2", (q)->img->path, \
 			 __VA_ARGS__)
 
@@ -77,7 +73,7 @@ struct q2c {
  * One more reference to every cluster of [off, off + len).  false (and
  * one error) if the range reaches a cluster past the end of the file.
  */
-static bool q2c_count(struct q2c *q, uint64_t off, uint64_t len,
+static bool check_count(struct checker *q, uint64_t off, uint64_t len,
 		      const char *what, uint64_t idx)
 {
 	uint64_t first, last;
@@ -86,7 +82,7 @@ static bool q2c_count(struct q2c *q, uint64_t off, uint64_t len,
 		return true;
 	first = off >> q->cb;
 	if (!range_within(off, len, q->nclusters << q->cb)) {
-		q2c_err(q, "%s %llu (%llu bytes at offset 0x%llx) lies past "
+		check_err(q, "%s %llu (%llu bytes at offset 0x%llx) lies past "
 			"the end of the file (%llu bytes)", what,
 			(unsigned long long)idx, (unsigned long long)len,
 			(unsigned long long)off,
@@ -101,7 +97,7 @@ static bool q2c_count(struct q2c *q, uint64_t off, uint64_t len,
 }
 
 /* Read len bytes of metadata at off (inside the file's clusters). */
-static int q2c_read(struct q2c *q, void *buf, size_t len, uint64_t off,
+static int check_read(struct checker *q, void *buf, size_t len, uint64_t off,
 		    const char *what)
 {
 	int r = pread_zeropad(q->img->fd, buf, len, off);
@@ -113,17 +109,17 @@ static int q2c_read(struct q2c *q, void *buf, size_t len, uint64_t off,
 	return 0;
 }
 
-static uint64_t q2c_stored(const struct q2c *q, uint64_t off)
+static uint64_t check_stored(const struct checker *q, uint64_t off)
 {
 	return q->stored[off >> q->cb];
 }
 
 /* One L2 table: count its data clusters; COPIED against stored refs. */
-static int q2c_walk_l2(struct q2c *q, uint64_t l2_off, uint64_t l1_idx,
+static int check_l2(struct checker *q, uint64_t l2_off, uint64_t l1_idx,
 		       bool active)
 {
 	const char *tbl = active ? "" : "snapshot ";
-	int r = q2c_read(q, q->cl, (size_t)q->cs, l2_off, "an L2 table");
+	int r = check_read(q, q->cl, (size_t)q->cs, l2_off, "an L2 table");
 
 	if (r < 0)
 		return r;
@@ -131,92 +127,89 @@ static int q2c_walk_l2(struct q2c *q, uint64_t l2_off, uint64_t l1_idx,
 		const uint8_t *p = q->cl + j * 8 * q->entry_words;
 		uint64_t e = get_be64(p), bm = q->extl2 ? get_be64(p + 8) : 0;
 		uint64_t idx = l1_idx * q->l2_entries + j, off;
+		struct qcow2_l2e d;
 
-		if (e & QCOW2_L2E_COMPRESSED) {
-			uint64_t coff, nsec, start;
+		qcow2_l2e_decode(q->cb, e, bm, &d);
+		if (d.compressed) {
+			uint64_t start;
 
-			if (e & QCOW2_L2E_COPIED)
-				q2c_err(q, "%sL2 entry %llu (L1 index %llu): "
+			if (d.copied)
+				check_err(q, "%sL2 entry %llu (L1 index %llu): "
 					"compressed cluster has the COPIED "
 					"flag (0x%016llx)", tbl,
 					(unsigned long long)idx,
 					(unsigned long long)l1_idx,
 					(unsigned long long)e);
 			if (bm)
-				q2c_err(q, "%sL2 entry %llu: compressed "
+				check_err(q, "%sL2 entry %llu: compressed "
 					"cluster has a subcluster bitmap "
 					"(0x%016llx)", tbl,
 					(unsigned long long)idx,
 					(unsigned long long)bm);
-			coff = e & ((1ull << q->comp_shift) - 1);
-			nsec = ((e >> q->comp_shift) &
-				((1ull << (q->cb - 8)) - 1)) + 1;
-			start = coff & ~511ull;
+			start = d.coff & ~511ull;
 			if (q->data_file)
 				continue;
-			if (q2c_count(q, start, nsec * 512,
-				      "compressed cluster of guest cluster",
-				      idx) && active)
-				q->res->allocated += nsec * 512 -
-						     (coff & 511);
+			if (check_count(q, start, d.csize + (d.coff & 511),
+					"compressed cluster of guest cluster",
+					idx) && active)
+				q->res->allocated += d.csize;
 			continue;
 		}
-		off = e & QCOW2_L2E_OFFSET_MASK;
-		if (e & L2E_STD_RESERVED)
-			q2c_err(q, "%sL2 entry %llu (L1 index %llu): reserved "
+		off = d.host;
+		if (d.reserved)
+			check_err(q, "%sL2 entry %llu (L1 index %llu): reserved "
 				"bits set (0x%016llx)", tbl,
 				(unsigned long long)idx,
 				(unsigned long long)l1_idx,
 				(unsigned long long)e);
-		if (q->extl2 && (bm & 0xffffffffull) & (bm >> 32))
-			q2c_err(q, "%sL2 entry %llu: subclusters both "
+		if (q->extl2 && (d.alloc & d.zeros))
+			check_err(q, "%sL2 entry %llu: subclusters both "
 				"allocated and zero (bitmap 0x%016llx)", tbl,
 				(unsigned long long)idx,
 				(unsigned long long)bm);
 		if (q->data_file)	/* raw data file: offset 0 is data */
 			continue;
 		if (!off) {
-			if (q->extl2 && (bm & 0xffffffffull))
-				q2c_err(q, "%sL2 entry %llu: unallocated "
+			if (q->extl2 && d.alloc)
+				check_err(q, "%sL2 entry %llu: unallocated "
 					"cluster with allocated subclusters "
 					"(bitmap 0x%016llx)", tbl,
 					(unsigned long long)idx,
 					(unsigned long long)bm);
-			if (e & QCOW2_L2E_COPIED)
-				q2c_warn(q, "%sL2 entry %llu: COPIED flag on "
+			if (d.copied)
+				check_warn(q, "%sL2 entry %llu: COPIED flag on "
 					 "an unallocated cluster", tbl,
 					 (unsigned long long)idx);
 			continue;
 		}
 		if (off & (q->cs - 1)) {
-			q2c_err(q, "%sL2 entry %llu (L1 index %llu): data "
+			check_err(q, "%sL2 entry %llu (L1 index %llu): data "
 				"cluster offset 0x%llx is not cluster "
 				"aligned", tbl, (unsigned long long)idx,
 				(unsigned long long)l1_idx,
 				(unsigned long long)off);
 			continue;
 		}
-		if (!q2c_count(q, off, q->cs, "data cluster of guest cluster",
+		if (!check_count(q, off, q->cs, "data cluster of guest cluster",
 			       idx))
 			continue;
 		if (!active)
 			continue;
 		q->res->allocated += q->cs;
-		if (q->rc_ok && !!(e & QCOW2_L2E_COPIED) !=
-				    (q2c_stored(q, off) == 1))
-			q2c_err(q, "L2 entry %llu (L1 index %llu): COPIED flag "
+		if (q->rc_ok && d.copied != (check_stored(q, off) == 1))
+			check_err(q, "L2 entry %llu (L1 index %llu): COPIED flag "
 				"%s but the data cluster at 0x%llx has "
 				"refcount %llu", (unsigned long long)idx,
 				(unsigned long long)l1_idx,
-				e & QCOW2_L2E_COPIED ? "set" : "clear",
+				d.copied ? "set" : "clear",
 				(unsigned long long)off,
-				(unsigned long long)q2c_stored(q, off));
+				(unsigned long long)check_stored(q, off));
 	}
 	return 0;
 }
 
 /* One L1 table (the active one, or a snapshot's). */
-static int q2c_walk_l1(struct q2c *q, uint64_t l1_off, uint32_t l1_size,
+static int check_l1(struct checker *q, uint64_t l1_off, uint32_t l1_size,
 		       bool active, uint32_t snap)
 {
 	char what[48];
@@ -230,57 +223,59 @@ static int q2c_walk_l1(struct q2c *q, uint64_t l1_off, uint32_t l1_size,
 	if (!l1_size)
 		return 0;
 	if (l1_off & (q->cs - 1)) {
-		q2c_err(q, "%s %u: offset 0x%llx is not cluster aligned",
+		check_err(q, "%s %u: offset 0x%llx is not cluster aligned",
 			what, active ? 0 : snap, (unsigned long long)l1_off);
 		return 0;
 	}
 	if ((uint64_t)l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-		q2c_err(q, "%s %u: %u entries, over the 32 MiB limit", what,
+		check_err(q, "%s %u: %u entries, over the 32 MiB limit", what,
 			active ? 0 : snap, l1_size);
 		return 0;
 	}
-	if (!q2c_count(q, l1_off, (uint64_t)l1_size * 8, what,
+	if (!check_count(q, l1_off, (uint64_t)l1_size * 8, what,
 		       active ? 0 : snap))
 		return 0;
 	l1 = malloc((size_t)l1_size * 8);
 	if (!l1)
 		return -ENOMEM;
-	r = q2c_read(q, l1, (size_t)l1_size * 8, l1_off, what);
+	r = check_read(q, l1, (size_t)l1_size * 8, l1_off, what);
 	for (uint32_t i = 0; i < l1_size && r == 0; i++) {
-		uint64_t e = get_be64(l1 + (size_t)i * 8);
-		uint64_t l2 = e & QCOW2_L1E_OFFSET_MASK;
+		uint64_t e = get_be64(l1 + (size_t)i * 8), l2;
+		struct qcow2_l1e d;
 
-		if (e & L1E_RESERVED)
-			q2c_err(q, "%s%s entry %u: reserved bits set "
+		qcow2_l1e_decode(e, &d);
+		l2 = d.l2_off;
+		if (d.reserved)
+			check_err(q, "%s%s entry %u: reserved bits set "
 				"(0x%016llx)", active ? "" : "snapshot ",
 				"L1", i, (unsigned long long)e);
 		if (!l2) {
 			continue;
 		}
 		if (l2 & (q->cs - 1)) {
-			q2c_err(q, "%sL1 entry %u: L2 table offset 0x%llx is "
+			check_err(q, "%sL1 entry %u: L2 table offset 0x%llx is "
 				"not cluster aligned", active ? "" :
 				"snapshot ", i, (unsigned long long)l2);
 			continue;
 		}
-		if (!q2c_count(q, l2, q->cs, active ? "L2 table of L1 entry" :
+		if (!check_count(q, l2, q->cs, active ? "L2 table of L1 entry" :
 			       "snapshot L2 table of L1 entry", i))
 			continue;
 		if (active && q->rc_ok &&
-		    !!(e & QCOW2_L1E_COPIED) != (q2c_stored(q, l2) == 1))
-			q2c_err(q, "L1 entry %u: COPIED flag %s but the L2 "
+		    d.copied != (check_stored(q, l2) == 1))
+			check_err(q, "L1 entry %u: COPIED flag %s but the L2 "
 				"table at 0x%llx has refcount %llu", i,
-				e & QCOW2_L1E_COPIED ? "set" : "clear",
+				d.copied ? "set" : "clear",
 				(unsigned long long)l2,
-				(unsigned long long)q2c_stored(q, l2));
-		r = q2c_walk_l2(q, l2, i, active);
+				(unsigned long long)check_stored(q, l2));
+		r = check_l2(q, l2, i, active);
 	}
 	free(l1);
 	return r;
 }
 
 /* The refcount table and blocks: read the stored refcounts. */
-static int q2c_refcounts(struct q2c *q)
+static int check_refcounts(struct checker *q)
 {
 	uint64_t off = q->h.refcount_table_offset;
 	uint64_t len = (uint64_t)q->h.refcount_table_clusters << q->cb;
@@ -292,12 +287,12 @@ static int q2c_refcounts(struct q2c *q)
 	q->rc_max = q->rc_order == 6 ? UINT64_MAX :
 		    (1ull << (1u << q->rc_order)) - 1;
 	if (off & (q->cs - 1)) {
-		q2c_err(q, "refcount table offset 0x%llx is not cluster "
+		check_err(q, "refcount table offset 0x%llx is not cluster "
 			"aligned", (unsigned long long)off);
 		return 0;
 	}
 	if (!len) {
-		q2c_err(q, "refcount table has no clusters (%u)",
+		check_err(q, "refcount table has no clusters (%u)",
 			q->h.refcount_table_clusters);
 		return 0;
 	}
@@ -305,7 +300,7 @@ static int q2c_refcounts(struct q2c *q)
 		return log_err_ret(-EFBIG, "qcow2: %s: refcount table too "
 				   "large to check (%llu bytes)", q->img->path,
 				   (unsigned long long)len);
-	if (!q2c_count(q, off, len, "refcount table", 0))
+	if (!check_count(q, off, len, "refcount table", 0))
 		return 0;
 	buf = malloc((size_t)len);
 	q->rt = malloc((size_t)len);
@@ -313,7 +308,7 @@ static int q2c_refcounts(struct q2c *q)
 		free(buf);
 		return -ENOMEM;
 	}
-	r = q2c_read(q, buf, (size_t)len, off, "the refcount table");
+	r = check_read(q, buf, (size_t)len, off, "the refcount table");
 	if (r < 0) {
 		free(buf);
 		return r;
@@ -327,25 +322,25 @@ static int q2c_refcounts(struct q2c *q)
 		uint64_t e = q->rt[i], b = e & QCOW2_RTE_OFFSET_MASK;
 		uint64_t first = i * q->rb_entries;
 
-		if (e & RTE_RESERVED)
-			q2c_err(q, "refcount table entry %llu: reserved bits "
+		if (e & QCOW2_RTE_RESERVED)
+			check_err(q, "refcount table entry %llu: reserved bits "
 				"set (0x%016llx)", (unsigned long long)i,
 				(unsigned long long)e);
 		q->rt[i] = 0;
 		if (!b)
 			continue;
 		if (b & (q->cs - 1)) {
-			q2c_err(q, "refcount table entry %llu: refcount block "
+			check_err(q, "refcount table entry %llu: refcount block "
 				"offset 0x%llx is not cluster aligned",
 				(unsigned long long)i, (unsigned long long)b);
 			continue;
 		}
-		if (!q2c_count(q, b, q->cs, "refcount block", i))
+		if (!check_count(q, b, q->cs, "refcount block", i))
 			continue;
 		q->rt[i] = b;
 		if (first >= q->nclusters)
 			continue;	/* counts clusters past the end only */
-		r = q2c_read(q, q->cl, (size_t)q->cs, b, "a refcount block");
+		r = check_read(q, q->cl, (size_t)q->cs, b, "a refcount block");
 		if (r < 0)
 			return r;
 		for (uint64_t k = 0; k < q->rb_entries &&
@@ -361,41 +356,36 @@ static int q2c_refcounts(struct q2c *q)
 }
 
 /* Header extensions (first cluster): data file, bitmaps. */
-static void q2c_extensions(struct q2c *q, const uint8_t *cl, size_t end)
+static void check_extensions(struct checker *q, const uint8_t *cl, size_t end)
 {
 	size_t off = q->h.header_length;
+	struct qcow2_ext e;
+	int r;
 
-	while (off + sizeof(struct qcow2_ext_raw) <= end) {
-		uint32_t type = get_be32(cl + off), len = get_be32(cl + off + 4);
-		const uint8_t *d = cl + off + 8;
-
-		if (type == QCOW2_EXT_END)
-			return;
-		if (len > end - off - 8) {
-			q2c_err(q, "header extension 0x%08x at offset %zu runs "
-				"past the first cluster (length %u)", type, off,
-				len);
-			return;
-		}
-		if (type == QCOW2_EXT_DATA_FILE)
+	while ((r = qcow2_ext_decode(cl, off, end, &e)) > 0) {
+		if (e.type == QCOW2_EXT_DATA_FILE)
 			q->data_file = true;
-		if (type == QCOW2_EXT_BITMAPS) {
-			if (len < 24) {
-				q2c_err(q, "bitmaps extension too short (%u)",
-					len);
+		if (e.type == QCOW2_EXT_BITMAPS) {
+			if (e.len < 24) {
+				check_err(q, "bitmaps extension too short (%u)",
+					  e.len);
 			} else {
-				q->bm_count = get_be32(d);
-				q->bm_dir_size = get_be64(d + 8);
-				q->bm_dir_off = get_be64(d + 16);
+				q->bm_count = get_be32(e.data);
+				q->bm_dir_size = get_be64(e.data + 8);
+				q->bm_dir_off = get_be64(e.data + 16);
 				q->has_bitmaps = true;
 			}
 		}
-		off += 8 + (((size_t)len + 7) & ~(size_t)7);
+		off = e.next;
 	}
+	if (r == -EUCLEAN)
+		check_err(q, "header extension 0x%08x at offset %zu runs "
+			  "past the first cluster (length %u)", e.type, off,
+			  e.len);
 }
 
 /* The persistent bitmaps: directory, bitmap tables, bitmap data. */
-static int q2c_bitmaps(struct q2c *q)
+static int check_bitmaps(struct checker *q)
 {
 	uint8_t *dir;
 	size_t pos = 0;
@@ -404,23 +394,23 @@ static int q2c_bitmaps(struct q2c *q)
 	if (!q->has_bitmaps)
 		return 0;
 	if (!(q->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
-		q2c_warn(q, "bitmaps extension without its autoclear bit: the "
+		check_warn(q, "bitmaps extension without its autoclear bit: the "
 			 "bitmaps are stale");
 		return 0;
 	}
 	if (q->bm_dir_size > (64u << 20) || (q->bm_dir_off & (q->cs - 1))) {
-		q2c_err(q, "bitmap directory: bad size or alignment (%llu "
+		check_err(q, "bitmap directory: bad size or alignment (%llu "
 			"bytes at 0x%llx)", (unsigned long long)q->bm_dir_size,
 			(unsigned long long)q->bm_dir_off);
 		return 0;
 	}
-	if (!q2c_count(q, q->bm_dir_off, q->bm_dir_size, "bitmap directory",
+	if (!check_count(q, q->bm_dir_off, q->bm_dir_size, "bitmap directory",
 		       0))
 		return 0;
 	dir = malloc((size_t)q->bm_dir_size + 1);
 	if (!dir)
 		return -ENOMEM;
-	r = q2c_read(q, dir, (size_t)q->bm_dir_size, q->bm_dir_off,
+	r = check_read(q, dir, (size_t)q->bm_dir_size, q->bm_dir_off,
 		     "the bitmap directory");
 	for (uint32_t i = 0; i < q->bm_count && r == 0; i++) {
 		uint64_t toff, need;
@@ -429,7 +419,7 @@ static int q2c_bitmaps(struct q2c *q)
 		uint8_t *t;
 
 		if (pos + 24 > q->bm_dir_size) {
-			q2c_err(q, "bitmap directory: entry %u past its end",
+			check_err(q, "bitmap directory: entry %u past its end",
 				i);
 			break;
 		}
@@ -440,12 +430,12 @@ static int q2c_bitmaps(struct q2c *q)
 		need = ((24ull + extra + nsize) + 7) & ~7ull;
 		pos += need;
 		if (toff & (q->cs - 1)) {
-			q2c_err(q, "bitmap %u: table offset 0x%llx is not "
+			check_err(q, "bitmap %u: table offset 0x%llx is not "
 				"cluster aligned", i, (unsigned long long)toff);
 			continue;
 		}
 		if ((uint64_t)tsize * 8 > (64u << 20) ||
-		    !q2c_count(q, toff, (uint64_t)tsize * 8, "bitmap table",
+		    !check_count(q, toff, (uint64_t)tsize * 8, "bitmap table",
 			       i))
 			continue;
 		t = malloc((size_t)tsize * 8 + 1);
@@ -453,21 +443,21 @@ static int q2c_bitmaps(struct q2c *q)
 			r = -ENOMEM;
 			break;
 		}
-		r = q2c_read(q, t, (size_t)tsize * 8, toff, "a bitmap table");
+		r = check_read(q, t, (size_t)tsize * 8, toff, "a bitmap table");
 		for (uint32_t k = 0; k < tsize && r == 0; k++) {
 			uint64_t e = get_be64(t + (size_t)k * 8);
 			uint64_t d = e & BME_OFFSET_MASK;
 
 			if (e & BME_RESERVED)
-				q2c_err(q, "bitmap %u table entry %u: reserved "
+				check_err(q, "bitmap %u table entry %u: reserved "
 					"bits set (0x%016llx)", i, k,
 					(unsigned long long)e);
 			else if (d && (d & (q->cs - 1)))
-				q2c_err(q, "bitmap %u table entry %u: offset "
+				check_err(q, "bitmap %u table entry %u: offset "
 					"0x%llx is not cluster aligned", i, k,
 					(unsigned long long)d);
 			else if (d)
-				q2c_count(q, d, q->cs, "bitmap data cluster",
+				check_count(q, d, q->cs, "bitmap data cluster",
 					  k);
 		}
 		free(t);
@@ -477,7 +467,7 @@ static int q2c_bitmaps(struct q2c *q)
 }
 
 /* The snapshot table and each snapshot's tables. */
-static int q2c_snapshots(struct q2c *q)
+static int check_snapshots(struct checker *q)
 {
 	uint64_t off = q->h.snapshots_offset, pos = 0;
 	uint8_t e[sizeof(struct qcow2_snapshot_raw)];
@@ -486,51 +476,44 @@ static int q2c_snapshots(struct q2c *q)
 	if (!q->h.nb_snapshots)
 		return 0;
 	if (q->h.nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
-		q2c_err(q, "too many snapshots (%u)", q->h.nb_snapshots);
+		check_err(q, "too many snapshots (%u)", q->h.nb_snapshots);
 		return 0;
 	}
 	if (off & (q->cs - 1)) {
-		q2c_err(q, "snapshot table offset 0x%llx is not cluster "
+		check_err(q, "snapshot table offset 0x%llx is not cluster "
 			"aligned", (unsigned long long)off);
 		return 0;
 	}
 	for (uint32_t i = 0; i < q->h.nb_snapshots; i++) {
-		const struct qcow2_snapshot_raw *s = (const void *)e;
-		uint64_t l1_off;
-		uint32_t l1_size, extra;
-		uint16_t id_len, name_len;
+		struct qcow2_snapshot_hdr sn;
 
 		if (!range_within(off + pos, sizeof(e), q->img->file_size) ||
 		    pos > QCOW2_MAX_SNAPSHOT_TABLE) {
-			q2c_err(q, "snapshot %u: entry at 0x%llx lies past the "
+			check_err(q, "snapshot %u: entry at 0x%llx lies past the "
 				"end of the file", i,
 				(unsigned long long)(off + pos));
 			return 0;
 		}
-		r = q2c_read(q, e, sizeof(e), off + pos, "a snapshot entry");
+		r = check_read(q, e, sizeof(e), off + pos, "a snapshot entry");
 		if (r < 0)
 			return r;
-		l1_off = get_be64(s->l1_table_offset);
-		l1_size = get_be32(s->l1_size);
-		id_len = get_be16(s->id_str_size);
-		name_len = get_be16(s->name_size);
-		extra = get_be32(s->extra_data_size);
-		if (extra > QCOW2_MAX_SNAPSHOT_EXTRA) {
-			q2c_err(q, "snapshot %u: extra data too large (%u)", i,
-				extra);
+		qcow2_snapshot_decode(e, &sn);
+		if (sn.extra_len > QCOW2_MAX_SNAPSHOT_EXTRA) {
+			check_err(q, "snapshot %u: extra data too large (%u)",
+				  i, sn.extra_len);
 			return 0;
 		}
-		pos += (sizeof(e) + extra + id_len + name_len + 7) & ~7ull;
-		r = q2c_walk_l1(q, l1_off, l1_size, false, i);
+		pos += qcow2_snapshot_entry_len(&sn);
+		r = check_l1(q, sn.l1_table_offset, sn.l1_size, false, i);
 		if (r < 0)
 			return r;
 	}
-	q2c_count(q, off, pos, "snapshot table", 0);
+	check_count(q, off, pos, "snapshot table", 0);
 	return 0;
 }
 
 /* Compare stored and computed refcounts; fix leaks if asked and safe. */
-static int q2c_compare(struct q2c *q, bool repair)
+static int check_compare(struct checker *q, bool repair)
 {
 	uint64_t leaks = 0;
 	int r = 0;
@@ -539,14 +522,14 @@ static int q2c_compare(struct q2c *q, bool repair)
 		uint64_t st = q->stored[c], cm = q->ref[c];
 
 		if (cm > q->rc_max) {
-			q2c_err(q, "cluster %llu (offset 0x%llx): %llu "
+			check_err(q, "cluster %llu (offset 0x%llx): %llu "
 				"references, over the refcount limit %llu",
 				(unsigned long long)c,
 				(unsigned long long)(c << q->cb),
 				(unsigned long long)cm,
 				(unsigned long long)q->rc_max);
 		} else if (st < cm) {
-			q2c_err(q, "cluster %llu (offset 0x%llx): refcount %llu "
+			check_err(q, "cluster %llu (offset 0x%llx): refcount %llu "
 				"but %llu references", (unsigned long long)c,
 				(unsigned long long)(c << q->cb),
 				(unsigned long long)st, (unsigned long long)cm);
@@ -574,7 +557,7 @@ static int q2c_compare(struct q2c *q, bool repair)
 
 		if (!q->rt[i] || first >= q->nclusters)
 			continue;
-		r = q2c_read(q, q->cl, (size_t)q->cs, q->rt[i],
+		r = check_read(q, q->cl, (size_t)q->cs, q->rt[i],
 			     "a refcount block");
 		for (uint64_t k = 0; r == 0 && k < q->rb_entries &&
 				     first + k < q->nclusters; k++) {
@@ -606,10 +589,12 @@ static int q2c_compare(struct q2c *q, bool repair)
 
 int qcow2_check(struct img *img, bool repair, struct img_check *res)
 {
-	struct q2c q = { .img = img, .res = res };
+	struct checker q = { .img = img, .res = res };
 	uint8_t hb[sizeof(struct qcow2_header_raw)] = { 0 };
 	uint64_t unknown, need_l1, l2_cover;
 	size_t hlen = (size_t)MIN(img->file_size, (uint64_t)sizeof(hb));
+	struct qcow2_bad bad = { NULL, 0 };
+	char *backing = NULL;
 	size_t first;
 	int r;
 
@@ -635,20 +620,19 @@ int qcow2_check(struct img *img, bool repair, struct img_check *res)
 	q.extl2 = q.h.incompatible_features & QCOW2_INCOMPAT_EXTL2;
 	q.entry_words = q.extl2 ? 2 : 1;
 	q.l2_entries = q.cs / 8 / q.entry_words;
-	q.comp_shift = 62 - (q.cb - 8);
 	q.nclusters = (img->file_size + q.cs - 1) >> q.cb;
-	if (q.nclusters > Q2C_MAX_CLUSTERS)
+	if (q.nclusters > CHECK_MAX_CLUSTERS)
 		return log_err_ret(-EFBIG, "qcow2: %s: too many clusters to "
 				   "check (%llu)", img->path,
 				   (unsigned long long)q.nclusters);
 	if (q.h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
-		q2c_err(&q, "the image is marked corrupt (incompatible "
+		check_err(&q, "the image is marked corrupt (incompatible "
 			"feature bit 1)");
 	if (q.h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
-		q2c_warn(&q, "the dirty bit is set (lazy refcounts): "
+		check_warn(&q, "the dirty bit is set (lazy refcounts): "
 			 "refcounts may be out of date");
 	if (q.extl2 && q.cb < 14)
-		q2c_err(&q, "extended L2 entries with clusters under 16 KiB "
+		check_err(&q, "extended L2 entries with clusters under 16 KiB "
 			"(cluster_bits %u)", q.cb);
 
 	q.ref = calloc(q.nclusters + 1, sizeof(*q.ref));
@@ -660,41 +644,44 @@ int qcow2_check(struct img *img, bool repair, struct img_check *res)
 	}
 	/* the header cluster: header, extensions, backing file name */
 	first = (size_t)MIN(img->file_size, q.cs);
-	r = q2c_read(&q, q.cl, first, 0, "the header cluster");
+	r = check_read(&q, q.cl, first, 0, "the header cluster");
 	if (r < 0)
 		goto out;
-	q2c_count(&q, 0, q.cs, "header cluster", 0);
+	check_count(&q, 0, q.cs, "header cluster", 0);
 	if (q.h.version >= 3)
-		q2c_extensions(&q, q.cl, first);
-	if (q.h.backing_file_offset &&
-	    (!range_within(q.h.backing_file_offset, q.h.backing_file_size,
-			   first) ||
-	     q.h.backing_file_size > QCOW2_MAX_BACKING_NAME))
-		q2c_err(&q, "backing file name (%u bytes at %llu) is not "
-			"inside the first cluster", q.h.backing_file_size,
-			(unsigned long long)q.h.backing_file_offset);
+		check_extensions(&q, q.cl, first);
+	r = qcow2_backing_decode(q.cl, first, &q.h, 0, &backing, &bad);
+	free(backing);
+	if (r == -ENOMEM)
+		goto out;
+	if (r < 0)
+		check_err(&q, "backing file name (%u bytes at %llu) is not "
+			  "inside the first cluster: %s",
+			  q.h.backing_file_size,
+			  (unsigned long long)q.h.backing_file_offset,
+			  bad.what);
 	if (q.data_file)
-		q2c_warn(&q, "external data file: its clusters are not "
+		check_warn(&q, "external data file: its clusters are not "
 			 "checked");
 
 	/* the L1 table must cover the virtual size */
 	l2_cover = q.l2_entries << q.cb;
 	need_l1 = q.h.size / l2_cover + !!(q.h.size % l2_cover);
 	if (q.h.l1_size < need_l1)
-		q2c_err(&q, "L1 table has %u entries, the virtual size %llu "
+		check_err(&q, "L1 table has %u entries, the virtual size %llu "
 			"needs %llu", q.h.l1_size,
 			(unsigned long long)q.h.size,
 			(unsigned long long)need_l1);
 
-	r = q2c_refcounts(&q);
+	r = check_refcounts(&q);
 	if (r == 0)
-		r = q2c_walk_l1(&q, q.h.l1_table_offset, q.h.l1_size, true, 0);
+		r = check_l1(&q, q.h.l1_table_offset, q.h.l1_size, true, 0);
 	if (r == 0)
-		r = q2c_snapshots(&q);
+		r = check_snapshots(&q);
 	if (r == 0)
-		r = q2c_bitmaps(&q);
+		r = check_bitmaps(&q);
 	if (r == 0 && q.rc_ok)
-		r = q2c_compare(&q, repair);
+		r = check_compare(&q, repair);
 out:
 	free(q.ref);
 	free(q.stored);

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * qcow2-cluster.c: what the qcow2 and qcow drivers share on the read path:
+ * qcow2/cluster.c: what the qcow2 and qcow drivers share on the read path:
  * the bounded L2 table cache and the inflation of compressed clusters.
  *
  * L2 cache: one cache for the whole process, bounded in bytes, split into

@@ -1,20 +1,24 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * qcow2.c: QCOW2 images, versions 2 and 3: open and the read path.
+ * qcow2/open.c: QCOW2 images, versions 2 and 3: probe, open, close,
+ * parent, map_extent and read (the read side; the driver struct that adds
+ * the write side is in driver.c).
  *
  * Facts are from qemu's docs/interop/qcow2.txt.  open() validates the
  * header, the header extensions (all inside the first cluster), the
  * incompatible feature bits, the backing file name, the L1 table and every
  * L2 table offset it holds, and that header, L1 and refcount tables do not
  * overlap.  L2 tables are loaded on demand through the shared, bounded L2
- * cache (qcow2-cluster.c); host offsets found in them are checked against
+ * cache (cluster.c); host offsets found in them are checked against
  * the file size when they are mapped.  Compressed clusters (zlib or zstd)
  * are DATA runs without a host offset, inflated by ->read.  Snapshots are
  * listed (qcow2_snapshot_list) but only the active state is a disk.
- * Writing, allocation and image creation live in qcow2-write.c and
- * qcow2-refcount.c; an image opened writable may change under the read
+ * On-disk structures are decoded by codec.c.  Writing and allocation
+ * live in write.c and refcount.c, which call down into this file and never
+ * the other way; an image opened writable may change under the read
  * path, which therefore loads L1/L2 entries atomically (see qcow2.h).
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -33,7 +37,7 @@
 #include "qcow2.h"
 #include "registry.h"
 
-static int qcow2_probe(const struct img_probe *p)
+int qcow2_probe(const struct img_probe *p)
 {
 	uint32_t version;
 
@@ -41,75 +45,6 @@ static int qcow2_probe(const struct img_probe *p)
 		return 0;
 	version = get_be32(p->head + 4);
 	return version == 2 || version == 3 ? 100 : 0;
-}
-
-int qcow2_header_decode(const char *path, const uint8_t *buf, size_t len,
-			struct qcow2_header *h)
-{
-	const struct qcow2_header_raw *r = (const void *)buf;
-	struct qcow2_header d;
-	size_t need;
-
-	if (len < 8 || memcmp(r->magic, QCOW_MAGIC, 4) != 0)
-		return -EINVAL;		/* not ours: silent */
-	memset(&d, 0, sizeof(d));
-	d.version = get_be32(r->version);
-	if (d.version == 1)
-		return -EINVAL;		/* QCOW version 1: the qcow driver */
-	if (d.version != 2 && d.version != 3)
-		return log_err_ret(-ENOTSUP, "qcow2: %s: unsupported version (%u)",
-				   path, d.version);
-	need = d.version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_MIN;
-	if (len < need)
-		return log_err_ret(-EUCLEAN, "qcow2: %s: file too short for the header (%zu bytes)",
-				   path, len);
-	d.backing_file_offset = get_be64(r->backing_file_offset);
-	d.backing_file_size = get_be32(r->backing_file_size);
-	d.cluster_bits = get_be32(r->cluster_bits);
-	d.size = get_be64(r->size);
-	d.crypt_method = get_be32(r->crypt_method);
-	d.l1_size = get_be32(r->l1_size);
-	d.l1_table_offset = get_be64(r->l1_table_offset);
-	d.refcount_table_offset = get_be64(r->refcount_table_offset);
-	d.refcount_table_clusters = get_be32(r->refcount_table_clusters);
-	d.nb_snapshots = get_be32(r->nb_snapshots);
-	d.snapshots_offset = get_be64(r->snapshots_offset);
-	d.refcount_order = 4;
-	d.header_length = QCOW2_V2_HEADER_LEN;
-	if (d.version >= 3) {
-		d.incompatible_features = get_be64(r->incompatible_features);
-		d.compatible_features = get_be64(r->compatible_features);
-		d.autoclear_features = get_be64(r->autoclear_features);
-		d.refcount_order = get_be32(r->refcount_order);
-		d.header_length = get_be32(r->header_length);
-	}
-	if (d.cluster_bits < QCOW2_MIN_CLUSTER_BITS)
-		return log_err_ret(-EUCLEAN, "qcow2: %s: cluster_bits out of range (%u)",
-				   path, d.cluster_bits);
-	if (d.cluster_bits > QCOW2_MAX_CLUSTER_BITS)
-		return log_err_ret(-ENOTSUP, "qcow2: %s: cluster size over 2 MiB is not supported (cluster_bits %u)",
-				   path, d.cluster_bits);
-	if (d.version >= 3) {
-		if (d.header_length < QCOW2_V3_HEADER_MIN)
-			return log_err_ret(-EUCLEAN, "qcow2: %s: header_length too small (%u)",
-					   path, d.header_length);
-		if (d.header_length > (1u << d.cluster_bits))
-			return log_err_ret(-EUCLEAN, "qcow2: %s: header_length exceeds the first cluster (%u)",
-					   path, d.header_length);
-		if (d.refcount_order > 6)
-			return log_err_ret(-EUCLEAN, "qcow2: %s: refcount_order out of range (%u)",
-					   path, d.refcount_order);
-		/* additional field: present when the header reaches it */
-		if (d.header_length > offsetof(struct qcow2_header_raw,
-					       compression_type) &&
-		    len > offsetof(struct qcow2_header_raw, compression_type))
-			d.compression_type = r->compression_type;
-	}
-	if (d.crypt_method != 0)
-		return log_err_ret(-ENOTSUP, "qcow2: %s: encrypted images are not supported (crypt_method %u)",
-				   path, d.crypt_method);
-	*h = d;
-	return 0;
 }
 
 /*
@@ -132,7 +67,7 @@ static const char *qcow2_map_format(const char *qemu_name)
 	return NULL;
 }
 
-const char *qcow2_qemu_format(const char *driver)
+const char *qcow2_format_qemu_name(const char *driver)
 {
 	for (size_t i = 0; driver && i < ARRAY_SIZE(qcow2_formats); i++)
 		if (!strcmp(qcow2_formats[i].ours, driver))
@@ -146,57 +81,35 @@ static char *qcow2_strndup(const uint8_t *p, size_t n)
 	return strndup((const char *)p, n);
 }
 
-/* Name of an unknown incompatible feature bit from the feature table. */
-static void qcow2_feature_name(const uint8_t *table, size_t tlen, unsigned bit,
-			       char *out, size_t outlen)
-{
-	snprintf(out, outlen, "unknown");
-	for (size_t i = 0; i + sizeof(struct qcow2_feature_raw) <= tlen;
-	     i += sizeof(struct qcow2_feature_raw)) {
-		const struct qcow2_feature_raw *f = (const void *)(table + i);
-
-		if (f->type == 0 && f->bit == bit) {
-			snprintf(out, outlen, "%.*s",
-				 (int)strnlen((const char *)f->name,
-					      sizeof(f->name)),
-				 (const char *)f->name);
-			return;
-		}
-	}
-}
-
 /* Parse the header extensions in cl[start, end): the first cluster. */
 static int qcow2_read_extensions(struct img *img, struct qcow2 *s,
 				 const uint8_t *cl, size_t start, size_t end,
 				 const uint8_t **ftable, size_t *ftable_len)
 {
+	struct qcow2_ext e;
 	size_t off = start;
+	int r;
 
-	while (off + sizeof(struct qcow2_ext_raw) <= end) {
-		const struct qcow2_ext_raw *e = (const void *)(cl + off);
-		uint32_t type = get_be32(e->type), len = get_be32(e->len);
-		const uint8_t *data = cl + off + sizeof(*e);
-
-		if (type == QCOW2_EXT_END)
-			break;
-		if (len > end - off - sizeof(*e))
+	while ((r = qcow2_ext_decode(cl, off, end, &e)) > 0 ||
+	       r == -EUCLEAN) {
+		if (r < 0)
 			return log_err_ret(-EUCLEAN, "qcow2: %s: header extension 0x%08x runs past the first cluster (length %u)",
-					   img->path, type, len);
-		switch (type) {
+					   img->path, e.type, e.len);
+		switch (e.type) {
 		case QCOW2_EXT_BACKING_FORMAT:
 			free(s->backing_fmt_name);
-			s->backing_fmt_name = qcow2_strndup(data, len);
+			s->backing_fmt_name = qcow2_strndup(e.data, e.len);
 			if (!s->backing_fmt_name)
 				return -ENOMEM;
 			s->backing_fmt = qcow2_map_format(s->backing_fmt_name);
 			break;
 		case QCOW2_EXT_FEATURE_TABLE:
-			*ftable = data;
-			*ftable_len = len;
+			*ftable = e.data;
+			*ftable_len = e.len;
 			break;
 		case QCOW2_EXT_DATA_FILE:
 			free(s->data_name);
-			s->data_name = qcow2_strndup(data, len);
+			s->data_name = qcow2_strndup(e.data, e.len);
 			if (!s->data_name)
 				return -ENOMEM;
 			break;
@@ -207,8 +120,7 @@ static int qcow2_read_extensions(struct img *img, struct qcow2 *s,
 		default:		/* unknown: safe to ignore (spec) */
 			break;
 		}
-		/* data is padded to a multiple of 8 */
-		off += sizeof(*e) + (((size_t)len + 7) & ~(size_t)7);
+		off = e.next;
 	}
 	return 0;
 }
@@ -223,7 +135,10 @@ static int qcow2_check_features(struct img *img, struct qcow2 *s,
 		unsigned bit = (unsigned)__builtin_ctzll(unknown);
 		char name[48];
 
-		qcow2_feature_name(ftable, ftable_len, bit, name, sizeof(name));
+		if (!qcow2_feature_name_find(ftable, ftable_len,
+					     QCOW2_FEAT_INCOMPAT, (uint8_t)bit,
+					     name, sizeof(name)))
+			snprintf(name, sizeof(name), "unknown");
 		return log_err_ret(-ENOTSUP, "qcow2: %s: unsupported incompatible feature bit %u \"%s\" (0x%llx)",
 				   img->path, bit, name,
 				   (unsigned long long)h->incompatible_features);
@@ -261,33 +176,15 @@ static int qcow2_check_features(struct img *img, struct qcow2 *s,
 static int qcow2_read_backing(struct img *img, struct qcow2 *s,
 			      const uint8_t *cl, size_t cl_len, size_t hdr_end)
 {
-	const struct qcow2_header *h = &s->h;
+	struct qcow2_bad bad = { NULL, 0 };
+	int r;
 
-	if (!h->backing_file_offset || !h->backing_file_size)
-		return 0;
-	if (h->backing_file_size > QCOW2_MAX_BACKING_NAME)
-		return log_err_ret(-EUCLEAN, "qcow2: %s: backing file name too long (%u)",
-				   img->path, h->backing_file_size);
-	if (h->backing_file_offset < hdr_end ||
-	    !range_within(h->backing_file_offset, h->backing_file_size,
-			  s->cluster_size))
-		return log_err_ret(-EUCLEAN, "qcow2: %s: backing file name outside the first cluster (offset %llu)",
-				   img->path,
-				   (unsigned long long)h->backing_file_offset);
-	if (!range_within(h->backing_file_offset, h->backing_file_size,
-			  cl_len))
-		return log_err_ret(-EUCLEAN, "qcow2: %s: backing file name past the end of the file (offset %llu)",
-				   img->path,
-				   (unsigned long long)h->backing_file_offset);
-	s->backing = qcow2_strndup(cl + h->backing_file_offset,
-				   h->backing_file_size);
-	if (!s->backing)
-		return -ENOMEM;
-	if (!s->backing[0]) {
-		free(s->backing);	/* qemu: an empty name is no backing */
-		s->backing = NULL;
-	}
-	return 0;
+	r = qcow2_backing_decode(cl, cl_len, &s->h, hdr_end, &s->backing,
+				 &bad);
+	if (r == -EUCLEAN)
+		return log_err_ret(r, "qcow2: %s: %s (%llu)", img->path,
+				   bad.what, (unsigned long long)bad.value);
+	return r;
 }
 
 /* The external data file: a plain name in the image's own directory. */
@@ -424,13 +321,14 @@ static int qcow2_load_l1(struct img *img, struct qcow2 *s)
 		return log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read the L1 table (%s)",
 				   img->path, strerror(-r));
 	for (uint32_t i = 0; i < s->l1_entries; i++) {
-		uint64_t raw = s->l1[i];
-		uint64_t l2 = be64toh(raw) & QCOW2_L1E_OFFSET_MASK;
+		struct qcow2_l1e e;
+		uint64_t l2;
 
-		s->l1[i] = l2;
+		qcow2_l1e_decode(be64toh(s->l1[i]), &e);
+		s->l1[i] = l2 = e.l2_off;
 		if (!l2)
 			continue;
-		if (!(be64toh(raw) & QCOW2_L1E_COPIED))
+		if (!e.copied)
 			s->l1_shared = true;	/* refcount != 1: snapshots */
 		if (l2 & (cs - 1))
 			return log_err_ret(-EUCLEAN, "qcow2: %s: L2 table offset misaligned (%llu)",
@@ -475,7 +373,6 @@ static void qcow2_free(struct qcow2 *s)
 {
 	if (!s)
 		return;
-	qcow2_write_free(s);
 	if (s->owner)
 		qcow2_l2_cache_drop(s->owner);
 	if (s->data_fd >= 0)
@@ -487,7 +384,7 @@ static void qcow2_free(struct qcow2 *s)
 	free(s);
 }
 
-static int qcow2_open(struct img *img)
+int qcow2_open(struct img *img)
 {
 	uint8_t hbuf[sizeof(struct qcow2_header_raw)];
 	const uint8_t *ftable = NULL;
@@ -559,7 +456,6 @@ static int qcow2_open(struct img *img)
 	s->l2_bits = s->cluster_bits - (s->extl2 ? 4 : 3);
 	s->l2_words = (uint32_t)(s->cluster_size / 8);
 	s->sc_bits = s->cluster_bits - 5;	/* 32 subclusters */
-	s->comp_shift = 62 - (s->cluster_bits - 8);
 	s->data_size = img->file_size;
 	if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
 		r = qcow2_open_data_file(img, s);
@@ -574,13 +470,6 @@ static int qcow2_open(struct img *img)
 		goto fail;
 	s->owner = qcow2_owner_new();
 	s->file_end = img->file_size;
-	if (img->writable) {
-		r = qcow2_write_open(img, s);
-		if (r == -EROFS)
-			img->writable = false;	/* readable; logged why */
-		else if (r < 0)
-			goto fail;
-	}
 
 	img->priv = s;
 	img->size = s->h.size & ~511ull;	/* whole sectors, as qemu */
@@ -605,65 +494,34 @@ fail:
 	return r;
 }
 
-static void qcow2_close(struct img *img)
+void qcow2_close(struct img *img)
 {
 	struct qcow2 *s = img->priv;
 
-	if (s && s->w && !s->w->broken)
-		qcow2_flush(img);	/* metadata held in memory, then sync;
-					 * failure is logged */
+	assert(!s || !s->w);	/* driver.c dropped the write state */
 	qcow2_free(s);
 	img->priv = NULL;
 }
 
-int qcow_backing_parent(struct img_parent *p, const char *backing,
-			const char *format)
-{
-	int r;
-
-	if (!backing)
-		return 0;
-	memset(p, 0, sizeof(*p));
-	r = img_parent_add_ref(p, backing[0] == '/' ? IMG_REF_ABSOLUTE
-						    : IMG_REF_RELATIVE,
-			       "backing file", backing);
-	if (r < 0)
-		return r;
-	p->id_kind = IMG_ID_NONE;
-	p->format = format;
-	return 1;
-}
-
-static int qcow2_parent(struct img *img, struct img_parent *p)
+int qcow2_parent(struct img *img, struct img_parent *p)
 {
 	const struct qcow2 *s = img->priv;
 
-	return qcow_backing_parent(p, s->backing, s->backing_fmt);
-}
-
-void qcow2_comp_desc(const struct qcow2 *s, uint64_t entry, uint64_t *coff,
-		     size_t *csize)
-{
-	uint64_t nsec;
-
-	*coff = entry & ((1ull << s->comp_shift) - 1);
-	nsec = ((entry >> s->comp_shift) &
-		((1ull << (s->cluster_bits - 8)) - 1)) + 1;
-	*csize = (size_t)(nsec * 512 - (*coff & 511));
+	return qcow2_backing_describe(p, s->backing, s->backing_fmt);
 }
 
 /* One subcluster's state from the extended L2 bitmap halves. */
-static enum qcow2_kind qcow2_sc_kind(uint32_t abits, uint32_t zbits,
+static enum qcow2_run_kind qcow2_sc_kind(uint32_t abits, uint32_t zbits,
 				     unsigned sc)
 {
 	if ((abits >> sc) & 1)
-		return Q_DATA;
-	return (zbits >> sc) & 1 ? Q_ZERO : Q_UNALLOC;
+		return QCOW2_RUN_DATA;
+	return (zbits >> sc) & 1 ? QCOW2_RUN_ZERO : QCOW2_RUN_UNALLOC;
 }
 
-int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
-		   uint64_t bitmap, uint64_t in_cl, struct qcow2_run *run,
-		   struct qcow2_bad *bad)
+int qcow2_entry_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
+			 uint64_t bitmap, uint64_t in_cl, struct qcow2_run *run,
+			 struct qcow2_bad *bad)
 {
 	uint64_t cs = s->cluster_size, host, guest = cl << s->cluster_bits;
 	bool alloc;
@@ -678,14 +536,14 @@ int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
 			bad->value = guest;
 			return -EUCLEAN;
 		}
-		qcow2_comp_desc(s, entry, &coff, &csize);
+		qcow2_comp_decode(s->cluster_bits, entry, &coff, &csize);
 		if (coff >= s->data_size || ADD_OVERFLOW(coff, csize, &end) ||
 		    end > ((s->data_size + 511) & ~511ull)) {
 			bad->what = "compressed cluster lies past the end of the file";
 			bad->value = coff;
 			return -EUCLEAN;
 		}
-		run->kind = Q_COMP;
+		run->kind = QCOW2_RUN_COMP;
 		run->len = cs - in_cl;
 		return 0;
 	}
@@ -700,9 +558,9 @@ int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
 				bad->value = guest;
 				return -EUCLEAN;
 			}
-			run->kind = Q_ZERO;	/* zeros, not the backing */
+			run->kind = QCOW2_RUN_ZERO;	/* zeros, not the backing */
 		} else {
-			run->kind = alloc ? Q_DATA : Q_UNALLOC;
+			run->kind = alloc ? QCOW2_RUN_DATA : QCOW2_RUN_UNALLOC;
 		}
 		run->len = cs - in_cl;
 	} else {
@@ -727,7 +585,7 @@ int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
 				break;
 		run->len = ((uint64_t)k << s->sc_bits) - in_cl;
 	}
-	if (run->kind != Q_DATA)
+	if (run->kind != QCOW2_RUN_DATA)
 		return 0;
 	if (host & (cs - 1)) {
 		bad->what = "data cluster offset misaligned";
@@ -743,14 +601,14 @@ int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
 	return 0;
 }
 
-static int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
-			    struct img_extent *ext)
+int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
+		      struct img_extent *ext)
 {
 	const struct qcow2 *s = img->priv;
 	unsigned cb = s->cluster_bits, shift = cb + s->l2_bits;
 	uint64_t l1i = off >> shift, end = off + len, l2_end, pos, total = 0;
 	uint64_t cmask = s->cluster_size - 1;
-	struct qcow2_run first = { Q_UNALLOC, 0, 0 };
+	struct qcow2_run first = { QCOW2_RUN_UNALLOC, 0, 0 };
 	struct qcow2_bad bad = { NULL, 0 };
 	struct qcow2_l2_ref ref;
 	uint64_t l2off = qcow2_l1_get(s, l1i);
@@ -778,18 +636,18 @@ static int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
 	for (pos = off; pos < end;) {
 		uint64_t idx = (pos >> cb) & ((1ull << s->l2_bits) - 1);
 		uint64_t in_cl = pos & cmask, step, lim, e, b;
-		struct qcow2_run run = { Q_UNALLOC, 0, 0 };
+		struct qcow2_run run = { QCOW2_RUN_UNALLOC, 0, 0 };
 
 		qcow2_entry_load(s, ref.table, idx, &e, &b);
-		r = qcow2_classify(s, pos >> cb, e, b, in_cl, &run, &bad);
+		r = qcow2_entry_classify(s, pos >> cb, e, b, in_cl, &run, &bad);
 		if (r < 0)
 			break;
 		if (total && (run.kind != first.kind ||
-			      (run.kind == Q_DATA &&
+			      (run.kind == QCOW2_RUN_DATA &&
 			       run.host != first.host + total)))
 			break;
 		step = MIN(run.len, end - pos);
-		if (run.kind == Q_DATA) {
+		if (run.kind == QCOW2_RUN_DATA) {
 			/* after the entry: a writer grows file_end before it
 			 * publishes an entry (release/acquire) */
 			lim = s->data_fd >= 0 ? s->data_size :
@@ -816,18 +674,18 @@ static int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
 	}
 	ext->len = total;
 	switch (first.kind) {
-	case Q_UNALLOC:
+	case QCOW2_RUN_UNALLOC:
 		ext->type = IMG_EXT_UNALLOC;	/* spec: read the backing file */
 		break;
-	case Q_ZERO:
+	case QCOW2_RUN_ZERO:
 		ext->type = IMG_EXT_ZERO;	/* spec: zeros, not the backing */
 		break;
-	case Q_DATA:
+	case QCOW2_RUN_DATA:
 		ext->type = IMG_EXT_DATA;
 		ext->host_off = first.host;
 		ext->fd = s->data_fd >= 0 ? s->data_fd : img->fd;
 		break;
-	case Q_COMP:
+	case QCOW2_RUN_COMP:
 		ext->type = IMG_EXT_DATA;	/* inflated by ->read */
 		ext->host_off = IMG_HOST_NONE;
 		break;
@@ -848,20 +706,20 @@ static int qcow2_read_replaced(struct img *img, uint64_t entry,
 	struct qcow2_bad bad = { NULL, 0 };
 
 	while (n) {
-		struct qcow2_run run = { Q_UNALLOC, 0, 0 };
+		struct qcow2_run run = { QCOW2_RUN_UNALLOC, 0, 0 };
 		size_t step;
 		int r;
 
-		r = qcow2_classify(s, off >> s->cluster_bits, entry, bitmap,
+		r = qcow2_entry_classify(s, off >> s->cluster_bits, entry, bitmap,
 				   off & cmask, &run, &bad);
 		if (r < 0)
 			return log_err_ret(r, "qcow2: %s: %s (%llu)", img->path,
 					   bad.what,
 					   (unsigned long long)bad.value);
 		step = (size_t)MIN((uint64_t)n, run.len);
-		if (run.kind == Q_ZERO) {
+		if (run.kind == QCOW2_RUN_ZERO) {
 			memset(p, 0, step);
-		} else if (run.kind == Q_DATA) {
+		} else if (run.kind == QCOW2_RUN_DATA) {
 			r = pread_full(img->fd, p, step, run.host);
 			if (r < 0)
 				return log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read cluster at %llu (%s)",
@@ -880,7 +738,7 @@ static int qcow2_read_replaced(struct img *img, uint64_t entry,
 }
 
 /* Compressed runs only: inflate cluster by cluster. */
-static int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
+int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
 {
 	const struct qcow2 *s = img->priv;
 	unsigned cb = s->cluster_bits, shift = cb + s->l2_bits;
@@ -933,7 +791,7 @@ static int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
 			.key = entry, .cluster_size = (size_t)s->cluster_size,
 			.type = s->comp,
 		};
-		qcow2_comp_desc(s, entry, &z.coff, &z.csize);
+		qcow2_comp_decode(s->cluster_bits, entry, &z.coff, &z.csize);
 		if (chunk == s->cluster_size) {
 			r = qcow2_cluster_inflate(&z, p, NULL);
 		} else {
@@ -961,7 +819,7 @@ int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
 	uint32_t count;
 	int r = 0;
 
-	if (!img || img->drv != &qcow2_driver || !img->priv)
+	if (!img || img->drv->map_extent != qcow2_map_extent || !img->priv)
 		return -EINVAL;
 	s = img->priv;
 	count = s->h.nb_snapshots;
@@ -972,30 +830,28 @@ int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
 			return -ENOMEM;
 	}
 	for (uint32_t i = 0; i < count; i++) {
-		struct qcow2_snapshot_raw raw;
+		uint8_t raw[sizeof(struct qcow2_snapshot_raw)];
 		struct qcow2_snapshot *sn = &list[i];
 		uint8_t extra[QCOW2_MAX_SNAPSHOT_EXTRA];
-		uint32_t extra_len;
-		uint16_t id_len, name_len;
-		uint64_t need;
+		struct qcow2_snapshot_hdr e;
+		uint64_t need, at = pos;
 
 		if (!range_within(pos, sizeof(raw), img->file_size)) {
 			r = log_err_ret(-EUCLEAN, "qcow2: %s: snapshot table lies past the end of the file (%llu)",
 					img->path, (unsigned long long)pos);
 			goto fail;
 		}
-		r = pread_full(img->fd, &raw, sizeof(raw), pos);
+		r = pread_full(img->fd, raw, sizeof(raw), pos);
 		if (r < 0)
 			goto io_fail;
-		extra_len = get_be32(raw.extra_data_size);
-		id_len = get_be16(raw.id_str_size);
-		name_len = get_be16(raw.name_size);
-		if (extra_len > sizeof(extra)) {
+		qcow2_snapshot_decode(raw, &e);
+		if (e.extra_len > sizeof(extra)) {
 			r = log_err_ret(-EFBIG, "qcow2: %s: snapshot extra data too big (%u)",
-					img->path, extra_len);
+					img->path, e.extra_len);
 			goto fail;
 		}
-		need = sizeof(raw) + (uint64_t)extra_len + id_len + name_len;
+		need = sizeof(raw) + (uint64_t)e.extra_len + e.id_len +
+		       e.name_len;
 		/* the entry, not its padding to 8: qemu does not write the
 		 * padding after the last entry, the file may end before it */
 		if (!range_within(pos, need, img->file_size) ||
@@ -1005,35 +861,33 @@ int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
 			goto fail;
 		}
 		pos += sizeof(raw);
-		r = pread_full(img->fd, extra, extra_len, pos);
+		r = pread_full(img->fd, extra, e.extra_len, pos);
 		if (r < 0)
 			goto io_fail;
-		pos += extra_len;
-		sn->id = malloc((size_t)id_len + 1);
-		sn->name = malloc((size_t)name_len + 1);
+		qcow2_snapshot_extra_decode(extra, e.extra_len, &e);
+		pos += e.extra_len;
+		sn->id = malloc((size_t)e.id_len + 1);
+		sn->name = malloc((size_t)e.name_len + 1);
 		if (!sn->id || !sn->name) {
 			r = -ENOMEM;
 			goto fail;
 		}
-		r = pread_full(img->fd, sn->id, id_len, pos);
+		r = pread_full(img->fd, sn->id, e.id_len, pos);
 		if (r == 0)
-			r = pread_full(img->fd, sn->name, name_len,
-				       pos + id_len);
+			r = pread_full(img->fd, sn->name, e.name_len,
+				       pos + e.id_len);
 		if (r < 0)
 			goto io_fail;
-		sn->id[id_len] = '\0';
-		sn->name[name_len] = '\0';
-		pos = start + ((pos + id_len + name_len - start + 7) & ~7ull);
-		sn->l1_table_offset = get_be64(raw.l1_table_offset);
-		sn->l1_size = get_be32(raw.l1_size);
-		sn->date_sec = get_be32(raw.date_sec);
-		sn->date_nsec = get_be32(raw.date_nsec);
-		sn->vm_clock_nsec = get_be64(raw.vm_clock_nsec);
-		sn->vm_state_size = get_be32(raw.vm_state_size);
-		if (extra_len >= 8)	/* 64-bit VM state size overrides */
-			sn->vm_state_size = get_be64(extra);
-		if (extra_len >= 16)
-			sn->disk_size = get_be64(extra + 8);
+		sn->id[e.id_len] = '\0';
+		sn->name[e.name_len] = '\0';
+		pos = at + qcow2_snapshot_entry_len(&e);
+		sn->l1_table_offset = e.l1_table_offset;
+		sn->l1_size = e.l1_size;
+		sn->date_sec = e.date_sec;
+		sn->date_nsec = e.date_nsec;
+		sn->vm_clock_nsec = e.vm_clock_nsec;
+		sn->vm_state_size = e.vm_state_size;
+		sn->disk_size = e.disk_size;
 	}
 	*out = list;
 	*n = count;
@@ -1058,22 +912,3 @@ void qcow2_snapshot_list_free(struct qcow2_snapshot *list, size_t n)
 	}
 	free(list);
 }
-
-const struct img_driver qcow2_driver = {
-	.name = "qcow2",
-	.desc = "QEMU copy-on-write v2/v3",
-	.probe = qcow2_probe,
-	.open = qcow2_open,
-	.close = qcow2_close,
-	.parent = qcow2_parent,
-	.map_extent = qcow2_map_extent,
-	.read = qcow2_read,		/* compressed clusters */
-	.write = qcow2_write,		/* qcow2-write.c */
-	.flush = qcow2_flush,
-	.zero = qcow2_zero,
-	.create_diff = qcow2_create_diff,
-	.check = qcow2_check,		/* qcow2-check.c */
-	.create = qcow2_create,		/* qcow2-create.c */
-	.set_parent = qcow2_set_parent,	/* qcow2-parent.c */
-	.info = qcow2_info,
-};

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * qcow2-parent.c: ->set_parent for QCOW2 (what `qemu-img rebase -u` does):
+ * qcow2/parent.c: ->set_parent for QCOW2 (what `qemu-img rebase -u` does):
  * a new backing file name (the parent's path relative to the image's
  * directory, as create_diff writes it) and backing format extension.
  *
@@ -40,9 +40,9 @@
 #include "log.h"
 #include "qcow2.h"
 
-#define QP_SECTOR 512u
+#define PARENT_SECTOR 512u
 
-#define qp_err(err, img, fmt, ...) \
+#define parent_err(err, img, fmt, ...) \
 	log_err_ret(err, "qcow2: %s: " fmt, (img)->path, ##__VA_ARGS__)
 
 /*
@@ -51,7 +51,7 @@
  * first.  *old_end: where the old area ended (after its end marker);
  * *new_len: bytes written to out.
  */
-static int qp_rebuild_ext(struct img *img, const uint8_t *cl, size_t hlen,
+static int ext_rebuild(struct img *img, const uint8_t *cl, size_t hlen,
 			  size_t limit, const char *fmt, uint8_t *out,
 			  size_t cap, size_t *old_end, size_t *new_len)
 {
@@ -59,38 +59,36 @@ static int qp_rebuild_ext(struct img *img, const uint8_t *cl, size_t hlen,
 	bool had_fmt = false;
 
 	/* room check for one extension of len bytes, plus the end marker */
-#define QP_ROOM(len) (pos + 8 + (((len) + 7) & ~(size_t)7) + 8 <= cap)
+#define ROOM(len) (pos + 8 + (((len) + 7) & ~(size_t)7) + 8 <= cap)
 	for (;;) {
-		const struct qcow2_ext_raw *e = (const void *)(cl + off);
-		uint32_t type, len;
+		struct qcow2_ext e;
+		int r = qcow2_ext_decode(cl, off, limit, &e);
 
-		if (off + sizeof(*e) > limit)
-			return qp_err(-EUCLEAN, img, "header extensions run "
-				      "into the backing file name (%zu)", off);
-		type = get_be32(e->type);
-		len = get_be32(e->len);
-		if (type == QCOW2_EXT_END) {
-			off += sizeof(*e);
+		if (r == -ENODATA)
+			return parent_err(-EUCLEAN, img, "header extensions run "
+					  "into the backing file name (%zu)",
+					  off);
+		if (r == 0) {
+			off = e.next;
 			break;
 		}
-		if (len > limit - off - sizeof(*e))
-			return qp_err(-EUCLEAN, img, "header extension 0x%08x "
-				      "runs past the first cluster (length %u)",
-				      type, len);
-		if (type == QCOW2_EXT_BACKING_FORMAT) {
+		if (r < 0)
+			return parent_err(-EUCLEAN, img, "header extension "
+					  "0x%08x runs past the first cluster "
+					  "(length %u)", e.type, e.len);
+		if (e.type == QCOW2_EXT_BACKING_FORMAT) {
 			had_fmt = true;
 			if (fmt) {
-				if (!QP_ROOM(flen))
+				if (!ROOM(flen))
 					return -ENOSPC;
-				q2_put_ext(out, &pos, type, fmt, flen);
+				qcow2_ext_encode(out, &pos, e.type, fmt, flen);
 			}
 		} else {
-			if (!QP_ROOM(len))
+			if (!ROOM(e.len))
 				return -ENOSPC;
-			q2_put_ext(out, &pos, type, e + 1, len);
+			qcow2_ext_encode(out, &pos, e.type, e.data, e.len);
 		}
-		off += sizeof(*e) + ((len + 7) & ~(size_t)7);
-		off = MIN(off, limit);
+		off = MIN(e.next, limit);
 	}
 	if (fmt && !had_fmt) {		/* first, as qemu writes it */
 		size_t p0 = 0, elen = 8 + ((flen + 7) & ~(size_t)7);
@@ -99,10 +97,11 @@ static int qp_rebuild_ext(struct img *img, const uint8_t *cl, size_t hlen,
 			return -ENOSPC;
 		memmove(out + elen, out, pos);
 		memset(out, 0, elen);
-		q2_put_ext(out, &p0, QCOW2_EXT_BACKING_FORMAT, fmt, flen);
+		qcow2_ext_encode(out, &p0, QCOW2_EXT_BACKING_FORMAT, fmt,
+				 flen);
 		pos += p0;
 	}
-#undef QP_ROOM
+#undef ROOM
 	memset(out + pos, 0, 8);	/* the end marker */
 	pos += 8;
 	*old_end = off;
@@ -124,35 +123,35 @@ int qcow2_set_parent(struct img *img, const struct img_create_parent *par)
 	int r;
 
 	if (!img->writable)
-		return qp_err(-EROFS, img, "not opened for writing");
+		return parent_err(-EROFS, img, "not opened for writing");
 	name = par->rel_path ? par->rel_path : par->abs_path;
 	if (!name || !*name)
-		return qp_err(-EINVAL, img, "no path for the backing file");
+		return parent_err(-EINVAL, img, "no path for the backing file");
 	name_len = strlen(name);
 	if (name_len > QCOW2_MAX_BACKING_NAME)
-		return qp_err(-ENAMETOOLONG, img, "backing file name too long "
+		return parent_err(-ENAMETOOLONG, img, "backing file name too long "
 			      "(%zu)", name_len);
 	drvname = par->format ? par->format
 			      : par->img ? par->img->drv->name : NULL;
-	fmt = qcow2_qemu_format(drvname);
+	fmt = qcow2_format_qemu_name(drvname);
 	if (!fmt)
 		log_warn("qcow2: %s: qemu cannot read the backing file's "
 			 "format (%s); no backing format recorded", img->path,
 			 drvname ? drvname : "unknown");
 	if (fstat(img->fd, &st) < 0)
-		return qp_err(-errno, img, "cannot stat: %s", strerror(errno));
+		return parent_err(-errno, img, "cannot stat: %s", strerror(errno));
 	hlen = (size_t)MIN((uint64_t)st.st_size, (uint64_t)sizeof(hbuf));
 	r = pread_full(img->fd, hbuf, hlen, 0);
 	if (r < 0)
-		return qp_err(r, img, "cannot read the header: %s",
+		return parent_err(r, img, "cannot read the header: %s",
 			      strerror(-r));
 	r = qcow2_header_decode(img->path, hbuf, hlen, &h);
 	if (r < 0)
-		return r == -EINVAL ? qp_err(r, img, "not a QCOW2 image") : r;
+		return r == -EINVAL ? parent_err(r, img, "not a QCOW2 image") : r;
 	cs = 1ull << h.cluster_bits;
 	cl_len = (size_t)MIN((uint64_t)st.st_size, cs);
 	if (cl_len < h.header_length + 8)
-		return qp_err(-EUCLEAN, img, "file too short for the header "
+		return parent_err(-EUCLEAN, img, "file too short for the header "
 			      "(%zu bytes)", cl_len);
 	cl = malloc(cl_len);
 	nw = malloc(cl_len);
@@ -163,7 +162,7 @@ int qcow2_set_parent(struct img *img, const struct img_create_parent *par)
 	}
 	r = pread_full(img->fd, cl, cl_len, 0);
 	if (r < 0) {
-		qp_err(r, img, "cannot read the first cluster: %s",
+		parent_err(r, img, "cannot read the first cluster: %s",
 		       strerror(-r));
 		goto out;
 	}
@@ -171,10 +170,10 @@ int qcow2_set_parent(struct img *img, const struct img_create_parent *par)
 	if (h.backing_file_offset > h.header_length &&
 	    h.backing_file_offset < limit)
 		limit = (size_t)h.backing_file_offset;
-	r = qp_rebuild_ext(img, cl, h.header_length, limit, fmt, ext,
+	r = ext_rebuild(img, cl, h.header_length, limit, fmt, ext,
 			   cl_len - h.header_length, &old_end, &ext_len);
 	if (r == -ENOSPC) {
-		r = qp_err(-ENAMETOOLONG, img, "the header extensions do not "
+		r = parent_err(-ENAMETOOLONG, img, "the header extensions do not "
 			   "fit in the first cluster (%llu bytes)",
 			   (unsigned long long)cs);
 		goto out;
@@ -194,7 +193,7 @@ int qcow2_set_parent(struct img *img, const struct img_create_parent *par)
 		atomic = false;
 	}
 	if (at + name_len > cl_len) {
-		r = qp_err(-ENAMETOOLONG, img, "backing file name does not fit "
+		r = parent_err(-ENAMETOOLONG, img, "backing file name does not fit "
 			   "in the first cluster (%llu bytes)",
 			   (unsigned long long)cs);
 		goto out;
@@ -209,7 +208,7 @@ int qcow2_set_parent(struct img *img, const struct img_create_parent *par)
 
 	/* what changed past the first sector; inside the old header's
 	 * bytes that is not a one-sector switch */
-	for (size_t i = QP_SECTOR; i < cl_len; i++) {
+	for (size_t i = PARENT_SECTOR; i < cl_len; i++) {
 		if (nw[i] == cl[i])
 			continue;
 		first = MIN(first, i);
@@ -226,7 +225,7 @@ int qcow2_set_parent(struct img *img, const struct img_create_parent *par)
 		if (r < 0)
 			goto out;
 	}
-	r = img_write_sync(img, nw, MIN(cl_len, (size_t)QP_SECTOR), 0,
+	r = img_write_sync(img, nw, MIN(cl_len, (size_t)PARENT_SECTOR), 0,
 			   "the header");
 	if (r == 0)
 		r = img_reopen(img, "backing file");

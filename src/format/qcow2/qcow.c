@@ -8,7 +8,9 @@
  * backing file), a host cluster offset, or, with bit 63 set, a compressed
  * cluster: offset in bits 0..62-cluster_bits and the compressed size in
  * bytes in the cluster_bits bits above, inflated with zlib (raw deflate).
- * L2 tables go through the shared L2 cache (qcow2-cluster.c).
+ * L2 tables go through the shared L2 cache (cluster.c); the header and
+ * entries are decoded by codec.c.  The backing file description here is
+ * shared with the qcow2 driver.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -58,11 +60,29 @@ static void qcow_free(struct qcow *s)
 	free(s);
 }
 
-static int qcow_read_backing(struct img *img, struct qcow *s,
-			     const struct qcow_header_raw *h)
+int qcow2_backing_describe(struct img_parent *p, const char *backing,
+			   const char *format)
 {
-	uint64_t off = get_be64(h->backing_file_offset);
-	uint32_t len = get_be32(h->backing_file_size);
+	int r;
+
+	if (!backing)
+		return 0;
+	memset(p, 0, sizeof(*p));
+	r = img_parent_add_ref(p, backing[0] == '/' ? IMG_REF_ABSOLUTE
+						    : IMG_REF_RELATIVE,
+			       "backing file", backing);
+	if (r < 0)
+		return r;
+	p->id_kind = IMG_ID_NONE;
+	p->format = format;
+	return 1;
+}
+
+static int qcow_read_backing(struct img *img, struct qcow *s,
+			     const struct qcow_header *h)
+{
+	uint64_t off = h->backing_file_offset;
+	uint32_t len = h->backing_file_size;
 	int r;
 
 	if (!off || !len)
@@ -70,7 +90,8 @@ static int qcow_read_backing(struct img *img, struct qcow *s,
 	if (len > QCOW_MAX_BACKING_NAME)
 		return log_err_ret(-EUCLEAN, "qcow: %s: backing file name too long (%u)",
 				   img->path, len);
-	if (off < sizeof(*h) || !range_within(off, len, img->file_size))
+	if (off < sizeof(struct qcow_header_raw) ||
+	    !range_within(off, len, img->file_size))
 		return log_err_ret(-EUCLEAN, "qcow: %s: backing file name out of bounds (offset %llu)",
 				   img->path, (unsigned long long)off);
 	s->backing = calloc(1, (size_t)len + 1);
@@ -130,36 +151,35 @@ static int qcow_load_l1(struct img *img, struct qcow *s, uint64_t l1_off)
 
 static int qcow_open(struct img *img)
 {
-	struct qcow_header_raw h;
+	uint8_t raw[sizeof(struct qcow_header_raw)];
+	struct qcow_header h;
 	uint64_t size, span, need;
-	uint32_t crypt;
 	unsigned shift;
 	struct qcow *s;
 	int r;
 
-	if (img->file_size < sizeof(h))
+	if (img->file_size < sizeof(raw))
 		return log_err_ret(-EINVAL, "qcow: %s: file too short for a QCOW header (%llu bytes)",
 				   img->path,
 				   (unsigned long long)img->file_size);
-	r = pread_full(img->fd, &h, sizeof(h), 0);
+	r = pread_full(img->fd, raw, sizeof(raw), 0);
 	if (r < 0)
 		return log_err_ret(r, "qcow: %s: cannot read the header (%s)",
 				   img->path, strerror(-r));
-	if (memcmp(h.magic, QCOW_MAGIC, 4) != 0 ||
-	    get_be32(h.version) != QCOW_VERSION)
+	qcow_header_decode(raw, &h);
+	if (memcmp(raw, QCOW_MAGIC, 4) != 0 || h.version != QCOW_VERSION)
 		return log_err_ret(-EINVAL, "qcow: %s: not a QCOW version 1 image (version %u)",
-				   img->path, get_be32(h.version));
-	crypt = get_be32(h.crypt_method);
-	if (crypt != 0)
+				   img->path, h.version);
+	if (h.crypt_method != 0)
 		return log_err_ret(-ENOTSUP, "qcow: %s: encrypted images are not supported (crypt_method %u)",
-				   img->path, crypt);
+				   img->path, h.crypt_method);
 	if (h.cluster_bits < 9 || h.cluster_bits > 16)
 		return log_err_ret(-EUCLEAN, "qcow: %s: cluster_bits out of range (%u)",
 				   img->path, h.cluster_bits);
 	if (h.l2_bits < 9 - 3 || h.l2_bits > 16 - 3)
 		return log_err_ret(-EUCLEAN, "qcow: %s: l2_bits out of range (%u)",
 				   img->path, h.l2_bits);
-	size = get_be64(h.size);
+	size = h.size;
 	shift = h.cluster_bits + h.l2_bits;	/* <= 29 */
 	span = 1ull << shift;
 	need = (size >> shift) + ((size & (span - 1)) != 0);
@@ -174,10 +194,10 @@ static int qcow_open(struct img *img)
 	s->cluster_size = 1ull << h.cluster_bits;
 	s->l2_bits = h.l2_bits;
 	s->l1_entries = (uint32_t)need;
-	s->mtime = get_be32(h.mtime);
+	s->mtime = h.mtime;
 	r = qcow_read_backing(img, s, &h);
 	if (r == 0)
-		r = qcow_load_l1(img, s, get_be64(h.l1_table_offset));
+		r = qcow_load_l1(img, s, h.l1_table_offset);
 	if (r < 0) {
 		qcow_free(s);
 		return r;
@@ -204,16 +224,7 @@ static int qcow_parent(struct img *img, struct img_parent *p)
 	const struct qcow *s = img->priv;
 
 	/* v1 records no backing format */
-	return qcow_backing_parent(p, s->backing, NULL);
-}
-
-static void qcow_comp_desc(const struct qcow *s, uint64_t e, uint64_t *coff,
-			   size_t *csize)
-{
-	unsigned x = 63 - s->cluster_bits;
-
-	*coff = e & ((1ull << x) - 1);
-	*csize = (size_t)((e >> x) & (s->cluster_size - 1));
+	return qcow2_backing_describe(p, s->backing, NULL);
 }
 
 static int qcow_map_extent(struct img *img, uint64_t off, uint64_t len,
@@ -260,7 +271,7 @@ static int qcow_map_extent(struct img *img, uint64_t off, uint64_t len,
 			uint64_t coff, cend;
 			size_t csize;
 
-			qcow_comp_desc(s, e, &coff, &csize);
+			qcow_comp_decode(s->cluster_bits, e, &coff, &csize);
 			if (!csize || ADD_OVERFLOW(coff, csize, &cend) ||
 			    cend > img->file_size) {
 				bad = "compressed cluster lies past the end of the file";
@@ -344,7 +355,7 @@ static int qcow_read(struct img *img, void *buf, size_t n, uint64_t off)
 			.key = e, .cluster_size = (size_t)s->cluster_size,
 			.type = QCOW2_COMP_ZLIB,
 		};
-		qcow_comp_desc(s, e, &z.coff, &z.csize);
+		qcow_comp_decode(s->cluster_bits, e, &z.coff, &z.csize);
 		if (chunk == s->cluster_size) {
 			r = qcow2_cluster_inflate(&z, p, NULL);
 		} else {

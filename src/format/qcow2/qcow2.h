@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * qcow2.h: QCOW2 (versions 2 and 3) and QCOW (version 1) on-disk layouts,
- * the pure header decoder, the snapshot listing for the CLI, and the
- * helpers qcow2.c and qcow.c share (qcow2-cluster.c): the bounded L2
- * table cache and compressed-cluster decoding.
+ * qcow2.h: private to src/format/qcow2/.  QCOW2 (versions 2 and 3) and
+ * QCOW (version 1) on-disk layouts, the codec (codec.c), the read side
+ * (open.c, cluster.c, qcow.c, info.c), the write side (refcount.c,
+ * write.c) and the hooks create.c, parent.c, check.c and driver.c add.
+ * Dependencies point one way: codec <- read side <- write side, create,
+ * parent, check <- driver.c (the driver struct).
  *
  * Layout facts are from qemu's docs/interop/qcow2.txt (v2/v3) and the
  * layout used by qemu's block/qcow.c (v1).  All fields are big-endian.
@@ -86,6 +88,15 @@ struct qcow2_feature_raw {	/* spec: "Feature name table" entry */
 };
 _Static_assert(sizeof(struct qcow2_feature_raw) == 48, "spec");
 
+/* feature types of the feature name table */
+#define QCOW2_FEAT_INCOMPAT 0u
+#define QCOW2_FEAT_COMPAT 1u
+#define QCOW2_FEAT_AUTOCLEAR 2u
+/* the table this code writes: qemu's names for the bits it knows */
+#define QCOW2_FEATURE_TABLE_ENTRIES 8u
+#define QCOW2_FEATURE_TABLE_LEN \
+	(QCOW2_FEATURE_TABLE_ENTRIES * sizeof(struct qcow2_feature_raw))
+
 /* ---- L1/L2 entries (spec: "Cluster mapping") ---- */
 #define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull	/* bits 9..55 */
 #define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull	/* bits 9..55 */
@@ -93,11 +104,14 @@ _Static_assert(sizeof(struct qcow2_feature_raw) == 48, "spec");
 #define QCOW2_L2E_COMPRESSED (1ull << 62)
 #define QCOW2_L2E_COPIED (1ull << 63)
 #define QCOW2_L1E_COPIED (1ull << 63)
+#define QCOW2_L1E_RESERVED 0x7f000000000001feull	/* bits 1-8, 56-62 */
+#define QCOW2_L2E_STD_RESERVED 0x3f000000000001feull	/* bits 1-8, 56-61 */
 #define QCOW2_SUBCLUSTERS 32u
 #define QCOW2_SC_ALL 0xffffffffull	/* every subcluster of a bitmap half */
 
 /* ---- refcount table entry (spec: "Host cluster management") ---- */
 #define QCOW2_RTE_OFFSET_MASK 0xfffffffffffffe00ull	/* bits 9..63 */
+#define QCOW2_RTE_RESERVED 0x1ffull			/* bits 0-8 */
 
 /* ---- snapshot table entry (spec: "Snapshots"), then extra, id, name ---- */
 struct qcow2_snapshot_raw {
@@ -142,15 +156,150 @@ struct qcow2_header {
 	uint8_t compression_type;	/* 0 zlib, 1 zstd */
 };
 
+/* A problem a decoder found, logged by the caller if it is returned. */
+struct qcow2_bad {
+	const char *what;
+	uint64_t value;
+};
+
+/* ==== codec.c: pure decode and encode, no I/O, no state ==== */
+
 /*
  * Decode and check the fixed header in buf (len bytes, the start of the
  * file).  Checks only what the header alone decides: magic and version,
  * cluster_bits, header_length, refcount_order, encryption.  Returns 0,
  * -EINVAL silently when this is not a QCOW2 file (wrong magic, version
- * 1), or logs one line naming path and returns -EUCLEAN / -ENOTSUP.
+ * 1), or logs one line naming path and returns -EUCLEAN / -ENOTSUP (a
+ * version other than 1, 2 and 3 is -ENOTSUP).
  */
 int qcow2_header_decode(const char *path, const uint8_t *buf, size_t len,
 			struct qcow2_header *h);
+/* The header's fields into buf: 72 bytes (v2) or h->header_length (v3,
+ * at most sizeof(struct qcow2_header_raw) of them written), magic too. */
+void qcow2_header_encode(const struct qcow2_header *h, uint8_t *buf);
+
+/* One header extension, decoded in place. */
+struct qcow2_ext {
+	uint32_t type;
+	uint32_t len;
+	const uint8_t *data;		/* borrowed: inside the buffer */
+	size_t next;			/* offset of the next one (may be past
+					 * the end of the area) */
+};
+
+/*
+ * The extension at buf[off, end): 1 (decoded), 0 (the end marker; next
+ * is just past it), -ENODATA (no room for an extension header at off),
+ * -EUCLEAN (its data runs past end; type and len are set).
+ */
+int qcow2_ext_decode(const uint8_t *buf, size_t off, size_t end,
+		     struct qcow2_ext *e);
+/* Append extension (type, data, zero-padded to 8) at *pos of buf and
+ * advance *pos (the caller checked room). */
+void qcow2_ext_encode(uint8_t *buf, size_t *pos, uint32_t type,
+		      const void *data, size_t len);
+
+/* The name of feature (type, bit) in a feature name table (the
+ * extension's data, len bytes) into out; false if the table lacks it. */
+bool qcow2_feature_name_find(const uint8_t *table, size_t len, uint8_t type,
+			     uint8_t bit, char *out, size_t outlen);
+/* qemu's feature name table of the bits known here, into dst
+ * (QCOW2_FEATURE_TABLE_LEN bytes). */
+void qcow2_feature_table_encode(uint8_t *dst);
+
+/*
+ * The backing file name of h in the first cluster (cl, cl_len bytes read
+ * of it), not before min_off: *name is a malloc'd copy, or NULL when
+ * there is none (an empty name is none, as qemu).  0, -ENOMEM, or
+ * -EUCLEAN with *bad.
+ */
+int qcow2_backing_decode(const uint8_t *cl, size_t cl_len,
+			 const struct qcow2_header *h, size_t min_off,
+			 char **name, struct qcow2_bad *bad);
+
+/* An L1 entry (spec: "L1 table entry"). */
+struct qcow2_l1e {
+	uint64_t l2_off;		/* 0: no L2 table */
+	bool copied;			/* refcount 1 */
+	uint64_t reserved;		/* reserved bits that are set */
+};
+void qcow2_l1e_decode(uint64_t e, struct qcow2_l1e *d);
+uint64_t qcow2_l1e_encode(const struct qcow2_l1e *d);
+
+/* An L2 entry and, with extended L2, its subcluster bitmap (spec: "L2
+ * table entry", "Extended L2 Entries", "Compressed Clusters
+ * Descriptor"). */
+struct qcow2_l2e {
+	bool compressed;
+	bool copied;
+	/* standard cluster */
+	uint64_t host;			/* bits 9..55: 0 = unallocated */
+	bool zero;			/* bit 0: reads as zeros (v3) */
+	uint64_t reserved;		/* reserved bits that are set */
+	uint32_t alloc, zeros;		/* extended L2: bitmap halves */
+	/* compressed cluster */
+	uint64_t coff;			/* host offset of the data */
+	size_t csize;			/* bytes from coff to the end of its
+					 * last 512-byte sector */
+};
+void qcow2_l2e_decode(unsigned cluster_bits, uint64_t e, uint64_t bitmap,
+		      struct qcow2_l2e *d);
+/* A standard entry (bitmap, if not NULL, gets the bitmap word). */
+uint64_t qcow2_l2e_encode(const struct qcow2_l2e *d, uint64_t *bitmap);
+/* Compressed descriptor: host offset and byte count, and back. */
+void qcow2_comp_decode(unsigned cluster_bits, uint64_t e, uint64_t *coff,
+		       size_t *csize);
+uint64_t qcow2_comp_encode(unsigned cluster_bits, uint64_t coff,
+			   size_t csize);
+/* Bits first..last of a subcluster bitmap half. */
+uint64_t qcow2_sc_mask(unsigned first, unsigned last);
+
+/*
+ * Refcount entry i of a refcount block p of 2^order-bit entries (spec:
+ * "Refcount block entry"; big-endian, sub-byte entries from bit 0 up),
+ * read and set; i must lie inside the block.
+ */
+uint64_t qcow2_rc_get(const uint8_t *p, unsigned order, uint64_t i);
+void qcow2_rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v);
+
+/* The fixed part of a snapshot table entry, and its extra data. */
+struct qcow2_snapshot_hdr {
+	uint64_t l1_table_offset;
+	uint32_t l1_size;
+	uint16_t id_len, name_len;	/* the strings follow the extra data */
+	uint32_t date_sec, date_nsec;
+	uint64_t vm_clock_nsec;
+	uint64_t vm_state_size;		/* extra data overrides (64 bits) */
+	uint32_t extra_len;
+	uint64_t disk_size;		/* from the extra data, or 0 */
+};
+/* buf: sizeof(struct qcow2_snapshot_raw) bytes */
+void qcow2_snapshot_decode(const uint8_t *buf, struct qcow2_snapshot_hdr *d);
+void qcow2_snapshot_extra_decode(const uint8_t *extra, size_t len,
+				 struct qcow2_snapshot_hdr *d);
+/* The whole entry, padded to 8 bytes. */
+uint64_t qcow2_snapshot_entry_len(const struct qcow2_snapshot_hdr *d);
+void qcow2_snapshot_encode(const struct qcow2_snapshot_hdr *d, uint8_t *buf);
+
+/* The decoded QCOW version 1 header. */
+struct qcow_header {
+	uint32_t version;
+	uint64_t backing_file_offset;
+	uint32_t backing_file_size;
+	uint32_t mtime;
+	uint64_t size;
+	uint8_t cluster_bits, l2_bits;
+	uint32_t crypt_method;
+	uint64_t l1_table_offset;
+};
+/* buf: sizeof(struct qcow_header_raw) bytes; the magic is the caller's */
+void qcow_header_decode(const uint8_t *buf, struct qcow_header *h);
+void qcow_header_encode(const struct qcow_header *h, uint8_t *buf);
+/* v1 compressed entry: offset and the compressed size in bytes */
+void qcow_comp_decode(unsigned cluster_bits, uint64_t e, uint64_t *coff,
+		      size_t *csize);
+
+/* ==== the read side ==== */
 
 /* ---- internal snapshots, listed for the CLI (never exposed as disks) ---- */
 struct qcow2_snapshot {
@@ -175,11 +324,21 @@ int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
 			size_t *n);
 void qcow2_snapshot_list_free(struct qcow2_snapshot *list, size_t n);
 
-/* ---- info.c ---- */
+/* ---- info.c: the ->info hook ---- */
 struct img_info;
 int qcow2_info(struct img *img, struct img_info *out);
 
-/* ---- qcow2-cluster.c: shared by the qcow2 and qcow drivers ---- */
+/* ---- qcow.c: QCOW version 1, and what both drivers share ---- */
+
+/*
+ * Describe a backing file name as a parent (qcow and qcow2 alike):
+ * relative to the image unless it starts with '/'; format may be NULL.
+ * Returns 1 (a parent), 0 (backing NULL) or -errno.
+ */
+int qcow2_backing_describe(struct img_parent *p, const char *backing,
+			   const char *format);
+
+/* ---- cluster.c: shared by the qcow2 and qcow drivers ---- */
 
 /* A process-unique id for one open image: the key of its cached data. */
 uint64_t qcow2_owner_new(void);
@@ -263,8 +422,8 @@ struct qcow2_zreq {
 int qcow2_cluster_inflate(const struct qcow2_zreq *z, uint8_t *dst,
 			  const uint8_t **out);
 
-/* ---- the qcow2 driver's shared state (qcow2.c, qcow2-write.c,
- *      qcow2-refcount.c); nothing outside the driver uses it ---- */
+/* ---- open.c: the qcow2 driver's state and its read side; nothing
+ *      outside the folder uses it ---- */
 
 struct qcow2_w;
 
@@ -282,8 +441,7 @@ struct qcow2 {
 	uint32_t l1_entries;		/* L1 entries covering the disk */
 	uint64_t *l1;			/* owned: L2 table offsets, 0 = none;
 					 * entries go 0 -> offset once, with an
-					 * atomic store (qcow2-write.c) */
-	uint32_t comp_shift;		/* x of the compressed descriptor */
+					 * atomic store (write.c) */
 	enum qcow2_comp comp;
 	char *backing;			/* owned, NUL-terminated, or NULL */
 	const char *backing_fmt;	/* static driver name, or NULL */
@@ -300,32 +458,43 @@ struct qcow2 {
 	struct qcow2_w *w;		/* owned: write state, NULL read-only */
 };
 
-/* A run inside one cluster, as classified from its L2 entry. */
-enum qcow2_kind { Q_UNALLOC, Q_ZERO, Q_DATA, Q_COMP };
+/*
+ * ->open and ->close of the read side: open sets img->priv but never
+ * img->writable's write state (driver.c adds it, see qcow2_write_open);
+ * close frees what open made, after driver.c dropped the write state.
+ */
+int qcow2_probe(const struct img_probe *p);
+int qcow2_open(struct img *img);
+void qcow2_close(struct img *img);
+int qcow2_parent(struct img *img, struct img_parent *p);
+int qcow2_map_extent(struct img *img, uint64_t off, uint64_t len,
+		     struct img_extent *ext);
+int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off);
+/* qemu's name for one of our drivers as a backing format, or NULL */
+const char *qcow2_format_qemu_name(const char *driver);
 
-struct qcow2_run {
-	enum qcow2_kind kind;
-	uint64_t len;			/* bytes to the end of the state */
-	uint64_t host;			/* Q_DATA: host offset of the start */
+/* A run inside one cluster, as classified from its L2 entry. */
+enum qcow2_run_kind {
+	QCOW2_RUN_UNALLOC,
+	QCOW2_RUN_ZERO,
+	QCOW2_RUN_DATA,
+	QCOW2_RUN_COMP,
 };
 
-/* A problem found while mapping, logged only if it is returned. */
-struct qcow2_bad {
-	const char *what;
-	uint64_t value;
+struct qcow2_run {
+	enum qcow2_run_kind kind;
+	uint64_t len;			/* bytes to the end of the state */
+	uint64_t host;			/* DATA: host offset of the start */
 };
 
 /*
  * The state at in_cl inside guest cluster cl, from its L2 entry (and
  * subcluster bitmap with extended L2), and how far it lasts in the cluster.
- * 0, or -EUCLEAN with *bad filled.  (qcow2.c)
+ * 0, or -EUCLEAN with *bad filled.
  */
-int qcow2_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
-		   uint64_t bitmap, uint64_t in_cl, struct qcow2_run *run,
-		   struct qcow2_bad *bad);
-/* Compressed descriptor: host offset and byte count (spec table). */
-void qcow2_comp_desc(const struct qcow2 *s, uint64_t entry, uint64_t *coff,
-		     size_t *csize);
+int qcow2_entry_classify(const struct qcow2 *s, uint64_t cl, uint64_t entry,
+			 uint64_t bitmap, uint64_t in_cl, struct qcow2_run *run,
+			 struct qcow2_bad *bad);
 
 /* The L2 table offset of L1 entry i (0: none); pairs with the writer's
  * release store. */
@@ -362,11 +531,13 @@ static inline void qcow2_entry_load(const struct qcow2 *s,
 	}
 }
 
-/* ---- qcow2-write.c: the write side of the driver ---- */
+/* ==== the write side (refcount.c, write.c) and the hooks on top ==== */
+
+/* ---- write.c ---- */
 
 /*
- * Called by open when the image was opened writable.  0: writes are
- * supported (s->w set); -EROFS: not for this image (one warning logged
+ * Called by driver.c after open when the image was opened writable.
+ * 0: writes are supported (s->w set); -EROFS: not for this image (one warning logged
  * saying why; the image stays readable); other -errno: open fails.
  * Never modifies the file.
  */
@@ -377,24 +548,21 @@ int qcow2_write(struct img *img, const void *buf, size_t n, uint64_t off,
 int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
 	       const struct img_below *below);
 int qcow2_flush(struct img *img);
+
+/* ---- create.c: ->create_diff, and ->create, a base image (fixed:
+ *      metadata preallocated) ---- */
 int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
 		      const struct img_create_opts *o);
-/* qcow2-create.c: ->create, a base image (fixed: metadata preallocated) */
 int qcow2_create(const char *path, const struct img_create_opts *o);
-/* qemu's name for one of our drivers as a backing format, or NULL */
-const char *qcow2_qemu_format(const char *driver);
-/* qcow2-check.c: ->check, a structural and refcount check */
+/* ---- check.c: ->check, a structural and refcount check ---- */
 int qcow2_check(struct img *img, bool repair, struct img_check *res);
-/* qcow2-write.c: append header extension (type, data, padded to 8) at *pos
- * of a first-cluster buffer and advance *pos (the caller checked room) */
-void q2_put_ext(uint8_t *cl, size_t *pos, uint32_t type, const void *data,
-		size_t len);
-/* qcow2-parent.c: ->set_parent, the backing file name and format */
+/* ---- parent.c: ->set_parent, the backing file name and format ---- */
 int qcow2_set_parent(struct img *img, const struct img_create_parent *parent);
 
-/* ---- qcow2-refcount.c: host cluster allocation (under w->lock) ---- */
+/* ---- refcount.c: host cluster allocation (under w->lock), called by
+ *      write.c only; it never calls back up ---- */
 
-/* A refcount block held in memory (qcow2-refcount.c). */
+/* A refcount block held in memory. */
 struct qcow2_rblock {
 	uint64_t t;			/* its refcount table index */
 	uint64_t off;			/* host offset */
@@ -464,10 +632,19 @@ struct qcow2_rc_plan {
 /* Load the refcount table, check it, find the high-water mark. */
 int qcow2_rc_open(struct img *img, struct qcow2 *s);
 void qcow2_rc_close(struct qcow2_w *w);
-/* Reserve nuser fresh clusters (growing the refcount table first if it
- * must: that flushes, writes and syncs).  hw moves past the plan at once. */
+/*
+ * Reserve nuser fresh clusters: 0 (hw moved past the plan at once), 1 if
+ * the refcount table must grow first (*grow_to: the entries it needs;
+ * the caller flushes and calls qcow2_rc_grow, then asks again), -errno.
+ */
 int qcow2_rc_reserve(struct img *img, struct qcow2 *s, uint64_t nuser,
-		     struct qcow2_rc_plan *p);
+		     struct qcow2_rc_plan *p, uint64_t *grow_to);
+/*
+ * Replace the refcount table by one of at least min_entries entries.
+ * Only from a flushed state (nothing pending in memory): the caller
+ * flushed.  Writes and syncs.
+ */
+int qcow2_rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries);
 void qcow2_rc_plan_free(struct qcow2_rc_plan *p);
 /* Count the plan's clusters in memory (new blocks too, and their refcount
  * table entries); nothing is written. */
@@ -482,24 +659,7 @@ bool qcow2_rc_dirty(const struct qcow2_w *w);
 /* Write what changed: new blocks, (barrier,) the table entries naming
  * them, the other changed blocks.  The caller's barrier follows. */
 int qcow2_rc_flush(struct img *img, struct qcow2 *s);
-/* The flush sequence of qcow2-write.c, with w->lock held. */
-int qcow2_flush_locked(struct img *img, struct qcow2 *s);
 /* fdatasync, logged on failure */
-int qcow2_sync(struct img *img);
-/*
- * Refcount entry i of a refcount block p of 2^order-bit entries (spec:
- * "Refcount block entry"; big-endian, sub-byte entries from bit 0 up),
- * read and set; i must lie inside the block.  Also used by qcow2-check.c.
- */
-uint64_t qcow2_rc_get(const uint8_t *p, unsigned order, uint64_t i);
-void qcow2_rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v);
-
-/*
- * Describe a backing file name as a parent (qcow and qcow2 alike):
- * relative to the image unless it starts with '/'; format may be NULL.
- * Returns 1 (a parent), 0 (backing NULL) or -errno.
- */
-int qcow_backing_parent(struct img_parent *p, const char *backing,
-			const char *format);
+int qcow2_file_sync(struct img *img);
 
 #endif

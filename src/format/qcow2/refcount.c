@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * qcow2-refcount.c: host cluster allocation for a writable qcow2 image.
+ * qcow2/refcount.c: host cluster allocation for a writable qcow2 image.
  *
  * Facts are from qemu's docs/interop/qcow2.txt ("Host cluster
  * management"): a two-level table, a refcount table (contiguous, in the
@@ -20,11 +20,13 @@
  * for every refcount table entry in the range that has none (placed after
  * the range, and covered by the range, so the loop that places them also
  * covers them).  If the refcount table itself is too small it is replaced
- * by a bigger copy first, in a step of its own after a flush (rc_grow).
+ * by a bigger copy first, in a step of its own after a flush: reserve
+ * says so, write.c flushes and calls qcow2_rc_grow.  Nothing here calls
+ * back into write.c.  Refcount entries are read and set by codec.c.
  *
  * The refcount table and the refcount blocks a step touches are kept in
  * memory (w->rt, w->rb): a block is read once, changed there, and written
- * back by qcow2_rc_flush at the next flush (qcow2-write.c gives the
+ * back by qcow2_rc_flush at the next flush (write.c gives the
  * order); a new block lives only in memory until then, and so does the
  * table entry naming it.  Blocks are dropped from memory once written.
  * Everything here runs under w->lock.
@@ -47,56 +49,7 @@
 
 #define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
 
-/* ---- entries of a refcount block (spec: "Refcount block entry") ---- */
-
-uint64_t qcow2_rc_get(const uint8_t *p, unsigned order, uint64_t i)
-{
-	unsigned bits = 1u << order;
-	uint64_t bit;
-
-	switch (order) {
-	case 6:
-		return get_be64(p + i * 8);
-	case 5:
-		return get_be32(p + i * 4);
-	case 4:
-		return get_be16(p + i * 2);
-	case 3:
-		return p[i];
-	default:	/* sub-byte: bit 0 is the least significant bit */
-		bit = i * bits;
-		return (uint64_t)(p[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
-	}
-}
-
-void qcow2_rc_set(uint8_t *p, unsigned order, uint64_t i, uint64_t v)
-{
-	unsigned bits = 1u << order, mask;
-	uint64_t bit;
-
-	switch (order) {
-	case 6:
-		put_be64(p + i * 8, v);
-		break;
-	case 5:
-		put_be32(p + i * 4, (uint32_t)v);
-		break;
-	case 4:
-		put_be16(p + i * 2, (uint16_t)v);
-		break;
-	case 3:
-		p[i] = (uint8_t)v;
-		break;
-	default:	/* bits < 8 */
-		mask = (1u << bits) - 1;
-		bit = i * bits;
-		p[bit / 8] = (uint8_t)((p[bit / 8] & ~(mask << (bit % 8))) |
-				       ((v & mask) << (bit % 8)));
-		break;
-	}
-}
-
-int qcow2_sync(struct img *img)
+int qcow2_file_sync(struct img *img)
 {
 	if (fdatasync(img->fd) < 0) {
 		int r = -errno;
@@ -246,7 +199,7 @@ int qcow2_rc_flush(struct img *img, struct qcow2 *s)
 	/* a new block is complete on disk before the table names it */
 	r = rc_write_blocks(img, s, true);
 	if (r == 0 && linked)
-		r = qcow2_sync(img);
+		r = qcow2_file_sync(img);
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < w->nrb; i++)
@@ -376,7 +329,8 @@ void qcow2_rc_plan_free(struct qcow2_rc_plan *p)
 
 /*
  * Replace the refcount table by one of at least min_entries entries,
- * starting from a flushed state (nothing pending in memory):
+ * starting from a flushed state (the caller flushed: nothing pending in
+ * memory):
  *   new refcount blocks + the new table (its entries name them) + counts
  *   for the new clusters in existing blocks -> barrier -> the header's
  *   two refcount table fields (one 12-byte write inside the first sector)
@@ -384,7 +338,7 @@ void qcow2_rc_plan_free(struct qcow2_rc_plan *p)
  * A crash before the header write leaks the new clusters; after it, the
  * old table's clusters (still counted) at worst.
  */
-static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
+int qcow2_rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 {
 	struct qcow2_w *w = s->w;
 	uint64_t cs = s->cluster_size, per = cs / 8, n, tc = 0;
@@ -395,10 +349,8 @@ static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 	uint8_t *raw = NULL, hdr[12];
 	int r;
 
-	/* start from a clean state: every count in memory is on disk */
-	r = qcow2_flush_locked(img, s);
-	if (r < 0)
-		return r;
+	/* a clean state: every count in memory is on disk */
+	assert(!qcow2_rc_dirty(w));
 	n = MAX(w->rt_entries * 2, min_entries);
 	for (;;) {
 		tc = DIV_ROUND_UP(n, per);
@@ -455,7 +407,7 @@ static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 	if (r == 0)
 		r = rc_write_blocks(img, s, false);
 	if (r == 0)
-		r = qcow2_sync(img);
+		r = qcow2_file_sync(img);
 	if (r < 0)
 		goto out;
 	put_be64(hdr, p.start * cs);
@@ -475,7 +427,7 @@ static int rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 	w->rt_entries = n;
 	s->h.refcount_table_offset = p.start * cs;
 	s->h.refcount_table_clusters = (uint32_t)tc;
-	r = qcow2_sync(img);
+	r = qcow2_file_sync(img);
 	if (r == 0)
 		r = qcow2_rc_release(img, s, old_off, old_bytes);
 	if (r == 0)	/* no barrier needed: nothing refers to it */
@@ -492,26 +444,23 @@ out:
 }
 
 int qcow2_rc_reserve(struct img *img, struct qcow2 *s, uint64_t nuser,
-		     struct qcow2_rc_plan *p)
+		     struct qcow2_rc_plan *p, uint64_t *grow_to)
 {
 	struct qcow2_w *w = s->w;
 	uint64_t rbe = w->rb_entries;
 	int r;
 
 	memset(p, 0, sizeof(*p));
-	for (;;) {
-		p->start = w->hw;
-		p->nuser = nuser;
-		r = rc_plan(w, w->rt, w->rt_entries, p);
-		if (r < 0)
-			goto fail;
-		if (r == 0)
-			break;
+	p->start = w->hw;
+	p->nuser = nuser;
+	r = rc_plan(w, w->rt, w->rt_entries, p);
+	if (r < 0)
+		goto fail;
+	if (r == 1) {
 		/* room for this step's blocks, then some */
-		r = rc_grow(img, s, (p->start + nuser + nuser / (rbe - 1) + 3) /
-					    rbe + 1);
-		if (r < 0)
-			goto fail;
+		*grow_to = (p->start + nuser + nuser / (rbe - 1) + 3) / rbe + 1;
+		qcow2_rc_plan_free(p);
+		return 1;
 	}
 	if ((p->end << s->cluster_bits) > QCOW2_L2E_OFFSET_MASK) {
 		r = log_err_ret(-EFBIG, "qcow2: %s: the image file would exceed 64 PiB",

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * qcow2-write.c: a qcow2 image as the writable top layer, and new overlays.
+ * qcow2/write.c: a qcow2 image as the writable top layer: ->write, ->zero
+ * and ->flush (new images are create.c's).
  *
  * Facts are from qemu's docs/interop/qcow2.txt.  Data is written
  * through (pwrite, no fsync); metadata is written back, as qemu's qcow2
@@ -47,7 +48,8 @@
  * tables (or 16 MiB of them), 64 refcount blocks in memory or 4096
  * pending releases run the same sequence at the end of a step.  The
  * refcount table grows in a step of its own after a flush
- * (qcow2-refcount.c).  A cluster the image owns (COPIED, refcount 1,
+ * (refcount.c; this file flushes first, refcount.c never calls back up).
+ * A cluster the image owns (COPIED, refcount 1,
  * allocated, not zero) is overwritten in place by a plain pwrite without
  * any lock, also when its entry is still only in memory: the flush's
  * first barrier covers its data.  When a write to the file fails during a
@@ -100,7 +102,6 @@
 #define Q2_DIRTY_BYTES (16ull << 20)	/* ... or this many bytes of them */
 #define Q2_DIRTY_RELEASES 4096u
 #define Q2_DIRTY_RBLOCKS 64u
-#define Q2_EXTL2_MIN_CLUSTER 16384u	/* qemu's minimum for extended L2 */
 
 enum q2_kind {
 	Q2_INPLACE,		/* the caller's bytes into the image's own cluster */
@@ -109,6 +110,8 @@ enum q2_kind {
 				 * (a zero-allocated cluster, new subclusters) */
 	Q2_META,		/* new entry only (zeroing) */
 };
+
+static int flush_locked(struct img *img, struct qcow2 *s);
 
 /* What one step does to one guest cluster. */
 struct q2_op {
@@ -139,12 +142,6 @@ struct q2_batch {
 	struct qcow2_l2_ref ref;	/* pinned while planning */
 	uint64_t ref_l1i;
 };
-
-/* bits f..l of a subcluster bitmap half */
-static uint64_t q2_sc_mask(unsigned f, unsigned l)
-{
-	return ((2ull << l) - 1) & ~((1ull << f) - 1);
-}
 
 static int q2_refuse(struct img *img, const char *why)
 {
@@ -243,7 +240,7 @@ static int q2_prepare(struct img *img, struct qcow2 *s)
 			log_err("qcow2: %s: cannot write the header (%s)",
 				img->path, strerror(-r));
 		else
-			r = qcow2_sync(img);
+			r = qcow2_file_sync(img);
 		if (r == 0) {
 			s->h.autoclear_features = 0;
 			__atomic_store_n(&w->hdr_done, true, __ATOMIC_RELEASE);
@@ -285,28 +282,28 @@ static int q2_read_old(struct img *img, struct qcow2 *s,
 	struct qcow2_bad bad = { NULL, 0 };
 
 	while (from < to) {
-		struct qcow2_run run = { Q_UNALLOC, 0, 0 };
+		struct qcow2_run run = { QCOW2_RUN_UNALLOC, 0, 0 };
 		struct qcow2_zreq z;
 		const uint8_t *data;
 		size_t step;
 		int r;
 
-		r = qcow2_classify(s, op->gcl, op->old_e, op->old_b, from, &run,
-				   &bad);
+		r = qcow2_entry_classify(s, op->gcl, op->old_e, op->old_b, from,
+					 &run, &bad);
 		if (r < 0)
 			return log_err_ret(r, "qcow2: %s: %s (%llu)", img->path,
 					   bad.what,
 					   (unsigned long long)bad.value);
 		step = (size_t)MIN(run.len, to - from);
 		switch (run.kind) {
-		case Q_UNALLOC:		/* spec: the backing file's bytes */
+		case QCOW2_RUN_UNALLOC:		/* spec: the backing file's bytes */
 			r = q2_read_below(img, below, dst, step,
 					  (op->gcl << s->cluster_bits) + from);
 			break;
-		case Q_ZERO:		/* spec: zeros, whatever is below */
+		case QCOW2_RUN_ZERO:		/* spec: zeros, whatever is below */
 			memset(dst, 0, step);
 			break;
-		case Q_DATA:
+		case QCOW2_RUN_DATA:
 			r = pread_full(img->fd, dst, step, run.host);
 			if (r < 0)
 				r = log_err_ret(r == -ENODATA ? -EUCLEAN : r, "qcow2: %s: cannot read cluster at %llu for copy-on-write (%s)",
@@ -314,7 +311,7 @@ static int q2_read_old(struct img *img, struct qcow2 *s,
 						(unsigned long long)run.host,
 						strerror(-r));
 			break;
-		case Q_COMP:
+		case QCOW2_RUN_COMP:
 			z = (struct qcow2_zreq){
 				.drv = "qcow2", .path = img->path,
 				.fd = img->fd, .file_size = img->file_size,
@@ -322,7 +319,8 @@ static int q2_read_old(struct img *img, struct qcow2 *s,
 				.cluster_size = (size_t)s->cluster_size,
 				.type = s->comp,
 			};
-			qcow2_comp_desc(s, op->old_e, &z.coff, &z.csize);
+			qcow2_comp_decode(s->cluster_bits, op->old_e, &z.coff,
+					  &z.csize);
 			r = qcow2_cluster_inflate(&z, NULL, &data);
 			if (r == 0)
 				memcpy(dst, data + from, step);
@@ -377,7 +375,8 @@ static int q2_entry_now(struct img *img, struct qcow2 *s, struct q2_batch *b,
 }
 
 /* Append op; it gets a new L2 table if its table does not exist. */
-static int q2_add(struct qcow2 *s, struct q2_batch *b, const struct q2_op *op)
+static int q2_add(struct qcow2 *s, struct q2_batch *b,
+			const struct q2_op *op)
 {
 	uint64_t l1i = op->gcl >> s->l2_bits;
 	int tab = -1;
@@ -424,7 +423,8 @@ static void q2_release_old(const struct qcow2 *s, struct q2_op *op)
 
 	if (op->old_e & QCOW2_L2E_COMPRESSED) {
 		/* the sectors the descriptor names, each cluster once */
-		qcow2_comp_desc(s, op->old_e, &op->free_off, &csize);
+		qcow2_comp_decode(s->cluster_bits, op->old_e, &op->free_off,
+				  &csize);
 		op->free_len = csize;
 	} else {
 		op->free_off = op->old_e & QCOW2_L2E_OFFSET_MASK;
@@ -473,7 +473,7 @@ static void q2_decide_write(const struct qcow2 *s, struct q2_op *op)
 	}
 	f = op->w0 >> scb;
 	l = (op->w1 - 1) >> scb;
-	m = q2_sc_mask(f, l);
+	m = qcow2_sc_mask(f, l);
 	if (own && (abits & m) == m) {
 		op->kind = Q2_INPLACE;
 		return;
@@ -567,7 +567,7 @@ static int q2_plan_zero(struct img *img, struct qcow2 *s, struct q2_batch *b,
 			else
 				op.new_e = QCOW2_L2E_ZERO;
 		} else {
-			uint64_t m = q2_sc_mask((unsigned)(z0 >> s->sc_bits),
+			uint64_t m = qcow2_sc_mask((unsigned)(z0 >> s->sc_bits),
 						(unsigned)((z1 - 1) >>
 							   s->sc_bits));
 
@@ -701,8 +701,8 @@ static int q2_write_data(struct img *img, struct qcow2 *s, struct q2_op *ops,
 }
 
 /* Replace entry idx of a pinned table in memory (writers, under lock). */
-static void q2_publish(struct qcow2 *s, struct qcow2_l2_ref *ref, uint64_t idx,
-		       uint64_t e, uint64_t bm)
+static void q2_publish(struct qcow2 *s, struct qcow2_l2_ref *ref,
+			  uint64_t idx, uint64_t e, uint64_t bm)
 {
 	unsigned q;
 
@@ -943,6 +943,28 @@ static int q2_plan_wait(struct qcow2 *s, struct q2_batch *b,
 }
 
 /*
+ * Reserve nuser fresh clusters.  The one place that orders allocation
+ * and flush: when the refcount table must grow, everything pending is
+ * flushed first, then the table grows (refcount.c), then the reservation
+ * is asked again.  refcount.c never calls back up here.
+ */
+static int clusters_reserve(struct img *img, struct qcow2 *s, uint64_t nuser,
+			    struct qcow2_rc_plan *p)
+{
+	uint64_t grow_to = 0;
+	int r;
+
+	while ((r = qcow2_rc_reserve(img, s, nuser, p, &grow_to)) == 1) {
+		r = flush_locked(img, s);
+		if (r == 0)
+			r = qcow2_rc_grow(img, s, grow_to);
+		if (r < 0)
+			return r;
+	}
+	return r;
+}
+
+/*
  * One step: allocate, write the data (without the lock), publish the
  * metadata in memory.  Called and returns with w->lock held.
  */
@@ -960,7 +982,7 @@ static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
 	if (!b->nops)
 		return 0;
 	if (b->ntabs + b->nalloc) {
-		r = qcow2_rc_reserve(img, s, b->ntabs + b->nalloc, &plan);
+		r = clusters_reserve(img, s, b->ntabs + b->nalloc, &plan);
 		if (r < 0)
 			return r;
 		next = plan.start;
@@ -1011,7 +1033,7 @@ static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
 	if (r < 0)
 		goto out;
 	if (q2_over_bound(s))
-		r = qcow2_flush_locked(img, s);
+		r = flush_locked(img, s);
 	goto out;
 broken:
 	log_err("qcow2: %s: metadata update failed; no more writes to this image until it is reopened",
@@ -1027,8 +1049,9 @@ out:
 /* the flush sequence (under w->lock)                                  */
 
 /* Entries [lo, hi) of a pinned table, big-endian, into dst. */
-static void q2_encode(const struct qcow2 *s, const struct qcow2_dirty_l2 *d,
-		      uint32_t lo, uint32_t hi, uint8_t *dst)
+static void q2_encode(const struct qcow2 *s,
+				 const struct qcow2_dirty_l2 *d, uint32_t lo,
+				 uint32_t hi, uint8_t *dst)
 {
 	size_t ew = s->entry_words;
 
@@ -1052,7 +1075,7 @@ static int q2_cmp_l1i(const void *a, const void *b)
  * -- fdatasync --
  * 3  deferred releases: counts dropped and written (no barrier needed)
  */
-int qcow2_flush_locked(struct img *img, struct qcow2 *s)
+static int flush_locked(struct img *img, struct qcow2 *s)
 {
 	struct qcow2_w *w = s->w;
 	size_t eb = s->entry_words * 8;
@@ -1061,14 +1084,15 @@ int qcow2_flush_locked(struct img *img, struct qcow2 *s)
 	if (__atomic_load_n(&w->broken, __ATOMIC_ACQUIRE))
 		return -EIO;
 	if (!w->ndl2 && !w->nrel && !qcow2_rc_dirty(w))
-		return qcow2_sync(img);
+		return qcow2_file_sync(img);
 	for (size_t i = 0; r == 0 && i < w->ndl2; i++) {
 		struct qcow2_dirty_l2 *d = &w->dl2[i];
 
 		if (!d->fresh)
 			continue;
-		q2_encode(s, d, 0, (uint32_t)(s->l2_words / s->entry_words),
-			  w->buf);
+		q2_encode(s, d, 0,
+				     (uint32_t)(s->l2_words / s->entry_words),
+				     w->buf);
 		r = pwrite_full(img->fd, w->buf, s->cluster_size, d->host);
 		if (r < 0)
 			log_err("qcow2: %s: cannot write L2 table at %llu (%s)",
@@ -1078,7 +1102,7 @@ int qcow2_flush_locked(struct img *img, struct qcow2 *s)
 	if (r == 0)
 		r = qcow2_rc_flush(img, s);
 	if (r == 0)
-		r = qcow2_sync(img);
+		r = qcow2_file_sync(img);
 	if (r < 0)
 		goto broken;
 	if (w->ndl2)	/* qsort's base must not be NULL, even for 0 items */
@@ -1117,7 +1141,7 @@ int qcow2_flush_locked(struct img *img, struct qcow2 *s)
 				img->path, strerror(-r));
 	}
 	if (r == 0)
-		r = qcow2_sync(img);
+		r = qcow2_file_sync(img);
 	if (r < 0)
 		goto broken;
 	/* written: the tables may leave the cache again */
@@ -1152,7 +1176,7 @@ static bool q2_owned(const struct qcow2 *s, uint64_t e, uint64_t bm,
 		return false;
 	if (!s->extl2)
 		return !(e & QCOW2_L2E_ZERO);
-	m = q2_sc_mask((unsigned)(w0 >> s->sc_bits),
+	m = qcow2_sc_mask((unsigned)(w0 >> s->sc_bits),
 		       (unsigned)((w1 - 1) >> s->sc_bits));
 	return (bm & m) == m;
 }
@@ -1389,184 +1413,7 @@ int qcow2_flush(struct img *img)
 	if (!w)
 		return 0;		/* nothing was written */
 	pthread_mutex_lock(&w->lock);
-	r = qcow2_flush_locked(img, s);
+	r = flush_locked(img, s);
 	pthread_mutex_unlock(&w->lock);
-	return r;
-}
-
-/* ------------------------------------------------------------------ */
-/* ->create_diff                                                       */
-
-/* qemu's names for the features, so tools can name a bit they lack */
-static const struct {
-	uint8_t type, bit;
-	const char *name;
-} q2_feature_names[] = {
-	{ 0, 0, "dirty bit" },
-	{ 0, 1, "corrupt bit" },
-	{ 0, 2, "external data file" },
-	{ 0, 3, "compression type" },
-	{ 0, 4, "extended L2 entries" },
-	{ 1, 0, "lazy refcounts" },
-	{ 2, 0, "bitmaps" },
-	{ 2, 1, "raw external data" },
-};
-
-/* Append header extension (type, data) at *pos of the first cluster. */
-void q2_put_ext(uint8_t *cl, size_t *pos, uint32_t type,
-		const void *data, size_t len)
-{
-	struct qcow2_ext_raw *e = (void *)(cl + *pos);
-
-	put_be32(e->type, type);
-	put_be32(e->len, (uint32_t)len);
-	if (len)
-		memcpy(cl + *pos + sizeof(*e), data, len);
-	*pos += sizeof(*e) + ((len + 7) & ~(size_t)7);
-}
-
-/*
- * Layout of a new image, as qemu lays one out: the header cluster, the
- * refcount table, the refcount blocks counting every cluster of the file,
- * then the L1 table (zeros: nothing allocated, all reads go to the
- * backing file).  Refcount order 4, no lazy refcounts; extended L2
- * entries over a parent with clusters of 16 KiB or more.
- */
-int qcow2_create_diff(const char *path, const struct img_create_parent *parent,
-		      const struct img_create_opts *o)
-{
-	uint64_t cs = o->block_size ? o->block_size : 65536, size = o->size;
-	const char *name = NULL, *fmt = NULL;
-	uint64_t l1n, l1c, rtc = 1, nblk = 1, total, rbe, span;
-	size_t pos = sizeof(struct qcow2_header_raw), name_len = 0;
-	struct qcow2_feature_raw ftable[ARRAY_SIZE(q2_feature_names)];
-	struct qcow2_header_raw *h;
-	uint8_t *cl = NULL, *rt = NULL, *blocks = NULL;
-	bool extl2;
-	unsigned cb;
-	int fd, r;
-
-	if (!is_pow2(cs) || cs < 512 || cs > (2u << 20))
-		return log_err_ret(-EINVAL, "qcow2: %s: cluster size must be a power of two from 512 bytes to 2 MiB (%llu)",
-				   path, (unsigned long long)cs);
-	if (parent) {
-		const char *drv = parent->format ? parent->format :
-			parent->img ? parent->img->drv->name : NULL;
-
-		name = parent->rel_path ? parent->rel_path : parent->abs_path;
-		if (!name || !*name)
-			return log_err_ret(-EINVAL, "qcow2: %s: no path for the backing file",
-					   path);
-		name_len = strlen(name);
-		if (name_len > QCOW2_MAX_BACKING_NAME)
-			return log_err_ret(-ENAMETOOLONG, "qcow2: %s: backing file name too long (%zu)",
-					   path, name_len);
-		fmt = qcow2_qemu_format(drv);
-		if (!fmt)
-			log_warn("qcow2: %s: qemu cannot read the backing file's format (%s); no backing format recorded",
-				 path, drv ? drv : "unknown");
-		if (!size && parent->img)	/* past its end: zeros */
-			size = (parent->img->size + 511) & ~511ull;
-	}
-	if (size & 511)
-		return log_err_ret(-EINVAL, "qcow2: %s: virtual size is not a multiple of 512 (%llu)",
-				   path, (unsigned long long)size);
-	cb = (unsigned)__builtin_ctzll(cs);
-	/* a differencing layer gets extended L2 entries (32 subclusters per
-	 * cluster, qemu >= 5.2) where qemu allows them: copy-on-write per
-	 * subcluster, so a 4 KiB write into a fresh cluster reads nothing
-	 * from below; a base image keeps standard entries (any reader) */
-	extl2 = parent && cs >= Q2_EXTL2_MIN_CLUSTER;
-	span = 1ull << (cb + cb - (extl2 ? 4 : 3));	/* per L2 table */
-	l1n = size / span + (size % span != 0);
-	if (l1n > QCOW2_MAX_L1_BYTES / 8)
-		return log_err_ret(-EFBIG, "qcow2: %s: virtual size too big for %llu-byte clusters (%llu)",
-				   path, (unsigned long long)cs,
-				   (unsigned long long)size);
-	l1c = DIV_ROUND_UP(l1n * 8, cs);
-	rbe = cs * 8 / 16;
-	for (;;) {		/* enough blocks to count every cluster */
-		uint64_t nb, nr;
-
-		total = 1 + rtc + nblk + l1c;
-		nb = DIV_ROUND_UP(total, rbe);
-		nr = DIV_ROUND_UP(nb * 8, cs);
-		if (nb == nblk && nr == rtc)
-			break;
-		nblk = nb;
-		rtc = nr;
-	}
-
-	cl = calloc(1, cs);
-	rt = calloc(rtc, cs);
-	blocks = calloc(nblk, cs);
-	if (!cl || !rt || !blocks) {
-		r = -ENOMEM;
-		goto out;
-	}
-	if (fmt)
-		q2_put_ext(cl, &pos, QCOW2_EXT_BACKING_FORMAT, fmt,
-			   strlen(fmt));
-	/* the feature name table is optional: left out if it does not fit
-	 * (512-byte clusters), as qemu does */
-	if (pos + 8 + sizeof(ftable) + 8 + name_len <= cs) {
-		memset(ftable, 0, sizeof(ftable));
-		for (size_t i = 0; i < ARRAY_SIZE(q2_feature_names); i++) {
-			struct qcow2_feature_raw *f = &ftable[i];
-
-			f->type = q2_feature_names[i].type;
-			f->bit = q2_feature_names[i].bit;
-			memcpy(f->name, q2_feature_names[i].name,
-			       strlen(q2_feature_names[i].name));
-		}
-		q2_put_ext(cl, &pos, QCOW2_EXT_FEATURE_TABLE, ftable,
-			   sizeof(ftable));
-	}
-	pos += sizeof(struct qcow2_ext_raw);	/* end of extensions */
-	if (pos + name_len > cs) {
-		r = log_err_ret(-ENAMETOOLONG, "qcow2: %s: backing file name does not fit in one %llu-byte cluster",
-				path, (unsigned long long)cs);
-		goto out;
-	}
-	h = (void *)cl;
-	memcpy(h->magic, QCOW_MAGIC, 4);
-	put_be32(h->version, 3);
-	if (name) {
-		memcpy(cl + pos, name, name_len);
-		put_be64(h->backing_file_offset, pos);
-		put_be32(h->backing_file_size, (uint32_t)name_len);
-	}
-	put_be32(h->cluster_bits, cb);
-	put_be64(h->size, size);
-	put_be32(h->l1_size, (uint32_t)l1n);
-	put_be64(h->l1_table_offset, (1 + rtc + nblk) * cs);
-	put_be64(h->refcount_table_offset, cs);
-	put_be32(h->refcount_table_clusters, (uint32_t)rtc);
-	put_be32(h->refcount_order, 4);
-	put_be32(h->header_length, sizeof(*h));
-	if (extl2)
-		put_be64(h->incompatible_features, QCOW2_INCOMPAT_EXTL2);
-	for (uint64_t i = 0; i < nblk; i++)
-		put_be64(rt + i * 8, (1 + rtc + i) * cs);
-	for (uint64_t c = 0; c < total; c++)
-		put_be16(blocks + c * 2, 1);	/* block c / rbe, entry c % rbe */
-
-	fd = file_create(path, "qcow2");
-	if (fd < 0) {
-		r = fd;
-		goto out;
-	}
-	r = pwrite_full(fd, cl, cs, 0);
-	if (r == 0)
-		r = pwrite_full(fd, rt, rtc * cs, cs);
-	if (r == 0)
-		r = pwrite_full(fd, blocks, nblk * cs, (1 + rtc) * cs);
-	if (r == 0 && ftruncate(fd, (off_t)(total * cs)) < 0)
-		r = -errno;
-	r = file_create_end(fd, path, r, "qcow2");
-out:
-	free(cl);
-	free(rt);
-	free(blocks);
 	return r;
 }

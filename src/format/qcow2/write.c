@@ -96,26 +96,26 @@
 #include "qcow2.h"
 
 #define DIV_ROUND_UP(a, b) (((a) + (b) - 1) / (b))
-#define Q2_BATCH_BYTES (32ull << 20)	/* guest bytes per allocation step */
-#define Q2_BATCH_CLUSTERS 1024u
-#define Q2_DIRTY_TABLES 64u		/* dirty L2 tables before a flush */
-#define Q2_DIRTY_BYTES (16ull << 20)	/* ... or this many bytes of them */
-#define Q2_DIRTY_RELEASES 4096u
-#define Q2_DIRTY_RBLOCKS 64u
+#define WRITE_BATCH_BYTES (32ull << 20)	/* guest bytes per allocation step */
+#define WRITE_BATCH_CLUSTERS 1024u
+#define WRITE_DIRTY_TABLES 64u		/* dirty L2 tables before a flush */
+#define WRITE_DIRTY_BYTES (16ull << 20)	/* ... or this many bytes of them */
+#define WRITE_DIRTY_RELEASES 4096u
+#define WRITE_DIRTY_RBLOCKS 64u
 
-enum q2_kind {
-	Q2_INPLACE,		/* the caller's bytes into the image's own cluster */
-	Q2_ALLOC,		/* into a fresh cluster; new entry */
-	Q2_REUSE,		/* into the entry's own host cluster; new entry
+enum write_kind {
+	WRITE_INPLACE,		/* the caller's bytes into the image's own cluster */
+	WRITE_ALLOC,		/* into a fresh cluster; new entry */
+	WRITE_REUSE,		/* into the entry's own host cluster; new entry
 				 * (a zero-allocated cluster, new subclusters) */
-	Q2_META,		/* new entry only (zeroing) */
+	WRITE_META,		/* new entry only (zeroing) */
 };
 
 static int flush_locked(struct img *img, struct qcow2 *s);
 
 /* What one step does to one guest cluster. */
-struct q2_op {
-	enum q2_kind kind;
+struct write_op {
+	enum write_kind kind;
 	uint64_t gcl;			/* guest cluster index */
 	uint64_t old_e, old_b;		/* L2 entry and bitmap before */
 	uint64_t new_e, new_b;		/* after (ALLOC: host added later) */
@@ -128,22 +128,22 @@ struct q2_op {
 };
 
 /* An L2 table the step creates (made in the cache when published). */
-struct q2_tab {
+struct write_tab {
 	uint64_t l1i;
 	uint64_t host;
 };
 
-struct q2_batch {
-	struct q2_op *ops;		/* owned, by guest cluster */
+struct write_batch {
+	struct write_op *ops;		/* owned, by guest cluster */
 	size_t nops, ops_cap;
-	struct q2_tab *tabs;		/* owned, by L1 index */
+	struct write_tab *tabs;		/* owned, by L1 index */
 	size_t ntabs, tabs_cap;
-	uint64_t nalloc;		/* Q2_ALLOC ops */
+	uint64_t nalloc;		/* WRITE_ALLOC ops */
 	struct qcow2_l2_ref ref;	/* pinned while planning */
 	uint64_t ref_l1i;
 };
 
-static int q2_refuse(struct img *img, const char *why)
+static int write_refuse(struct img *img, const char *why)
 {
 	log_warn("qcow2: %s: writes are not supported: %s; the image stays read-only",
 		 img->path, why);
@@ -158,15 +158,15 @@ int qcow2_write_open(struct img *img, struct qcow2 *s)
 	int r;
 
 	if (h->incompatible_features & QCOW2_INCOMPAT_DIRTY)
-		return q2_refuse(img, "the dirty bit is set (refcounts may be stale; `qemu-img check -r all` repairs them)");
+		return write_refuse(img, "the dirty bit is set (refcounts may be stale; `qemu-img check -r all` repairs them)");
 	if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
-		return q2_refuse(img, "the image is marked corrupt");
+		return write_refuse(img, "the image is marked corrupt");
 	if (s->data_fd >= 0)
-		return q2_refuse(img, "external data file");
+		return write_refuse(img, "external data file");
 	if (h->nb_snapshots)
-		return q2_refuse(img, "internal snapshots share its clusters");
+		return write_refuse(img, "internal snapshots share its clusters");
 	if (s->l1_shared)
-		return q2_refuse(img, "an L2 table is shared (L1 entry without COPIED)");
+		return write_refuse(img, "an L2 table is shared (L1 entry without COPIED)");
 	w = calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;
@@ -221,7 +221,7 @@ void qcow2_write_free(struct qcow2 *s)
  * autoclear feature clears its bit first).  -EIO once a step failed half
  * way: the in-memory metadata may no longer match the file.
  */
-static int q2_prepare(struct img *img, struct qcow2 *s)
+static int write_prepare(struct img *img, struct qcow2 *s)
 {
 	struct qcow2_w *w = s->w;
 	uint8_t zero[8] = { 0 };
@@ -254,7 +254,7 @@ static int q2_prepare(struct img *img, struct qcow2 *s)
 /* old contents, for copy-on-write                                     */
 
 /* Guest bytes from the layers below; zeros past the virtual size. */
-static int q2_read_below(struct img *img, const struct img_below *below,
+static int below_read(struct img *img, const struct img_below *below,
 			 uint8_t *dst, size_t n, uint64_t off)
 {
 	size_t in = off < img->size ? (size_t)MIN((uint64_t)n,
@@ -275,8 +275,8 @@ static int q2_read_below(struct img *img, const struct img_below *below,
 }
 
 /* Bytes [from, to) of op's cluster as its old entry reads them. */
-static int q2_read_old(struct img *img, struct qcow2 *s,
-		       const struct q2_op *op, const struct img_below *below,
+static int old_read(struct img *img, struct qcow2 *s,
+		       const struct write_op *op, const struct img_below *below,
 		       uint64_t from, uint64_t to, uint8_t *dst)
 {
 	struct qcow2_bad bad = { NULL, 0 };
@@ -297,7 +297,7 @@ static int q2_read_old(struct img *img, struct qcow2 *s,
 		step = (size_t)MIN(run.len, to - from);
 		switch (run.kind) {
 		case QCOW2_RUN_UNALLOC:		/* spec: the backing file's bytes */
-			r = q2_read_below(img, below, dst, step,
+			r = below_read(img, below, dst, step,
 					  (op->gcl << s->cluster_bits) + from);
 			break;
 		case QCOW2_RUN_ZERO:		/* spec: zeros, whatever is below */
@@ -337,13 +337,13 @@ static int q2_read_old(struct img *img, struct qcow2 *s,
 /* ------------------------------------------------------------------ */
 /* planning a step (under w->lock)                                     */
 
-static void q2_batch_init(struct q2_batch *b)
+static void batch_init(struct write_batch *b)
 {
 	memset(b, 0, sizeof(*b));
 	b->ref_l1i = UINT64_MAX;
 }
 
-static void q2_batch_free(struct q2_batch *b)
+static void batch_free(struct write_batch *b)
 {
 	qcow2_l2_put(&b->ref);
 	free(b->tabs);
@@ -351,7 +351,7 @@ static void q2_batch_free(struct q2_batch *b)
 }
 
 /* The entry of guest cluster gcl now; 0 without an L2 table. */
-static int q2_entry_now(struct img *img, struct qcow2 *s, struct q2_batch *b,
+static int entry_now(struct img *img, struct qcow2 *s, struct write_batch *b,
 			uint64_t gcl, uint64_t *e, uint64_t *bm)
 {
 	uint64_t l1i = gcl >> s->l2_bits, l2off = qcow2_l1_get(s, l1i);
@@ -375,8 +375,8 @@ static int q2_entry_now(struct img *img, struct qcow2 *s, struct q2_batch *b,
 }
 
 /* Append op; it gets a new L2 table if its table does not exist. */
-static int q2_add(struct qcow2 *s, struct q2_batch *b,
-			const struct q2_op *op)
+static int batch_op_add(struct qcow2 *s, struct write_batch *b,
+			const struct write_op *op)
 {
 	uint64_t l1i = op->gcl >> s->l2_bits;
 	int tab = -1;
@@ -385,7 +385,7 @@ static int q2_add(struct qcow2 *s, struct q2_batch *b,
 		if (!b->ntabs || b->tabs[b->ntabs - 1].l1i != l1i) {
 			if (b->ntabs == b->tabs_cap) {
 				size_t cap = b->tabs_cap ? b->tabs_cap * 2 : 4;
-				struct q2_tab *t = realloc(b->tabs,
+				struct write_tab *t = realloc(b->tabs,
 							   cap * sizeof(*t));
 
 				if (!t)
@@ -401,7 +401,7 @@ static int q2_add(struct qcow2 *s, struct q2_batch *b,
 	}
 	if (b->nops == b->ops_cap) {
 		size_t cap = b->ops_cap ? b->ops_cap * 2 : 16;
-		struct q2_op *o = realloc(b->ops, cap * sizeof(*o));
+		struct write_op *o = realloc(b->ops, cap * sizeof(*o));
 
 		if (!o)
 			return -ENOMEM;
@@ -411,13 +411,13 @@ static int q2_add(struct qcow2 *s, struct q2_batch *b,
 	b->ops[b->nops] = *op;
 	b->ops[b->nops].tab = tab;
 	b->nops++;
-	if (op->kind == Q2_ALLOC)
+	if (op->kind == WRITE_ALLOC)
 		b->nalloc++;
 	return 0;
 }
 
 /* The old clusters behind a replaced entry (compressed, or not owned). */
-static void q2_release_old(const struct qcow2 *s, struct q2_op *op)
+static void op_release_old(const struct qcow2 *s, struct write_op *op)
 {
 	size_t csize;
 
@@ -433,7 +433,7 @@ static void q2_release_old(const struct qcow2 *s, struct q2_op *op)
 }
 
 /* Decide how to write [w0, w1) of op's cluster, given its old entry. */
-static void q2_decide_write(const struct qcow2 *s, struct q2_op *op)
+static void op_decide_write(const struct qcow2 *s, struct write_op *op)
 {
 	uint64_t e = op->old_e, cs = s->cluster_size;
 	bool comp = e & QCOW2_L2E_COMPRESSED;
@@ -448,15 +448,15 @@ static void q2_decide_write(const struct qcow2 *s, struct q2_op *op)
 	op->t1 = op->w1;
 	op->new_b = op->old_b;
 	if (comp || (hold && !own))
-		q2_release_old(s, op);	/* copied into a fresh cluster */
+		op_release_old(s, op);	/* copied into a fresh cluster */
 	if (!s->extl2) {
 		if (own && !(e & QCOW2_L2E_ZERO)) {
-			op->kind = Q2_INPLACE;
+			op->kind = WRITE_INPLACE;
 			return;
 		}
 		/* copy-on-write of the whole cluster (a zero-allocated one
 		 * keeps its host cluster) */
-		op->kind = own ? Q2_REUSE : Q2_ALLOC;
+		op->kind = own ? WRITE_REUSE : WRITE_ALLOC;
 		op->t0 = 0;
 		op->t1 = (uint32_t)cs;
 		op->new_e = (own ? hold : 0) | QCOW2_L2E_COPIED;
@@ -464,7 +464,7 @@ static void q2_decide_write(const struct qcow2 *s, struct q2_op *op)
 	}
 	if (comp || (hold && !own)) {
 		/* no subclusters to keep: the whole cluster, all allocated */
-		op->kind = Q2_ALLOC;
+		op->kind = WRITE_ALLOC;
 		op->t0 = 0;
 		op->t1 = (uint32_t)cs;
 		op->new_e = QCOW2_L2E_COPIED;
@@ -475,13 +475,13 @@ static void q2_decide_write(const struct qcow2 *s, struct q2_op *op)
 	l = (op->w1 - 1) >> scb;
 	m = qcow2_sc_mask(f, l);
 	if (own && (abits & m) == m) {
-		op->kind = Q2_INPLACE;
+		op->kind = WRITE_INPLACE;
 		return;
 	}
 	/* copy-on-write per subcluster: only the touched ones are written;
 	 * an allocated one at either end is written in place (only the
 	 * caller's bytes: a fast-path writer may be writing the rest) */
-	op->kind = own ? Q2_REUSE : Q2_ALLOC;
+	op->kind = own ? WRITE_REUSE : WRITE_ALLOC;
 	op->t0 = own && ((abits >> f) & 1) ? op->w0 : f << scb;
 	op->t1 = own && ((abits >> l) & 1) ? op->w1 : (l + 1) << scb;
 	op->new_e = (own ? hold : 0) | QCOW2_L2E_COPIED;
@@ -489,28 +489,28 @@ static void q2_decide_write(const struct qcow2 *s, struct q2_op *op)
 }
 
 /* Plan the writes of [off, off + n) up to one step; *planned bytes. */
-static int q2_plan_write(struct img *img, struct qcow2 *s, struct q2_batch *b,
+static int plan_write(struct img *img, struct qcow2 *s, struct write_batch *b,
 			 const uint8_t *p, size_t n, uint64_t off,
 			 size_t *planned)
 {
 	uint64_t cs = s->cluster_size, cmask = cs - 1;
-	uint64_t max = MAX(1, MIN(Q2_BATCH_CLUSTERS,
-				  Q2_BATCH_BYTES >> s->cluster_bits));
+	uint64_t max = MAX(1, MIN(WRITE_BATCH_CLUSTERS,
+				  WRITE_BATCH_BYTES >> s->cluster_bits));
 	int r;
 
 	*planned = 0;
 	while (n && b->nops < max) {
-		struct q2_op op = { .gcl = off >> s->cluster_bits };
+		struct write_op op = { .gcl = off >> s->cluster_bits };
 		size_t chunk;
 
 		op.w0 = (uint32_t)(off & cmask);
 		op.w1 = (uint32_t)MIN(cs, op.w0 + (uint64_t)n);
 		op.src = p;
-		r = q2_entry_now(img, s, b, op.gcl, &op.old_e, &op.old_b);
+		r = entry_now(img, s, b, op.gcl, &op.old_e, &op.old_b);
 		if (r < 0)
 			return r;
-		q2_decide_write(s, &op);
-		r = q2_add(s, b, &op);
+		op_decide_write(s, &op);
+		r = batch_op_add(s, b, &op);
 		if (r < 0)
 			return r;
 		chunk = op.w1 - op.w0;
@@ -528,24 +528,24 @@ static int q2_plan_write(struct img *img, struct qcow2 *s, struct q2_batch *b,
  * be zeroed by writing zeros (*fallback): part of a compressed cluster, or
  * of one the image does not own.
  */
-static int q2_plan_zero(struct img *img, struct qcow2 *s, struct q2_batch *b,
+static int plan_zero(struct img *img, struct qcow2 *s, struct write_batch *b,
 			uint64_t off, uint64_t n, uint64_t *planned,
 			bool *fallback)
 {
 	uint64_t cs = s->cluster_size, cmask = cs - 1;
-	uint64_t max = MAX(1, MIN(Q2_BATCH_CLUSTERS,
-				  Q2_BATCH_BYTES >> s->cluster_bits));
+	uint64_t max = MAX(1, MIN(WRITE_BATCH_CLUSTERS,
+				  WRITE_BATCH_BYTES >> s->cluster_bits));
 	int r;
 
 	*planned = 0;
 	*fallback = false;
 	while (n && b->nops < max) {
-		struct q2_op op = { .kind = Q2_META,
+		struct write_op op = { .kind = WRITE_META,
 				    .gcl = off >> s->cluster_bits };
 		uint64_t z0 = off & cmask, z1 = MIN(cs, z0 + n), e, hold;
 		bool comp, own, skip = false;
 
-		r = q2_entry_now(img, s, b, op.gcl, &op.old_e, &op.old_b);
+		r = entry_now(img, s, b, op.gcl, &op.old_e, &op.old_b);
 		if (r < 0)
 			return r;
 		e = op.old_e;
@@ -589,8 +589,8 @@ static int q2_plan_zero(struct img *img, struct qcow2 *s, struct q2_batch *b,
 			skip = true;
 		if (!skip) {
 			if (comp || (hold && !own))
-				q2_release_old(s, &op);
-			r = q2_add(s, b, &op);
+				op_release_old(s, &op);
+			r = batch_op_add(s, b, &op);
 			if (r < 0)
 				return r;
 		}
@@ -605,7 +605,7 @@ static int q2_plan_zero(struct img *img, struct qcow2 *s, struct q2_batch *b,
 /* running a step (under w->lock)                                      */
 
 /* pwritev until done; a short write continues where it stopped */
-static int q2_pwritev(int fd, struct iovec *iov, int n, uint64_t off)
+static int data_pwritev(int fd, struct iovec *iov, int n, uint64_t off)
 {
 	while (n && !iov->iov_len) {
 		iov++;
@@ -639,10 +639,10 @@ static int q2_pwritev(int fd, struct iovec *iov, int n, uint64_t off)
 }
 
 /* Can op b's host bytes follow op a's in one pwrite? */
-static bool q2_joins(const struct qcow2 *s, const struct q2_op *a,
-		     const struct q2_op *b)
+static bool ops_join(const struct qcow2 *s, const struct write_op *a,
+		     const struct write_op *b)
 {
-	return a->kind == Q2_ALLOC && b->kind == Q2_ALLOC &&
+	return a->kind == WRITE_ALLOC && b->kind == WRITE_ALLOC &&
 	       b->host == a->host + s->cluster_size &&
 	       a->w1 == s->cluster_size && a->t1 == a->w1 &&
 	       b->w0 == 0 && b->t0 == 0 && b->src == a->src + (a->w1 - a->w0);
@@ -653,10 +653,10 @@ static bool q2_joins(const struct qcow2 *s, const struct q2_op *a,
  * each, the caller's bytes and the old contents at either end, with one
  * pwrite.  Only the uncovered head and tail are read for copy-on-write.
  */
-static int q2_write_data(struct img *img, struct qcow2 *s, struct q2_op *ops,
+static int data_write(struct img *img, struct qcow2 *s, struct write_op *ops,
 			 size_t i, size_t j, const struct img_below *below)
 {
-	struct q2_op *first = &ops[i], *last = &ops[j - 1];
+	struct write_op *first = &ops[i], *last = &ops[j - 1];
 	uint64_t end = last->host + last->t1, mid = 0, cur;
 	size_t head = first->w0 - first->t0, tail = last->t1 - last->w1;
 	uint8_t *cow = NULL;
@@ -674,13 +674,13 @@ static int q2_write_data(struct img *img, struct qcow2 *s, struct q2_op *ops,
 	iov[1] = (struct iovec){ (void *)first->src, (size_t)mid };
 	iov[2] = (struct iovec){ cow + head, tail };
 	if (head)
-		r = q2_read_old(img, s, first, below, first->t0, first->w0,
+		r = old_read(img, s, first, below, first->t0, first->w0,
 				cow);
 	if (r == 0 && tail)
-		r = q2_read_old(img, s, last, below, last->w1, last->t1,
+		r = old_read(img, s, last, below, last->w1, last->t1,
 				cow + head);
 	if (r == 0) {
-		r = q2_pwritev(img->fd, iov, 3, first->host + first->t0);
+		r = data_pwritev(img->fd, iov, 3, first->host + first->t0);
 		if (r < 0)
 			log_err("qcow2: %s: cannot write cluster at %llu (%s)",
 				img->path, (unsigned long long)first->host,
@@ -701,7 +701,7 @@ static int q2_write_data(struct img *img, struct qcow2 *s, struct q2_op *ops,
 }
 
 /* Replace entry idx of a pinned table in memory (writers, under lock). */
-static void q2_publish(struct qcow2 *s, struct qcow2_l2_ref *ref,
+static void entry_publish(struct qcow2 *s, struct qcow2_l2_ref *ref,
 			  uint64_t idx, uint64_t e, uint64_t bm)
 {
 	unsigned q;
@@ -719,13 +719,13 @@ static void q2_publish(struct qcow2 *s, struct qcow2_l2_ref *ref,
 	__atomic_store_n(&s->seq, q + 2, __ATOMIC_RELEASE);
 }
 
-static bool q2_changes_entry(const struct q2_op *op)
+static bool op_changes_entry(const struct write_op *op)
 {
-	return op->kind != Q2_INPLACE;
+	return op->kind != WRITE_INPLACE;
 }
 
 /* Room for `more` dirty tables and releases, before anything changes. */
-static int q2_reserve_dirty(struct qcow2_w *w, size_t tabs, size_t rels)
+static int dirty_reserve(struct qcow2_w *w, size_t tabs, size_t rels)
 {
 	if (w->ndl2 + tabs > w->dl2_cap) {
 		size_t cap = MAX(w->dl2_cap * 2, w->ndl2 + tabs);
@@ -748,7 +748,7 @@ static int q2_reserve_dirty(struct qcow2_w *w, size_t tabs, size_t rels)
 	return 0;
 }
 
-static struct qcow2_dirty_l2 *q2_dirty_find(struct qcow2_w *w, uint64_t l1i)
+static struct qcow2_dirty_l2 *dirty_find(struct qcow2_w *w, uint64_t l1i)
 {
 	for (size_t i = w->ndl2; i-- > 0;)
 		if (w->dl2[i].l1i == l1i)
@@ -757,19 +757,19 @@ static struct qcow2_dirty_l2 *q2_dirty_find(struct qcow2_w *w, uint64_t l1i)
 }
 
 /* The changed entries of ops [i, j) (one table) into a pinned table. */
-static void q2_publish_ops(struct qcow2 *s, struct q2_batch *b, size_t i,
+static void ops_publish(struct qcow2 *s, struct write_batch *b, size_t i,
 			   size_t j, struct qcow2_dirty_l2 *d)
 {
 	struct qcow2_w *w = s->w;
 	uint64_t l2mask = (1ull << s->l2_bits) - 1;
 
 	for (size_t k = i; k < j; k++) {
-		const struct q2_op *op = &b->ops[k];
+		const struct write_op *op = &b->ops[k];
 		uint32_t idx = (uint32_t)(op->gcl & l2mask);
 
-		if (!q2_changes_entry(op))
+		if (!op_changes_entry(op))
 			continue;
-		q2_publish(s, &d->ref, idx, op->new_e, op->new_b);
+		entry_publish(s, &d->ref, idx, op->new_e, op->new_b);
 		if (d->lo >= d->hi) {
 			d->lo = idx;
 			d->hi = idx + 1;
@@ -792,8 +792,8 @@ static void q2_publish_ops(struct qcow2 *s, struct q2_batch *b, size_t i,
  * written already; on a failure part way, what is published is whole and
  * the rest leaks.
  */
-static int q2_publish_batch(struct img *img, struct qcow2 *s,
-			    struct q2_batch *b)
+static int batch_publish(struct img *img, struct qcow2 *s,
+			    struct write_batch *b)
 {
 	struct qcow2_w *w = s->w;
 	size_t ntab = 0, nrel = 0;
@@ -806,7 +806,7 @@ static int q2_publish_batch(struct img *img, struct qcow2 *s,
 		if (b->ops[i].free_len)
 			nrel++;
 	}
-	r = q2_reserve_dirty(w, ntab, nrel);
+	r = dirty_reserve(w, ntab, nrel);
 	if (r < 0)
 		return r;
 	for (size_t i = 0, j; i < b->nops; i = j) {
@@ -816,7 +816,7 @@ static int q2_publish_batch(struct img *img, struct qcow2 *s,
 
 		for (j = i; j < b->nops && (b->ops[j].gcl >> s->l2_bits) == l1i;
 		     j++)
-			any |= q2_changes_entry(&b->ops[j]);
+			any |= op_changes_entry(&b->ops[j]);
 		if (!any)
 			continue;
 		if (b->ops[i].tab >= 0) {
@@ -830,13 +830,13 @@ static int q2_publish_batch(struct img *img, struct qcow2 *s,
 			d->host = b->tabs[b->ops[i].tab].host;
 			d->fresh = true;
 			w->ndl2++;
-			q2_publish_ops(s, b, i, j, d);
+			ops_publish(s, b, i, j, d);
 			__atomic_store_n(&s->l1[l1i], d->host,
 					 __ATOMIC_RELEASE);
 			__atomic_add_fetch(&s->l2_gen, 1, __ATOMIC_RELEASE);
 			continue;
 		}
-		d = q2_dirty_find(w, l1i);
+		d = dirty_find(w, l1i);
 		if (!d) {
 			d = &w->dl2[w->ndl2];
 			memset(d, 0, sizeof(*d));
@@ -849,7 +849,7 @@ static int q2_publish_batch(struct img *img, struct qcow2 *s,
 				return r;
 			w->ndl2++;
 		}
-		q2_publish_ops(s, b, i, j, d);
+		ops_publish(s, b, i, j, d);
 		/* a loader that read the table from disk meanwhile
 		 * must not cache it (qcow2_l2_get_gen) */
 		__atomic_add_fetch(&s->l2_gen, 1, __ATOMIC_RELEASE);
@@ -858,19 +858,19 @@ static int q2_publish_batch(struct img *img, struct qcow2 *s,
 }
 
 /* Too much in memory: the flush sequence runs now (64 tables, 16 MiB). */
-static bool q2_over_bound(const struct qcow2 *s)
+static bool dirty_over_bound(const struct qcow2 *s)
 {
 	const struct qcow2_w *w = s->w;
-	size_t tabs = MAX(1, MIN(Q2_DIRTY_TABLES,
-				 Q2_DIRTY_BYTES >> s->cluster_bits));
+	size_t tabs = MAX(1, MIN(WRITE_DIRTY_TABLES,
+				 WRITE_DIRTY_BYTES >> s->cluster_bits));
 
-	return w->ndl2 >= tabs || w->nrel >= Q2_DIRTY_RELEASES ||
-	       w->nrb >= Q2_DIRTY_RBLOCKS;
+	return w->ndl2 >= tabs || w->nrel >= WRITE_DIRTY_RELEASES ||
+	       w->nrb >= WRITE_DIRTY_RBLOCKS;
 }
 
 /* The guest clusters a planned step covers, and every cluster of the L2
  * tables it creates: [sp->first, sp->end). */
-static void q2_span(const struct qcow2 *s, const struct q2_batch *b,
+static void batch_span(const struct qcow2 *s, const struct write_batch *b,
 		    struct qcow2_span *sp)
 {
 	sp->first = UINT64_MAX;
@@ -885,7 +885,7 @@ static void q2_span(const struct qcow2 *s, const struct q2_batch *b,
 	}
 }
 
-static bool q2_flight_overlaps(const struct qcow2_w *w,
+static bool flight_overlaps(const struct qcow2_w *w,
 			       const struct qcow2_span *sp)
 {
 	for (size_t i = 0; i < w->nflight; i++)
@@ -895,7 +895,7 @@ static bool q2_flight_overlaps(const struct qcow2_w *w,
 	return false;
 }
 
-static int q2_flight_add(struct qcow2_w *w, const struct qcow2_span *sp)
+static int flight_add(struct qcow2_w *w, const struct qcow2_span *sp)
 {
 	if (w->nflight == w->flight_cap) {
 		size_t cap = w->flight_cap ? w->flight_cap * 2 : 16;
@@ -910,7 +910,7 @@ static int q2_flight_add(struct qcow2_w *w, const struct qcow2_span *sp)
 	return 0;
 }
 
-static void q2_flight_del(struct qcow2_w *w, const struct qcow2_span *sp)
+static void flight_del(struct qcow2_w *w, const struct qcow2_span *sp)
 {
 	for (size_t i = 0; i < w->nflight; i++) {
 		if (w->flight[i].first == sp->first &&
@@ -926,18 +926,18 @@ static void q2_flight_del(struct qcow2_w *w, const struct qcow2_span *sp)
  * Plan a step with plan() until it overlaps no step in flight (waiting
  * for those to finish).  Under w->lock.
  */
-static int q2_plan_wait(struct qcow2 *s, struct q2_batch *b,
+static int plan_wait(struct qcow2 *s, struct write_batch *b,
 			struct qcow2_span *sp)
 {
 	struct qcow2_w *w = s->w;
 
 	if (w->broken)
 		return -EIO;
-	q2_span(s, b, sp);
-	if (!q2_flight_overlaps(w, sp))
+	batch_span(s, b, sp);
+	if (!flight_overlaps(w, sp))
 		return 0;
-	q2_batch_free(b);
-	q2_batch_init(b);
+	batch_free(b);
+	batch_init(b);
 	pthread_cond_wait(&w->flight_done, &w->lock);
 	return 1;			/* plan again */
 }
@@ -968,7 +968,7 @@ static int clusters_reserve(struct img *img, struct qcow2 *s, uint64_t nuser,
  * One step: allocate, write the data (without the lock), publish the
  * metadata in memory.  Called and returns with w->lock held.
  */
-static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
+static int batch_run(struct img *img, struct qcow2 *s, struct write_batch *b,
 		  const struct img_below *below, const struct qcow2_span *sp)
 {
 	struct qcow2_w *w = s->w;
@@ -989,7 +989,7 @@ static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
 		for (size_t i = 0; i < b->ntabs; i++)
 			b->tabs[i].host = next++ * cs;
 		for (size_t i = 0; i < b->nops; i++) {
-			if (b->ops[i].kind != Q2_ALLOC)
+			if (b->ops[i].kind != WRITE_ALLOC)
 				continue;
 			b->ops[i].host = next++ * cs;
 			b->ops[i].new_e |= b->ops[i].host;
@@ -1003,24 +1003,24 @@ static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
 	 * without the lock: the step's clusters are marked in flight, so
 	 * no other step plans them until this one published */
 	for (size_t i = 0; i < b->nops && !io; i++)
-		io = b->ops[i].kind != Q2_META;
+		io = b->ops[i].kind != WRITE_META;
 	if (io) {
-		r = q2_flight_add(w, sp);
+		r = flight_add(w, sp);
 		if (r < 0)
 			goto out;	/* leaks at most */
 		pthread_mutex_unlock(&w->lock);
 	}
 	for (size_t i = 0, j; r == 0 && i < b->nops; i = j) {
 		j = i + 1;
-		if (b->ops[i].kind == Q2_META)
+		if (b->ops[i].kind == WRITE_META)
 			continue;
-		while (j < b->nops && q2_joins(s, &b->ops[j - 1], &b->ops[j]))
+		while (j < b->nops && ops_join(s, &b->ops[j - 1], &b->ops[j]))
 			j++;
-		r = q2_write_data(img, s, b->ops, i, j, below);
+		r = data_write(img, s, b->ops, i, j, below);
 	}
 	if (io) {
 		pthread_mutex_lock(&w->lock);
-		q2_flight_del(w, sp);
+		flight_del(w, sp);
 	}
 	if (r < 0)
 		goto out;	/* nothing published: leaks at most */
@@ -1029,10 +1029,10 @@ static int q2_run(struct img *img, struct qcow2 *s, struct q2_batch *b,
 		goto out;
 	}
 	/* B: the new entries, in memory */
-	r = q2_publish_batch(img, s, b);
+	r = batch_publish(img, s, b);
 	if (r < 0)
 		goto out;
-	if (q2_over_bound(s))
+	if (dirty_over_bound(s))
 		r = flush_locked(img, s);
 	goto out;
 broken:
@@ -1049,7 +1049,7 @@ out:
 /* the flush sequence (under w->lock)                                  */
 
 /* Entries [lo, hi) of a pinned table, big-endian, into dst. */
-static void q2_encode(const struct qcow2 *s,
+static void dirty_entries_encode(const struct qcow2 *s,
 				 const struct qcow2_dirty_l2 *d, uint32_t lo,
 				 uint32_t hi, uint8_t *dst)
 {
@@ -1060,7 +1060,7 @@ static void q2_encode(const struct qcow2 *s,
 			 __atomic_load_n(&d->ref.table[i], __ATOMIC_RELAXED));
 }
 
-static int q2_cmp_l1i(const void *a, const void *b)
+static int dirty_cmp_l1i(const void *a, const void *b)
 {
 	const struct qcow2_dirty_l2 *x = a, *y = b;
 
@@ -1090,7 +1090,7 @@ static int flush_locked(struct img *img, struct qcow2 *s)
 
 		if (!d->fresh)
 			continue;
-		q2_encode(s, d, 0,
+		dirty_entries_encode(s, d, 0,
 				     (uint32_t)(s->l2_words / s->entry_words),
 				     w->buf);
 		r = pwrite_full(img->fd, w->buf, s->cluster_size, d->host);
@@ -1106,13 +1106,13 @@ static int flush_locked(struct img *img, struct qcow2 *s)
 	if (r < 0)
 		goto broken;
 	if (w->ndl2)	/* qsort's base must not be NULL, even for 0 items */
-		qsort(w->dl2, w->ndl2, sizeof(*w->dl2), q2_cmp_l1i);
+		qsort(w->dl2, w->ndl2, sizeof(*w->dl2), dirty_cmp_l1i);
 	for (size_t i = 0; r == 0 && i < w->ndl2; i++) {
 		struct qcow2_dirty_l2 *d = &w->dl2[i];
 
 		if (d->fresh || d->lo >= d->hi)
 			continue;
-		q2_encode(s, d, d->lo, d->hi, w->buf);
+		dirty_entries_encode(s, d, d->lo, d->hi, w->buf);
 		r = pwrite_full(img->fd, w->buf, (d->hi - d->lo) * eb,
 				d->host + d->lo * eb);
 		if (r < 0)
@@ -1166,7 +1166,7 @@ broken:
 /* ------------------------------------------------------------------ */
 /* ->write, ->zero, ->flush                                            */
 
-static bool q2_owned(const struct qcow2 *s, uint64_t e, uint64_t bm,
+static bool entry_owned(const struct qcow2 *s, uint64_t e, uint64_t bm,
 		     uint64_t w0, uint64_t w1)
 {
 	uint64_t m;
@@ -1181,7 +1181,7 @@ static bool q2_owned(const struct qcow2 *s, uint64_t e, uint64_t bm,
 	return (bm & m) == m;
 }
 
-static int q2_write_run(struct img *img, const uint8_t *p, size_t n,
+static int write_run(struct img *img, const uint8_t *p, size_t n,
 			uint64_t host)
 {
 	int r = pwrite_full(img->fd, p, n, host);
@@ -1193,7 +1193,7 @@ static int q2_write_run(struct img *img, const uint8_t *p, size_t n,
 }
 
 /* The leading clusters of the request the image owns: pwrite, no lock. */
-static int q2_write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
+static int write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
 			 size_t n, uint64_t off, size_t *done)
 {
 	struct qcow2_l2_ref ref = { NULL, NULL };
@@ -1227,11 +1227,11 @@ static int q2_write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
 				 &e, &bm);
 		in_cl = off & (cs - 1);
 		chunk = (size_t)MIN((uint64_t)n, cs - in_cl);
-		if (!q2_owned(s, e, bm, in_cl, in_cl + chunk))
+		if (!entry_owned(s, e, bm, in_cl, in_cl + chunk))
 			break;
 		host = (e & QCOW2_L2E_OFFSET_MASK) + in_cl;
 		if (run_len && host != run_host + run_len) {
-			r = q2_write_run(img, run_p, run_len, run_host);
+			r = write_run(img, run_p, run_len, run_host);
 			if (r < 0)
 				break;
 			*done += run_len;
@@ -1248,7 +1248,7 @@ static int q2_write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
 	}
 	qcow2_l2_put(&ref);
 	if (r == 0 && run_len) {
-		r = q2_write_run(img, run_p, run_len, run_host);
+		r = write_run(img, run_p, run_len, run_host);
 		if (r == 0)
 			*done += run_len;
 	}
@@ -1256,27 +1256,27 @@ static int q2_write_fast(struct img *img, struct qcow2 *s, const uint8_t *p,
 }
 
 /* One allocation step from off, under the lock; *done bytes. */
-static int q2_write_slow(struct img *img, struct qcow2 *s, const uint8_t *p,
+static int write_slow(struct img *img, struct qcow2 *s, const uint8_t *p,
 			 size_t n, uint64_t off, const struct img_below *below,
 			 size_t *done)
 {
 	struct qcow2_w *w = s->w;
 	struct qcow2_span sp;
-	struct q2_batch b;
+	struct write_batch b;
 	int r;
 
-	q2_batch_init(&b);
+	batch_init(&b);
 	pthread_mutex_lock(&w->lock);
 	do {
-		r = w->broken ? -EIO : q2_plan_write(img, s, &b, p, n, off,
+		r = w->broken ? -EIO : plan_write(img, s, &b, p, n, off,
 						     done);
 		if (r == 0)
-			r = q2_plan_wait(s, &b, &sp);
+			r = plan_wait(s, &b, &sp);
 	} while (r == 1);
 	if (r == 0)
-		r = q2_run(img, s, &b, below, &sp);
+		r = batch_run(img, s, &b, below, &sp);
 	pthread_mutex_unlock(&w->lock);
-	q2_batch_free(&b);
+	batch_free(&b);
 	return r;
 }
 
@@ -1289,17 +1289,17 @@ int qcow2_write(struct img *img, const void *buf, size_t n, uint64_t off,
 
 	if (!s->w)
 		return -EROFS;
-	r = q2_prepare(img, s);
+	r = write_prepare(img, s);
 	while (r == 0 && n) {
 		size_t done = 0;
 
-		r = q2_write_fast(img, s, p, n, off, &done);
+		r = write_fast(img, s, p, n, off, &done);
 		p += done;
 		n -= done;
 		off += done;
 		if (r < 0 || !n)
 			break;
-		r = q2_write_slow(img, s, p, n, off, below, &done);
+		r = write_slow(img, s, p, n, off, below, &done);
 		p += done;
 		n -= done;
 		off += done;
@@ -1308,7 +1308,7 @@ int qcow2_write(struct img *img, const void *buf, size_t n, uint64_t off,
 }
 
 /* Zeros through the write path (partial units, version 2). */
-static int q2_zero_by_write(struct img *img, uint64_t off, uint64_t n,
+static int zero_by_write(struct img *img, uint64_t off, uint64_t n,
 			    const struct img_below *below)
 {
 	struct qcow2 *s = img->priv;
@@ -1328,7 +1328,7 @@ static int q2_zero_by_write(struct img *img, uint64_t off, uint64_t n,
  * Version 2 has no zero flag: zeros are written, except where nothing is
  * allocated and there is no backing file (those read as zeros already).
  */
-static int q2_zero_v2(struct img *img, uint64_t off, uint64_t n,
+static int zero_v2(struct img *img, uint64_t off, uint64_t n,
 		      const struct img_below *below)
 {
 	struct qcow2 *s = img->priv;
@@ -1340,7 +1340,7 @@ static int q2_zero_v2(struct img *img, uint64_t off, uint64_t n,
 		if (r < 0)
 			return r;
 		if (e.type != IMG_EXT_UNALLOC || s->backing) {
-			r = q2_zero_by_write(img, off, e.len, below);
+			r = zero_by_write(img, off, e.len, below);
 			if (r < 0)
 				return r;
 		}
@@ -1360,47 +1360,47 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
 
 	if (!w)
 		return -EROFS;
-	r = q2_prepare(img, s);
+	r = write_prepare(img, s);
 	if (r < 0)
 		return r;
 	if (s->h.version < 3)
-		return q2_zero_v2(img, off, n, below);
+		return zero_v2(img, off, n, below);
 	unit = s->extl2 ? 1ull << s->sc_bits : s->cluster_size;
 	a = (off + unit - 1) & ~(unit - 1);
 	z = end & ~(unit - 1);
 	if (a >= z)
-		return q2_zero_by_write(img, off, n, below);
-	r = q2_zero_by_write(img, off, a - off, below);
+		return zero_by_write(img, off, n, below);
+	r = zero_by_write(img, off, a - off, below);
 	for (pos = a; r == 0 && pos < z;) {
 		struct qcow2_span sp;
-		struct q2_batch b;
+		struct write_batch b;
 		uint64_t planned = 0;
 		bool fallback = false;
 
-		q2_batch_init(&b);
+		batch_init(&b);
 		pthread_mutex_lock(&w->lock);
 		do {
 			r = w->broken ? -EIO :
-				q2_plan_zero(img, s, &b, pos, z - pos,
+				plan_zero(img, s, &b, pos, z - pos,
 					     &planned, &fallback);
 			if (r == 0)
-				r = q2_plan_wait(s, &b, &sp);
+				r = plan_wait(s, &b, &sp);
 		} while (r == 1);
 		if (r == 0)
-			r = q2_run(img, s, &b, below, &sp);
+			r = batch_run(img, s, &b, below, &sp);
 		pthread_mutex_unlock(&w->lock);
-		q2_batch_free(&b);
+		batch_free(&b);
 		pos += planned;
 		if (r == 0 && fallback) {
 			uint64_t stop = MIN(z, (pos | (s->cluster_size - 1)) +
 						       1);
 
-			r = q2_zero_by_write(img, pos, stop - pos, below);
+			r = zero_by_write(img, pos, stop - pos, below);
 			pos = stop;
 		}
 	}
 	if (r == 0)
-		r = q2_zero_by_write(img, z, end - z, below);
+		r = zero_by_write(img, z, end - z, below);
 	return r;
 }
 

@@ -550,6 +550,221 @@ START_TEST(probe_scores)
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* codec.c: encoders and decoders on byte arrays                       */
+
+START_TEST(codec_header_roundtrip)
+{
+	uint8_t buf[112];
+	struct qcow2_header h, d;
+
+	ck_assert_int_eq(qcow2_header_decode("t", good_v3, sizeof(good_v3), &h),
+			 0);
+	memset(buf, 0xee, sizeof(buf));
+	qcow2_header_encode(&h, buf);
+	ck_assert(!memcmp(buf, good_v3, sizeof(buf)));
+	h.version = 2;
+	h.header_length = 72;
+	h.refcount_order = 4;
+	h.incompatible_features = 0;
+	qcow2_header_encode(&h, buf);
+	ck_assert_int_eq(qcow2_header_decode("t", buf, 72, &d), 0);
+	ck_assert_uint_eq(d.version, 2);
+	ck_assert_uint_eq(d.header_length, 72);
+	ck_assert_uint_eq(d.l1_table_offset, h.l1_table_offset);
+}
+END_TEST
+
+START_TEST(codec_extensions)
+{
+	uint8_t cl[256] = { 0 }, ft[QCOW2_FEATURE_TABLE_LEN];
+	struct qcow2_ext e;
+	size_t pos = 0;
+	char name[48];
+
+	qcow2_ext_encode(cl, &pos, QCOW2_EXT_BACKING_FORMAT, "qcow2", 5);
+	ck_assert_uint_eq(pos, 16);
+	qcow2_feature_table_encode(ft);
+	ck_assert(pos + 8 + sizeof(ft) > sizeof(cl));	/* too big here */
+	qcow2_ext_encode(cl, &pos, 0x12345678u, "abc", 3);
+	pos += 8;					/* end marker */
+	ck_assert_int_eq(qcow2_ext_decode(cl, 0, pos, &e), 1);
+	ck_assert_uint_eq(e.type, QCOW2_EXT_BACKING_FORMAT);
+	ck_assert_uint_eq(e.len, 5);
+	ck_assert(!memcmp(e.data, "qcow2", 5));
+	ck_assert_uint_eq(e.next, 16);
+	ck_assert_int_eq(qcow2_ext_decode(cl, e.next, pos, &e), 1);
+	ck_assert_uint_eq(e.type, 0x12345678u);
+	ck_assert_int_eq(qcow2_ext_decode(cl, e.next, pos, &e), 0);
+	ck_assert_uint_eq(e.next, pos);
+	ck_assert_int_eq(qcow2_ext_decode(cl, e.next, pos, &e), -ENODATA);
+	/* data past the end of the area */
+	ck_assert_int_eq(qcow2_ext_decode(cl, 0, 12, &e), -EUCLEAN);
+	ck_assert_uint_eq(e.len, 5);
+	/* the feature name table */
+	ck_assert(qcow2_feature_name_find(ft, sizeof(ft), QCOW2_FEAT_INCOMPAT,
+					  4, name, sizeof(name)));
+	ck_assert_str_eq(name, "extended L2 entries");
+	ck_assert(qcow2_feature_name_find(ft, sizeof(ft), QCOW2_FEAT_COMPAT,
+					  0, name, sizeof(name)));
+	ck_assert_str_eq(name, "lazy refcounts");
+	ck_assert(!qcow2_feature_name_find(ft, sizeof(ft), QCOW2_FEAT_INCOMPAT,
+					   9, name, sizeof(name)));
+}
+END_TEST
+
+START_TEST(codec_backing_name)
+{
+	uint8_t cl[512] = { 0 };
+	struct qcow2_header h = { .version = 3, .cluster_bits = 9 };
+	struct qcow2_bad bad = { NULL, 0 };
+	char *name = NULL;
+
+	memcpy(cl + 200, "base.raw", 8);
+	ck_assert_int_eq(qcow2_backing_decode(cl, sizeof(cl), &h, 112, &name,
+					      &bad), 0);
+	ck_assert_ptr_null(name);		/* none recorded */
+	h.backing_file_offset = 200;
+	h.backing_file_size = 8;
+	ck_assert_int_eq(qcow2_backing_decode(cl, sizeof(cl), &h, 112, &name,
+					      &bad), 0);
+	ck_assert_str_eq(name, "base.raw");
+	free(name);
+	ck_assert_int_eq(qcow2_backing_decode(cl, sizeof(cl), &h, 256, &name,
+					      &bad), -EUCLEAN);
+	ck_assert_uint_eq(bad.value, 200);
+	ck_assert_int_eq(qcow2_backing_decode(cl, 204, &h, 112, &name, &bad),
+			 -EUCLEAN);
+	h.backing_file_size = 1024;
+	ck_assert_int_eq(qcow2_backing_decode(cl, sizeof(cl), &h, 112, &name,
+					      &bad), -EUCLEAN);
+	ck_assert_uint_eq(bad.value, 1024);
+}
+END_TEST
+
+START_TEST(codec_entries)
+{
+	struct qcow2_l1e l1 = { .l2_off = 0x30000, .copied = true }, l1d;
+	struct qcow2_l2e l2 = { .host = 0x50000, .copied = true,
+				.alloc = 0x0000ffffu, .zeros = 0xffff0000u };
+	struct qcow2_l2e d;
+	uint64_t e, bm, coff;
+	size_t csize;
+
+	e = qcow2_l1e_encode(&l1);
+	ck_assert_uint_eq(e, 0x30000 | QCOW2_L1E_COPIED);
+	qcow2_l1e_decode(e | 2, &l1d);
+	ck_assert_uint_eq(l1d.l2_off, 0x30000);
+	ck_assert(l1d.copied);
+	ck_assert_uint_eq(l1d.reserved, 2);
+	e = qcow2_l2e_encode(&l2, &bm);
+	ck_assert_uint_eq(bm, 0xffff00000000ffffull);
+	qcow2_l2e_decode(16, e, bm, &d);
+	ck_assert(!d.compressed && d.copied && !d.zero && !d.reserved);
+	ck_assert_uint_eq(d.host, 0x50000);
+	ck_assert_uint_eq(d.alloc, 0x0000ffffu);
+	ck_assert_uint_eq(d.zeros, 0xffff0000u);
+	qcow2_l2e_decode(16, QCOW2_L2E_ZERO, 0, &d);
+	ck_assert(d.zero && !d.host);
+	/* compressed: 64 KiB clusters, 1000 bytes from an odd offset */
+	e = qcow2_comp_encode(16, 0x123456, 1000);
+	qcow2_l2e_decode(16, e, 0, &d);
+	ck_assert(d.compressed);
+	ck_assert_uint_eq(d.coff, 0x123456);
+	/* to the end of its last sector: 0x56 + 1000 -> 3 sectors */
+	ck_assert_uint_eq(d.csize, 3 * 512 - 0x56);
+	qcow2_comp_decode(9, qcow2_comp_encode(9, 4096, 512), &coff, &csize);
+	ck_assert_uint_eq(coff, 4096);
+	ck_assert_uint_eq(csize, 512);
+	ck_assert_uint_eq(qcow2_sc_mask(0, 31), 0xffffffffull);
+	ck_assert_uint_eq(qcow2_sc_mask(3, 4), 0x18);
+	/* QCOW v1: size in bytes above bit 63 - cluster_bits */
+	qcow_comp_decode(12, (1ull << 63) | (700ull << 51) | 8192, &coff,
+			 &csize);
+	ck_assert_uint_eq(coff, 8192);
+	ck_assert_uint_eq(csize, 700);
+}
+END_TEST
+
+START_TEST(codec_refcounts)
+{
+	uint8_t blk[64];
+
+	for (unsigned order = 0; order <= 6; order++) {
+		uint64_t n = sizeof(blk) * 8 >> order;
+		uint64_t max = order == 6 ? UINT64_MAX :
+			       (1ull << (1u << order)) - 1;
+
+		memset(blk, 0, sizeof(blk));
+		for (uint64_t i = 0; i < n; i++)
+			qcow2_rc_set(blk, order, i, (i * 7 + 1) & max);
+		for (uint64_t i = 0; i < n; i++)
+			ck_assert_uint_eq(qcow2_rc_get(blk, order, i),
+					  (i * 7 + 1) & max);
+	}
+	/* 16-bit entries are big-endian; sub-byte ones start at bit 0 */
+	memset(blk, 0, sizeof(blk));
+	qcow2_rc_set(blk, 4, 1, 0x0102);
+	ck_assert(blk[2] == 1 && blk[3] == 2);
+	memset(blk, 0, sizeof(blk));
+	qcow2_rc_set(blk, 1, 1, 3);
+	ck_assert_uint_eq(blk[0], 0x0c);
+}
+END_TEST
+
+START_TEST(codec_snapshot_entry)
+{
+	uint8_t raw[sizeof(struct qcow2_snapshot_raw)], extra[16];
+	struct qcow2_snapshot_hdr a = {
+		.l1_table_offset = 0x70000, .l1_size = 3, .id_len = 1,
+		.name_len = 5, .date_sec = 1700000000, .date_nsec = 5,
+		.vm_clock_nsec = 99, .vm_state_size = 4096, .extra_len = 16,
+	}, b;
+
+	qcow2_snapshot_encode(&a, raw);
+	qcow2_snapshot_decode(raw, &b);
+	ck_assert_uint_eq(b.l1_table_offset, a.l1_table_offset);
+	ck_assert_uint_eq(b.l1_size, 3);
+	ck_assert_uint_eq(b.id_len, 1);
+	ck_assert_uint_eq(b.name_len, 5);
+	ck_assert_uint_eq(b.date_sec, a.date_sec);
+	ck_assert_uint_eq(b.vm_clock_nsec, 99);
+	ck_assert_uint_eq(b.vm_state_size, 4096);
+	ck_assert_uint_eq(b.disk_size, 0);
+	put_be64(extra, 1ull << 33);
+	put_be64(extra + 8, 16u << 20);
+	qcow2_snapshot_extra_decode(extra, sizeof(extra), &b);
+	ck_assert_uint_eq(b.vm_state_size, 1ull << 33);
+	ck_assert_uint_eq(b.disk_size, 16u << 20);
+	ck_assert_uint_eq(qcow2_snapshot_entry_len(&b), 64);	/* 62 -> 64 */
+}
+END_TEST
+
+START_TEST(codec_qcow_v1_header)
+{
+	uint8_t raw[sizeof(struct qcow_header_raw)];
+	struct qcow_header h = {
+		.version = 1, .backing_file_offset = 48,
+		.backing_file_size = 8, .mtime = 7, .size = 1 << 20,
+		.cluster_bits = 12, .l2_bits = 9, .l1_table_offset = 4096,
+	}, d;
+
+	qcow_header_encode(&h, raw);
+	ck_assert(!memcmp(raw, QCOW_MAGIC, 4));
+	ck_assert_uint_eq(raw[32], 12);
+	qcow_header_decode(raw, &d);
+	ck_assert_uint_eq(d.version, 1);
+	ck_assert_uint_eq(d.backing_file_offset, 48);
+	ck_assert_uint_eq(d.backing_file_size, 8);
+	ck_assert_uint_eq(d.mtime, 7);
+	ck_assert_uint_eq(d.size, 1 << 20);
+	ck_assert_uint_eq(d.cluster_bits, 12);
+	ck_assert_uint_eq(d.l2_bits, 9);
+	ck_assert_uint_eq(d.crypt_method, 0);
+	ck_assert_uint_eq(d.l1_table_offset, 4096);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* single images made by qemu                                          */
 
 /* writes at odd offsets, zeroes, discards: used by every layout */
@@ -3665,6 +3880,16 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, decode_good);
 	tcase_add_loop_test(tc, decode_damaged, 0, (int)ARRAY_SIZE(damage));
 	tcase_add_test(tc, probe_scores);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("codec");
+	tcase_add_test(tc, codec_header_roundtrip);
+	tcase_add_test(tc, codec_extensions);
+	tcase_add_test(tc, codec_backing_name);
+	tcase_add_test(tc, codec_entries);
+	tcase_add_test(tc, codec_refcounts);
+	tcase_add_test(tc, codec_snapshot_entry);
+	tcase_add_test(tc, codec_qcow_v1_header);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("images");

@@ -541,11 +541,39 @@ START_TEST(probe_scores)
 	put_be32(head + 4, 1);
 	ck_assert_int_eq(qcow2_driver.probe(&p), 0);
 	ck_assert_int_eq(qcow_driver.probe(&p), 100);
+	/* any other version is claimed by qcow2, whose open refuses it */
 	put_be32(head + 4, 4);
-	ck_assert_int_eq(qcow2_driver.probe(&p), 0);
+	ck_assert_int_eq(qcow2_driver.probe(&p), 100);
 	ck_assert_int_eq(qcow_driver.probe(&p), 0);
+	put_be32(head + 4, 0);
+	ck_assert_int_eq(qcow2_driver.probe(&p), 100);
 	p.head_len = 6;
 	ck_assert_int_eq(qcow2_driver.probe(&p), 0);
+}
+END_TEST
+
+/* A known magic with an unknown version is refused, never read as raw. */
+START_TEST(unsupported_version_by_content)
+{
+	static const uint32_t versions[] = { 4, 0, 0xffffffffu };
+	uint8_t buf[4096];
+	struct img *img = NULL;
+	char *path, want[64];
+
+	for (size_t i = 0; i < ARRAY_SIZE(versions); i++) {
+		memset(buf, 0, sizeof(buf));	/* whole sectors: raw-sized */
+		memcpy(buf, good_v3, sizeof(good_v3));
+		put_be32(buf + 4, versions[i]);
+		path = fx_write_file("v.qcow2", buf, sizeof(buf));
+		cap_start();
+		ck_assert_int_eq(img_open(path, NULL, false, &img), -ENOTSUP);
+		ck_assert_uint_eq(cap_errors, 1);
+		snprintf(want, sizeof(want), "unsupported qcow2 version %u (",
+			 versions[i]);
+		ck_assert_msg(strstr(cap_text, want), "%s", cap_text);
+		log_set_sink(NULL);
+		free(path);
+	}
 }
 END_TEST
 
@@ -3880,6 +3908,7 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, decode_good);
 	tcase_add_loop_test(tc, decode_damaged, 0, (int)ARRAY_SIZE(damage));
 	tcase_add_test(tc, probe_scores);
+	tcase_add_test(tc, unsupported_version_by_content);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("codec");

@@ -38,7 +38,7 @@ int qcow2_header_decode(const char *path, const uint8_t *buf, size_t len,
 	if (d.version == 1)
 		return -EINVAL;		/* QCOW version 1: the qcow driver */
 	if (d.version != 2 && d.version != 3)
-		return log_err_ret(-ENOTSUP, "qcow2: %s: unsupported version (%u)",
+		return log_err_ret(-ENOTSUP, "qcow2: %s: unsupported qcow2 version %u (layerfs reads 2 and 3)",
 				   path, d.version);
 	need = d.version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_MIN;
 	if (len < need)

@@ -2890,6 +2890,28 @@ START_TEST(vector_afl5_header)
 }
 END_TEST
 
+/* A footer of another version is still a VHD: refused, never raw. */
+START_TEST(unsupported_version_by_content)
+{
+	uint8_t buf[2048] = { 0 }, *f = buf + 1536;
+	struct img *img = NULL;
+	char *path;
+
+	memcpy(f, "conectix", 8);
+	put_be(f + 8, 4, 2);			/* features: reserved bit */
+	put_be(f + 12, 4, 0x00020000);		/* version 2.0 */
+	put_be(f + 16, 8, UINT64_MAX);		/* fixed: no data offset */
+	put_be(f + 40, 8, 1536);
+	put_be(f + 48, 8, 1536);
+	put_be(f + 60, 4, VHD_TYPE_FIXED);
+	put_be(f + 64, 4, t_sum(f, 512, 64));
+	path = fx_write_file("v2.vhd", buf, sizeof(buf));
+	ck_assert_ptr_eq(img_probe_file(path), &vhd_driver);
+	ck_assert_int_eq(img_open(path, NULL, false, &img), -ENOTSUP);
+	free(path);
+}
+END_TEST
+
 Suite *unit_suite(void)
 {
 	Suite *s = suite_create("vhd");
@@ -2897,6 +2919,7 @@ Suite *unit_suite(void)
 
 	tc = tcase_create("decode");
 	tcase_add_test(tc, footer_sample_decodes);
+	tcase_add_test(tc, unsupported_version_by_content);
 	tcase_add_test(tc, dyn_header_sample_decodes);
 	tcase_add_loop_test(tc, footer_rejects_corruption, 0,
 			    ARRAY_SIZE(footer_bad));

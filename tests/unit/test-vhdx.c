@@ -2406,6 +2406,50 @@ START_TEST(metadata_written_at_flush)
 }
 END_TEST
 
+/*
+ * A VHDX whose headers carry another version (or log version) is still a
+ * VHDX: the probe claims it by its file type identifier and open refuses
+ * it, never as raw.
+ */
+START_TEST(unsupported_version_by_content)
+{
+	static const struct {
+		size_t at;
+		uint16_t val;
+		const char *msg;
+	} v[] = {
+		{ 66, 2, "unsupported version (2)" },
+		{ 64, 1, "unsupported log version (1)" },
+	};
+	uint8_t *buf = calloc(1, 1 * MiB);
+	struct img *img = NULL;
+	char *path;
+
+	ck_assert_ptr_nonnull(buf);
+	memcpy(buf, "vhdxfile", 8);
+	for (size_t i = 0; i < ARRAY_SIZE(v); i++) {
+		for (unsigned k = 0; k < 2; k++) {	/* both headers */
+			uint8_t *h = buf + (k + 1) * 64 * KiB;
+
+			memset(h, 0, 4096);
+			memcpy(h, "head", 4);
+			put_le64(h + 8, k + 1);		/* sequence */
+			put_le16(h + 66, 1);
+			put_le16(h + v[i].at, v[i].val);
+			fix_crc(h, 4096, 4);
+		}
+		path = fx_write_file("v.vhdx", buf, 1 * MiB);
+		setup();
+		ck_assert_ptr_eq(img_probe_file(path), &vhdx_driver);
+		ck_assert_int_eq(img_open(path, NULL, false, &img), -ENOTSUP);
+		ck_assert_uint_eq(nerrors, 1);
+		ck_assert_msg(strstr(last_err, v[i].msg), "%s", last_err);
+		free(path);
+	}
+	free(buf);
+}
+END_TEST
+
 Suite *unit_suite(void)
 {
 	Suite *s = suite_create("vhdx");
@@ -2414,6 +2458,7 @@ Suite *unit_suite(void)
 	TCase *dmg = tcase_create("damaged");
 
 	tcase_add_test(dec, header_decode_real);
+	tcase_add_test(dec, unsupported_version_by_content);
 	tcase_add_loop_test(dec, header_rejects_corruption, 0,
 			    ARRAY_SIZE(hdr_bad));
 	tcase_add_loop_test(dec, headers_pick_current, 0, ARRAY_SIZE(pick));

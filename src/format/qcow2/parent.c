@@ -201,10 +201,9 @@ int qcow2_set_parent(struct img *img, const struct img_create_parent *par)
 	memcpy(nw, cl, cl_len);
 	memcpy(nw + h.header_length, ext, ext_len);
 	memcpy(nw + at, name, name_len);
-	put_be64(nw + offsetof(struct qcow2_header_raw, backing_file_offset),
-		 at);
-	put_be32(nw + offsetof(struct qcow2_header_raw, backing_file_size),
-		 (uint32_t)name_len);
+	h.backing_file_offset = at;
+	h.backing_file_size = (uint32_t)name_len;
+	qcow2_header_encode(&h, nw);	/* the same bytes but these two */
 
 	/* what changed past the first sector; inside the old header's
 	 * bytes that is not a one-sector switch */

@@ -346,7 +346,8 @@ int qcow2_rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 	uint64_t old_bytes = (uint64_t)s->h.refcount_table_clusters * cs;
 	struct qcow2_rc_plan p = { 0 };
 	uint64_t *nt = NULL;
-	uint8_t *raw = NULL, hdr[12];
+	uint8_t *raw = NULL, hdr[sizeof(struct qcow2_header_raw)];
+	struct qcow2_header nh;
 	int r;
 
 	/* a clean state: every count in memory is on disk */
@@ -410,9 +411,14 @@ int qcow2_rc_grow(struct img *img, struct qcow2 *s, uint64_t min_entries)
 		r = qcow2_file_sync(img);
 	if (r < 0)
 		goto out;
-	put_be64(hdr, p.start * cs);
-	put_be32(hdr + 8, (uint32_t)tc);
-	r = pwrite_full(img->fd, hdr, sizeof(hdr),
+	/* the two refcount table fields: 12 bytes inside the first sector */
+	nh = s->h;
+	nh.refcount_table_offset = p.start * cs;
+	nh.refcount_table_clusters = (uint32_t)tc;
+	qcow2_header_encode(&nh, hdr);
+	r = pwrite_full(img->fd,
+			hdr + offsetof(struct qcow2_header_raw,
+				       refcount_table_offset), 12,
 			offsetof(struct qcow2_header_raw,
 				 refcount_table_offset));
 	if (r < 0) {

@@ -1131,9 +1131,12 @@ static int flush_locked(struct img *img, struct qcow2 *s)
 		while (z < w->ndl2 && z - a < s->cluster_size / 8 &&
 		       w->dl2[z].fresh && w->dl2[z].l1i == l1a + (z - a))
 			z++;
-		for (size_t k = a; k < z; k++)
-			put_be64(w->buf + (k - a) * 8,
-				 w->dl2[k].host | QCOW2_L1E_COPIED);
+		for (size_t k = a; k < z; k++) {
+			struct qcow2_l1e e = { .l2_off = w->dl2[k].host,
+					       .copied = true };
+
+			put_be64(w->buf + (k - a) * 8, qcow2_l1e_encode(&e));
+		}
 		r = pwrite_full(img->fd, w->buf, (z - a) * 8,
 				s->h.l1_table_offset + l1a * 8);
 		if (r < 0)

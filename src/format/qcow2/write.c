@@ -29,7 +29,7 @@
  * L1).  The tables it changed stay pinned in the L2 cache and listed as
  * dirty; what it replaced (a compressed cluster, or one shared without
  * COPIED) is listed for release.  Nothing of this is on disk but the data.
- * The flush (qcow2_flush_locked) then runs:
+ * The flush (flush_locked) then runs:
  *
  *   1  new L2 tables (whole; nothing points at them yet), new refcount
  *      blocks (-- fdatasync, only if there are any --) and the refcount

@@ -820,7 +820,10 @@ int qcow2_snapshot_list(struct img *img, struct qcow2_snapshot **out,
 	uint32_t count;
 	int r = 0;
 
-	if (!img || img->drv->map_extent != qcow2_map_extent || !img->priv)
+	/* a qcow2 image is one whose map_extent is this file's (the driver
+	 * struct is driver.c's, above the read side) */
+	if (!img || !img->drv || img->drv->map_extent != qcow2_map_extent ||
+	    !img->priv)
 		return -EINVAL;
 	s = img->priv;
 	count = s->h.nb_snapshots;

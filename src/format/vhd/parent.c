@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * vhd-parent.c: ->set_parent for differencing VHDs: point a child at a
+ * parent.c: ->set_parent for differencing VHDs: point a child at a
  * (moved, renamed or different) parent.
  *
- * What is recorded is what vhd_create_diff records: the parent's unique
+ * What is recorded is what vhd_create_diff records (create.c): the parent's unique
  * id (whatever identity the parent image has; none: all zeros), its time
  * stamp (a VHD parent's footer time stamp, else the file's mtime), its
  * file name as the parent unicode name, and two locators: W2ku (the
@@ -50,72 +50,22 @@
 #define vhd_err(err, img, fmt, ...) \
 	log_err_ret(err, "vhd: %s: " fmt, (img)->path, ##__VA_ARGS__)
 
-struct vp_loc {
-	uint32_t code;
-	uint8_t *data;		/* owned: UTF-16LE */
-	size_t len;
-};
-
-static uint64_t sectors_of(uint64_t n)
+static uint64_t vhd_sectors(uint64_t n)
 {
 	return (n + VHD_SECTOR - 1) / VHD_SECTOR;
-}
-
-/* The new locators (W2ku, W2ru) and the parent's unicode name. */
-static int vp_encode_refs(struct img *img, const struct img_create_parent *par,
-			  struct vp_loc *loc, unsigned *nloc, uint8_t **name,
-			  size_t *name_len)
-{
-	const char *ref = par->rel_path ? par->rel_path : par->abs_path;
-	const char *base;
-	char *text = NULL;
-	int r;
-
-	*nloc = 0;
-	if (!ref || (par->rel_path && par->rel_path[0] == '/'))
-		return vhd_err(-EINVAL, img, "no relative or absolute path of "
-			       "the parent");
-	base = strrchr(ref, '/') ? strrchr(ref, '/') + 1 : ref;
-	r = utf8_to_utf16(base, true, name, name_len);
-	if (r == 0 && *name_len > VHD_PARENT_NAME_SIZE)
-		r = -ENAMETOOLONG;
-	if (r == 0 && par->abs_path) {
-		loc[*nloc].code = VHD_PLAT_W2KU;
-		r = utf8_to_utf16(par->abs_path, false, &loc[*nloc].data,
-				  &loc[*nloc].len);
-		(*nloc)++;
-	}
-	if (r == 0 && par->rel_path) {
-		text = vhd_w2ru_text(par->rel_path);
-		loc[*nloc].code = VHD_PLAT_W2RU;
-		r = text ? utf8_to_utf16(text, false, &loc[*nloc].data,
-					 &loc[*nloc].len)
-			 : -ENOMEM;
-		(*nloc)++;
-	}
-	for (unsigned i = 0; i < *nloc && r == 0; i++)
-		if (loc[i].len > VHD_MAX_LOCATOR_LEN)
-			r = -ENAMETOOLONG;
-	free(text);
-	if (r < 0)
-		return vhd_err(r, img, "cannot record the parent path %s: %s",
-			       ref, strerror(-r));
-	return 0;
 }
 
 int vhd_set_parent(struct img *img, const struct img_create_parent *par)
 {
 	uint8_t footer[VHD_FOOTER_SIZE], hdr[VHD_DYN_HEADER_SIZE];
-	struct vhd_footer_raw *fr = (void *)footer;	/* bytes only */
 	struct vhd_dyn_header_raw *hr = (void *)hdr;	/* bytes only */
 	struct vhd_problem why = { "" };
+	struct vhd_new_parent np = { 0 };
 	struct vhd_footer f;
 	struct vhd_dyn_header h;
-	struct vp_loc loc[2] = { { 0 } };
-	uint8_t *name = NULL, *area = NULL;
-	size_t name_len = 0;
-	unsigned nloc = 0;
-	uint64_t fsize, foot, area_len, pos;
+	const char *ref = par->rel_path ? par->rel_path : par->abs_path;
+	uint8_t *area = NULL;
+	uint64_t fsize, foot, area_len;
 	uint32_t pstamp = 0;
 	struct stat st;
 	int r;
@@ -153,20 +103,22 @@ int vhd_set_parent(struct img *img, const struct img_create_parent *par)
 	if (r < 0)
 		return vhd_err(r, img, "dynamic header: %s", why.msg);
 
-	r = vhd_parent_stamp(par->img, &pstamp);
-	if (r < 0) {
-		vhd_err(r, img, "cannot stat the parent %s: %s",
-			par->img->path, strerror(-r));
-		goto out;
-	}
-	r = vp_encode_refs(img, par, loc, &nloc, &name, &name_len);
+	r = vhd_parent_time_get(par->img, &pstamp);
 	if (r < 0)
-		goto out;
+		return vhd_err(r, img, "cannot stat the parent %s: %s",
+			       par->img->path, strerror(-r));
+	if (!ref || (par->rel_path && par->rel_path[0] == '/'))
+		return vhd_err(-EINVAL, img, "no relative or absolute path of "
+			       "the parent");
+	r = vhd_parent_refs_encode(par->rel_path, par->abs_path, &np);
+	if (r < 0)
+		return vhd_err(r, img, "cannot record the parent path %s: %s",
+			       ref, strerror(-r));
 
 	/* The new header at the old footer's place, then the locators. */
 	area_len = VHD_DYN_HEADER_SIZE;
-	for (unsigned i = 0; i < nloc; i++)
-		area_len += sectors_of(loc[i].len) * VHD_SECTOR;
+	for (unsigned i = 0; i < np.nloc; i++)
+		area_len += vhd_sectors(np.loc[i].len) * VHD_SECTOR;
 	area = calloc(1, (size_t)area_len);
 	if (!area) {
 		r = -ENOMEM;
@@ -177,55 +129,41 @@ int vhd_set_parent(struct img *img, const struct img_create_parent *par)
 		r = vhd_err(-ELOOP, img, "cannot name itself as its parent");
 		goto out;
 	}
-	memset(hr->parent_uuid, 0, sizeof(hr->parent_uuid));
+	memset(h.parent_uuid, 0, sizeof(h.parent_uuid));
 	if (par->img->has_id)	/* text order, as create_diff */
-		memcpy(hr->parent_uuid, par->img->id.b, sizeof(hr->parent_uuid));
-	put_be32(hr->parent_timestamp, pstamp);
-	memset(hr->parent_name, 0, sizeof(hr->parent_name));
-	memcpy(hr->parent_name, name, name_len);
-	memset(hr->locators, 0, sizeof(hr->locators));
-	pos = VHD_DYN_HEADER_SIZE;
-	for (unsigned i = 0; i < nloc; i++) {
-		struct vhd_locator_raw *l = &hr->locators[i];
-
-		put_be32(l->code, loc[i].code);
-		put_be32(l->data_space, (uint32_t)sectors_of(loc[i].len));
-		put_be32(l->data_length, (uint32_t)loc[i].len);
-		put_be64(l->data_offset, foot + pos);
-		memcpy(area + pos, loc[i].data, loc[i].len);
-		pos += sectors_of(loc[i].len) * VHD_SECTOR;
-	}
-	put_be32(hr->checksum, 0);
-	put_be32(hr->checksum, vhd_checksum(hdr, sizeof(hdr),
-					    offsetof(struct vhd_dyn_header_raw,
-						     checksum)));
+		memcpy(h.parent_uuid, par->img->id.b, sizeof(h.parent_uuid));
+	h.parent_timestamp = pstamp;
+	memset(h.parent_name, 0, sizeof(h.parent_name));
+	memcpy(h.parent_name, np.name, np.name_len);
+	vhd_locators_place(&h, &np, foot + VHD_DYN_HEADER_SIZE);
+	for (unsigned i = 0; i < np.nloc; i++)
+		memcpy(area + (h.locators[i].data_offset - foot),
+		       np.loc[i].data, np.loc[i].len);
+	memset(hr->locators, 0, sizeof(hr->locators));	/* reserved too */
+	vhd_dyn_header_encode(&h, hdr);
 	memcpy(area, hdr, sizeof(hdr));
 
 	/* 1: the unchanged footer at the new end */
 	r = img_write_sync(img, footer, sizeof(footer), foot + area_len,
-		     "the footer at the new end");
+			   "the footer at the new end");
 	/* 2: the new header and locators where the footer was */
 	if (r == 0)
 		r = img_write_sync(img, area, (size_t)area_len, foot,
-			     "the new dynamic header");
+				   "the new dynamic header");
 	/* 3, 4: switch the footer at the end, then its copy at 0 */
 	if (r == 0) {
-		put_be64(fr->data_offset, foot);
-		put_be32(fr->checksum, vhd_checksum(footer, sizeof(footer),
-					offsetof(struct vhd_footer_raw,
-						 checksum)));
+		f.data_offset = foot;
+		vhd_footer_encode(&f, footer);
 		r = img_write_sync(img, footer, sizeof(footer), foot + area_len,
-			     "the footer");
+				   "the footer");
 	}
 	if (r == 0)
 		r = img_write_sync(img, footer, sizeof(footer), 0,
-			     "the footer copy at offset 0");
+				   "the footer copy at offset 0");
 	if (r == 0)
 		r = img_reopen(img, "parent");
 out:
-	for (unsigned i = 0; i < nloc; i++)
-		free(loc[i].data);
-	free(name);
+	vhd_new_parent_clear(&np);
 	free(area);
 	return r;
 }

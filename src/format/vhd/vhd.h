@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * vhd.h: Microsoft Virtual Hard Disk (VHD) on-disk layout and the pure
- * helpers of vhd.c (exported for the unit tests only).
+ * vhd.h: Microsoft Virtual Hard Disk (VHD), private to src/format/vhd/:
+ * the on-disk layout, the codec (codec.c), the driver's state and the
+ * functions the files of the folder share.  One way only:
+ *
+ *   codec.c                      <- open.c (probe, open, parent, map, read)
+ *   codec.c, open.c              <- write.c create.c parent.c check.c
+ *   all of them                  <- driver.c (the struct img_driver)
  *
  * All multi-byte fields are big-endian.  Layout facts from the "Virtual
  * Hard Disk Image Format Specification" (Microsoft, version 1.0):
@@ -20,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+
+#include "img.h"
 
 #define VHD_SECTOR 512u
 #define VHD_FOOTER_SIZE 512u
@@ -58,7 +65,8 @@ enum vhd_disk_type {
 #define VHD_EPOCH 946684800	/* time stamps: seconds since 2000-01-01 UTC */
 #define VHD_FEATURES_RESERVED 0x00000002u	/* spec: always set */
 #define VHD_VERSION 0x00010000u
-#define VHD_CREATOR_APP "lyfs"
+#define VHD_CREATOR_APP "lyfs"		/* differencing disks */
+#define VHD_CREATOR_APP_BASE "lyfs"	/* fixed and dynamic: see codec.c */
 #define VHD_CREATOR_OS "Wi2k"	/* Windows tools expect it (as qemu, mkvhd) */
 
 struct vhd_footer_raw {
@@ -121,6 +129,8 @@ struct vhd_footer {
 	uint64_t data_offset;	/* dynamic header, or all ones (fixed) */
 	uint32_t timestamp;	/* seconds since 2000-01-01 UTC */
 	uint32_t creator_app;
+	uint32_t creator_ver;
+	uint32_t creator_os;
 	uint64_t orig_size;
 	uint64_t cur_size;	/* the virtual size (not CHS) */
 	uint32_t geometry;
@@ -138,6 +148,7 @@ struct vhd_locator {
 
 /* Decoded dynamic disk header: native byte order. */
 struct vhd_dyn_header {
+	uint64_t data_offset;	/* spec: unused, all ones */
 	uint64_t table_offset;
 	uint32_t version;
 	uint32_t max_table_entries;
@@ -153,11 +164,37 @@ struct vhd_problem {
 	char msg[128];
 };
 
+/* A parent reference to record: unicode name and locators (codec.c). */
+struct vhd_new_locator {
+	uint32_t code;
+	uint8_t *data;		/* owned: UTF-16LE */
+	size_t len;
+};
+
+struct vhd_new_parent {
+	uint8_t *name;		/* owned: UTF-16BE file name, no NUL */
+	size_t name_len;
+	struct vhd_new_locator loc[2];	/* W2ku, then W2ru */
+	unsigned nloc;
+};
+
+/* ---- codec.c: pure, no I/O, silent ---------------------------------------- */
+
 /*
  * One's complement of the byte sum of buf[0..len), skipping the 4-byte
  * checksum field at csum_off (spec: "Checksum").
  */
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
+
+/*
+ * The last 512 bytes of a file: the length of the footer that ends it,
+ * 512, or 511 (Virtual PC before 2004: then moved to buf[0..511) and
+ * buf[511] zeroed), or 0: no "conectix" cookie where a footer would be.
+ */
+size_t vhd_footer_locate(uint8_t *buf);
+
+/* Every field of a 512-byte footer, whatever it holds (no checks). */
+void vhd_footer_unpack(const uint8_t *buf, struct vhd_footer *f);
 
 /*
  * Decode a 512-byte footer.  Silent (the caller logs, naming the file):
@@ -170,6 +207,23 @@ uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
 int vhd_footer_decode(const uint8_t *buf, struct vhd_footer *f,
 		      struct vhd_problem *why);
 
+/* Encode f into the 512 bytes at buf with its checksum; the reserved
+ * bytes are left as buf holds them. */
+void vhd_footer_encode(const struct vhd_footer *f, uint8_t *buf);
+
+/* The footer of a new disk of this type and size (creator: codec.c). */
+void vhd_footer_new(struct vhd_footer *f, uint32_t type, uint64_t size,
+		    uint32_t stamp, const uint8_t uuid[16]);
+
+/*
+ * The footer's disk geometry field (cylinders << 16 | heads << 8 | sectors
+ * per track) for a disk of size bytes: the spec's "CHS Calculation".
+ */
+uint32_t vhd_chs_geometry(uint64_t size);
+
+/* A time stamp field: seconds since 2000-01-01 UTC, clamped. */
+uint32_t vhd_time_encode(time_t t);
+
 /*
  * Decode a 1024-byte dynamic disk header.  Silent:
  *   -EUCLEAN bad cookie, or a block size that is not a power of two >= 512
@@ -180,6 +234,17 @@ int vhd_footer_decode(const uint8_t *buf, struct vhd_footer *f,
 int vhd_dyn_header_decode(const uint8_t *buf, struct vhd_dyn_header *h,
 			  struct vhd_problem *why);
 
+/* Encode h into the 1024 bytes at buf with its checksum; the reserved
+ * fields (the locators' too) are left as buf holds them. */
+void vhd_dyn_header_encode(const struct vhd_dyn_header *h, uint8_t *buf);
+
+/* n BAT entries: big-endian raw <-> native (decode may work in place). */
+void vhd_bat_decode(const uint8_t *raw, uint64_t n, uint32_t *bat);
+void vhd_bat_encode(const uint32_t *bat, uint64_t n, uint8_t *raw);
+
+/* Bytes of the sector bitmap before each block's data. */
+uint32_t vhd_bitmap_size(uint32_t block_size);
+
 /*
  * Length of the run of equal bits in a sector bitmap (bit 7 of byte 0 is
  * sector 0) that starts at bit start, at most max (> 0) bits.  *set gets
@@ -188,16 +253,117 @@ int vhd_dyn_header_decode(const uint8_t *buf, struct vhd_dyn_header *h,
 uint64_t vhd_bitmap_run(const uint8_t *bm, uint64_t start, uint64_t max,
 			bool *set);
 
-/*
- * The footer's disk geometry field (cylinders << 16 | heads << 8 | sectors
- * per track) for a disk of size bytes: the spec's "CHS Calculation".
- */
-uint32_t vhd_chs_geometry(uint64_t size);
+/* "W2ru", "MacX", ...: a known platform code's name, or NULL. */
+const char *vhd_locator_name(uint32_t code);
 
-/* vhd-check.c: ->check, a structural check (repairs the footer) */
-struct img;
-struct img_check;
-int vhd_check(struct img *img, bool repair, struct img_check *res);
+/*
+ * The path in a W2ru, W2ku (UTF-16LE) or MacX (file URL) locator's n
+ * bytes of data, as UTF-8 (malloc'd), and its kind.  *out is NULL for any
+ * other code.  0, -EILSEQ (not valid UTF-16) or -ENOMEM.
+ */
+int vhd_locator_decode(uint32_t code, const uint8_t *d, size_t n, char **out,
+		       enum img_ref_kind *kind);
+
+/* The header's parent unicode name (512 bytes of UTF-16BE) as UTF-8. */
+int vhd_parent_name_decode(const uint8_t *name, char **out);
+
+/* A relative path as W2ru text: "sub/p.vhd" -> ".\sub\p.vhd" (malloc'd). */
+char *vhd_w2ru_encode(const char *rel);
+
+/*
+ * What a differencing disk records of its parent's path: the file name
+ * (rel, else abs) as the unicode name, a W2ku locator (abs, if not NULL)
+ * and a W2ru one (rel, if not NULL).  0, or -EINVAL (no usable path),
+ * -ENAMETOOLONG, -EILSEQ, -ENOMEM; *np is empty then.
+ */
+int vhd_parent_refs_encode(const char *rel, const char *abs,
+			   struct vhd_new_parent *np);
+void vhd_new_parent_clear(struct vhd_new_parent *np);
+
+/* h's locators: np's, their data from off on, each in whole sectors. */
+void vhd_locators_place(struct vhd_dyn_header *h,
+			const struct vhd_new_parent *np, uint64_t off);
+
+/*
+ * The bytes of a new dynamic or differencing file up to its footer:
+ * footer copy, dynamic header (blocks of bs, the parent's id, time stamp
+ * and np's name and locators, np may be NULL), a BAT all unused, then
+ * each locator's data in whole sectors.  f is the footer, encoded into
+ * footer (512 bytes) too.  *out is malloc'd, *out_len its length.
+ */
+int vhd_layout_encode(uint8_t **out, uint64_t *out_len, uint8_t *footer,
+		      const struct vhd_footer *f, uint32_t bs,
+		      const uint8_t parent_uuid[16], uint32_t pstamp,
+		      const struct vhd_new_parent *np);
+
+/* ---- the driver's state ----------------------------------------------------- */
+
+/* Sector bitmaps up to this total are kept in memory (read at open, and
+ * for new blocks of a writable image); beyond it they are read from the
+ * file on each lookup. */
+#define VHD_BITMAP_PRELOAD_MAX (64u << 20)
+
+/* Memory the in-memory sector bitmaps live in, freed all at once. */
+struct vhd_chunk {
+	struct vhd_chunk *next;	/* owned */
+	uint8_t data[];
+};
+
+struct vhd_rw;
+
+struct vhd {
+	struct vhd_footer footer;
+	uint8_t footer_raw[VHD_FOOTER_SIZE]; /* as read; rewritten at the new
+					      * end when a block is added */
+	bool footer_at_end;	/* a whole valid footer ends the file */
+	bool footer_copy_used;	/* none at the end: the copy at offset 0 */
+	uint64_t limit;		/* where the payload ends (footer at end) */
+	struct vhd_dyn_header header;	/* dynamic, differencing */
+	uint32_t block_size;	/* dynamic, differencing */
+	uint32_t bitmap_size;	/* bitmap bytes before each block's data */
+	uint64_t nblocks;	/* BAT entries in use: ceil(size / block) */
+	uint64_t nalloc;	/* of them allocated at open */
+	uint64_t table_offset;	/* the BAT in the file */
+	uint32_t *bat;		/* owned: nblocks sector numbers (native);
+				 * written only under the writer's
+				 * allocation lock, read with acquire loads */
+	uint8_t **bm;		/* owned array (nblocks): each block's sector
+				 * bitmap in chunks, or NULL: in the file
+				 * only.  NULL array: none in memory */
+	struct vhd_chunk *chunks; /* owned list */
+	uint64_t bm_bytes;	/* bitmap bytes in chunks */
+	struct img_parent parent; /* differencing: owns its paths */
+	struct vhd_rw *rw;	/* owned by write.c: writable images only */
+};
+
+/* ---- open.c: the read side ------------------------------------------------ */
+
+/* ->open, ->close without the writer (driver.c adds it). */
+int vhd_open(struct img *img);
+void vhd_close(struct img *img);
+int vhd_probe(const struct img_probe *p);
+int vhd_parent(struct img *img, struct img_parent *p);
+int vhd_map_extent(struct img *img, uint64_t off, uint64_t len,
+		   struct img_extent *ext);
+/* pread of what (for the log); past the end of the file: -EUCLEAN */
+int vhd_pread(struct img *img, void *buf, size_t n, uint64_t off,
+	      const char *what);
+/* len zeroed bytes that live until close (bitmap memory). */
+uint8_t *vhd_chunk_alloc(struct vhd *s, uint64_t len);
+
+/* ---- write.c: ->write, ->zero, ->flush and the writable open ------------- */
+
+/* After vhd_open of a writable image: refuse what cannot be written
+ * safely, repair a cut-off end, set up the dirty tracking.  0 or -errno. */
+int vhd_rw_open(struct img *img);
+/* Write the dirty metadata back and free the writer's state (no-op when
+ * none).  Before vhd_close. */
+void vhd_rw_close(struct img *img);
+int vhd_write(struct img *img, const void *buf, size_t n, uint64_t off,
+	      const struct img_below *below);
+int vhd_zero(struct img *img, uint64_t off, uint64_t n,
+	     const struct img_below *below);
+int vhd_flush(struct img *img);
 
 /*
  * Test hook: when not NULL, the write and flush paths call it after each
@@ -223,47 +389,19 @@ enum vhd_step {
 };
 extern void (*vhd_test_hook)(enum vhd_step step);
 
-/*
- * vhd.c: the bytes of a new file up to its footer (footer copy, dynamic
- * header, BAT all unused, then each of the nloc parent locators) for a
- * disk of size bytes and blocks of bs; the footer (512 bytes, disk type
- * differencing, a new unique id) is written to footer too.  *out is
- * malloc'd, *out_len its length.  vhd-create.c builds base images from it.
- */
-struct guid;
-struct vhd_new_locator;
-int vhd_build(uint8_t **out, uint64_t *out_len, uint8_t *footer,
-	      uint64_t size, uint32_t bs, const struct guid *pid,
-	      uint32_t pstamp, const uint8_t *name, size_t name_len,
-	      struct vhd_new_locator *loc, unsigned nloc);
+/* ---- create.c, parent.c, check.c ------------------------------------------- */
 
-/*
- * vhd.c: the checks a new image's geometry passes (512-byte sectors ss, a
- * block size bs that is a power of two from 512 to VHD_MAX_BLOCK_SIZE, a
- * size of 1 byte to 2040 GiB and, for a dynamic or differencing disk, at
- * most VHD_MAX_BAT_ENTRIES blocks), for vhd.c's ->create_diff and
- * vhd-create.c.  *size is rounded up to whole sectors.  0, or -errno
- * logged as "vhd: PATH: ...".
- */
-int vhd_new_geometry(const char *path, uint64_t *size, uint32_t bs,
-		     uint32_t ss, bool dynamic);
-
-/* vhd-create.c: the driver's ->create (fixed or dynamic base image) */
-struct img_create_opts;
+/* ->create (fixed or dynamic base image) and ->create_diff */
 int vhd_create(const char *path, const struct img_create_opts *o);
-
-/*
- * vhd.c, shared with vhd-parent.c (->set_parent): a time stamp field
- * (seconds since 2000-01-01 UTC, clamped), the parent time stamp a child
- * records for parent p (a VHD's footer time stamp, else the file's mtime;
- * 0 or -errno), and a relative path as W2ru text (malloc'd, or NULL).
- */
-struct img;
-uint32_t vhd_stamp(time_t t);
-int vhd_parent_stamp(const struct img *p, uint32_t *ts);
-char *vhd_w2ru_text(const char *rel);
-/* vhd-parent.c: the driver's ->set_parent */
-struct img_create_parent;
+int vhd_create_diff(const char *path, const struct img_create_parent *par,
+		    const struct img_create_opts *o);
+/* The parent time stamp a child records for parent p: a VHD's footer time
+ * stamp, else the file's mtime.  0 or -errno (fstat). */
+int vhd_parent_time_get(const struct img *p, uint32_t *ts);
+/* ->set_parent */
 int vhd_set_parent(struct img *img, const struct img_create_parent *parent);
+/* ->check, a structural check (repairs the footer) */
+int vhd_check(struct img *img, bool repair, struct img_check *res);
+
 
 #endif

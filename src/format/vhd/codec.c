@@ -51,6 +51,28 @@ uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off)
 	return ~sum;
 }
 
+/*
+ * The cookie and the checksum a footer and a dynamic header start with:
+ * no cookie is err (the caller's code), a checksum mismatch -EBADMSG.
+ */
+static int vhd_seal_check(const uint8_t *buf, size_t len, const char *cookie,
+			  size_t csum_off, int err, struct vhd_problem *why)
+{
+	uint32_t stored, sum;
+
+	if (memcmp(buf, cookie, 8) != 0)
+		return vhd_problem_set(why, err, "no \"%s\" cookie (0x%016llx)",
+				       cookie,
+				       (unsigned long long)get_be64(buf));
+	stored = get_be32(buf + csum_off);
+	sum = vhd_checksum(buf, len, csum_off);
+	if (stored != sum)
+		return vhd_problem_set(why, -EBADMSG,
+				       "checksum mismatch (stored 0x%08x, "
+				       "computed 0x%08x)", stored, sum);
+	return 0;
+}
+
 /* ---- footer ------------------------------------------------------------ */
 
 size_t vhd_footer_locate(uint8_t *buf)
@@ -88,21 +110,13 @@ void vhd_footer_unpack(const uint8_t *buf, struct vhd_footer *f)
 int vhd_footer_decode(const uint8_t *buf, struct vhd_footer *f,
 		      struct vhd_problem *why)
 {
-	const struct vhd_footer_raw *r = (const void *)buf; /* bytes only */
 	struct vhd_footer d;
-	uint32_t stored, sum;
+	int r = vhd_seal_check(buf, VHD_FOOTER_SIZE, VHD_COOKIE,
+			       offsetof(struct vhd_footer_raw, checksum),
+			       -EINVAL, why);
 
-	if (memcmp(r->cookie, VHD_COOKIE, sizeof(r->cookie)) != 0)
-		return vhd_problem_set(why, -EINVAL, "no \"conectix\" cookie "
-				       "(0x%016llx)",
-				       (unsigned long long)get_be64(r->cookie));
-	stored = get_be32(r->checksum);
-	sum = vhd_checksum(buf, sizeof(*r),
-			   offsetof(struct vhd_footer_raw, checksum));
-	if (stored != sum)
-		return vhd_problem_set(why, -EBADMSG,
-				       "checksum mismatch (stored 0x%08x, "
-				       "computed 0x%08x)", stored, sum);
+	if (r < 0)
+		return r;
 	vhd_footer_unpack(buf, &d);
 	if (d.version >> 16 != 1)
 		return vhd_problem_set(why, -ENOTSUP,
@@ -216,19 +230,12 @@ int vhd_dyn_header_decode(const uint8_t *buf, struct vhd_dyn_header *h,
 {
 	const struct vhd_dyn_header_raw *r = (const void *)buf;
 	struct vhd_dyn_header d;
-	uint32_t stored, sum;
+	int err = vhd_seal_check(buf, VHD_DYN_HEADER_SIZE, VHD_DYN_COOKIE,
+				 offsetof(struct vhd_dyn_header_raw, checksum),
+				 -EUCLEAN, why);
 
-	if (memcmp(r->cookie, VHD_DYN_COOKIE, sizeof(r->cookie)) != 0)
-		return vhd_problem_set(why, -EUCLEAN, "no \"cxsparse\" cookie "
-				       "(0x%016llx)",
-				       (unsigned long long)get_be64(r->cookie));
-	stored = get_be32(r->checksum);
-	sum = vhd_checksum(buf, sizeof(*r),
-			   offsetof(struct vhd_dyn_header_raw, checksum));
-	if (stored != sum)
-		return vhd_problem_set(why, -EBADMSG,
-				       "checksum mismatch (stored 0x%08x, "
-				       "computed 0x%08x)", stored, sum);
+	if (err < 0)
+		return err;
 	d.version = get_be32(r->version);
 	if (d.version >> 16 != 1)
 		return vhd_problem_set(why, -ENOTSUP,

@@ -155,19 +155,23 @@ void vhd_footer_encode(const struct vhd_footer *f, uint8_t *buf)
 
 /*
  * What this driver writes into a new footer.  The creator application
- * decides how qemu sizes the disk (block/vpc.c): for "vpc " and "qemu" it
- * multiplies out the CHS geometry, which rounds most sizes down (a 256 MiB
- * disk reads as 268369920 bytes and loses its backup GPT), and for a few
- * others ("win " Hyper-V, "d2v " Disk2vhd, "qem2" qemu with force_size,
- * "CTXS", "tap") it takes the current size, as Hyper-V, Windows, 7-Zip,
- * libvhdi, VirtualBox and this driver always do.  Fixed and dynamic disks
- * are written as "qem2": qemu's own marker for "the current size is the
- * disk size", honoured since qemu 2.6 (newer qemu honours every creator
- * but "vpc " and "qemu").  So every reader sees the size asked for, to
- * the byte; the geometry is still the spec's CHS calculation (only
- * Virtual PC, which reads it alone, would see less).  Differencing disks
- * keep "lyfs": qemu does not open them, and every reader of differencing
- * disks uses the current size.
+ * decides how qemu sizes the disk (block/vpc.c): for the few creators it
+ * knows to write the current size ("win " Hyper-V, "d2v " Disk2vhd,
+ * "qem2" qemu with force_size, "CTXS", "tap") it takes the current size,
+ * as Hyper-V, Windows, 7-Zip, libvhdi, VirtualBox and this driver always
+ * do; for any other ("vpc ", its own "qemu", and "lyfs" too) it
+ * multiplies out the CHS geometry, which falls short of most sizes (a
+ * 256 MiB disk reads as 268369920 bytes and loses its backup GPT, 100 MiB
+ * as 104761344).  Fixed and dynamic disks are written as "qem2": qemu's
+ * own marker for "the current size is the disk size", on that list since
+ * qemu gained force_size (qemu 7.2 of Debian 12 included).  So every
+ * reader sees the size asked for, to the byte; the geometry is still the
+ * spec's CHS calculation (only Virtual PC, which reads nothing else,
+ * would see less).  Differencing disks keep "lyfs": qemu opens them
+ * without their parent (not as the disk they are), and the readers of
+ * differencing disks (7-Zip, libvhdi, Windows) use the current size.
+ * tests/integration/t-vhd-qemu-size.sh checks it with qemu-img, 7zz and
+ * libvhdi.
  */
 void vhd_footer_new(struct vhd_footer *f, uint32_t type, uint64_t size,
 		    uint32_t stamp, const uint8_t uuid[16])

@@ -66,7 +66,7 @@ enum vhd_disk_type {
 #define VHD_FEATURES_RESERVED 0x00000002u	/* spec: always set */
 #define VHD_VERSION 0x00010000u
 #define VHD_CREATOR_APP "lyfs"		/* differencing disks */
-#define VHD_CREATOR_APP_BASE "lyfs"	/* fixed and dynamic: see codec.c */
+#define VHD_CREATOR_APP_BASE "qem2"	/* fixed and dynamic: see codec.c */
 #define VHD_CREATOR_OS "Wi2k"	/* Windows tools expect it (as qemu, mkvhd) */
 
 struct vhd_footer_raw {

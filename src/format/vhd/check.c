@@ -40,7 +40,6 @@
 #include "img.h"
 #include "io.h"
 #include "log.h"
-#include "utf16.h"
 #include "vhd.h"
 
 struct vhd_check_region {

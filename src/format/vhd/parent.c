@@ -40,11 +40,9 @@
 
 #include "checked.h"
 #include "compiler.h"
-#include "endian-io.h"
 #include "img.h"
 #include "io.h"
 #include "log.h"
-#include "utf16.h"
 #include "vhd.h"
 
 #define vhd_err(err, img, fmt, ...) \

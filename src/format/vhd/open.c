@@ -78,7 +78,7 @@ static int vhd_footer_read(struct img *img, struct vhd *s)
 	struct vhd_problem end_why = { "" }, copy_why = { "" };
 	struct vhd_footer end, copy;
 	size_t end_len;
-	int end_r = -EINVAL, copy_r, r;
+	int end_r, copy_r, r;
 
 	if (img->file_size < VHD_FOOTER_SIZE)
 		return log_err_ret(-EINVAL, "vhd: %s: file too small for a "
@@ -88,11 +88,8 @@ static int vhd_footer_read(struct img *img, struct vhd *s)
 		      "footer");
 	if (r < 0)
 		return r;
-	end_len = vhd_footer_locate(buf);
-	if (end_len)
-		end_r = vhd_footer_decode(buf, &end, &end_why);
-	else
-		(void)vhd_footer_decode(buf, &end, &end_why); /* the reason */
+	end_len = vhd_footer_locate(buf);	/* 0: -EINVAL below */
+	end_r = vhd_footer_decode(buf, &end, &end_why);
 	s->limit = img->file_size - end_len;
 	s->footer_at_end = end_r == 0 && end_len == VHD_FOOTER_SIZE;
 	s->footer_copy_used = false;

@@ -1,14 +1,23 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * vhdx-bat.c: the VHDX block allocation table (MS-VHDX 2.5) and the
+ * vhdx/bat.c: the VHDX block allocation table (MS-VHDX 2.5) and the
  * sector bitmaps of partially present blocks (2.4).
  *
  * The BAT interleaves one sector bitmap entry after every chunk_ratio
  * payload entries.  open() keeps the payload entries (8 bytes a block)
- * and, for each PARTIALLY_PRESENT block, its slice of the chunk's sector
- * bitmap; nothing is read from the BAT again afterwards.
+ * and, in a differencing file, each chunk's sector bitmap entry; nothing
+ * is read from the BAT again afterwards.
+ *
+ * The sector bitmap bytes of a PARTIALLY_PRESENT block (its slice of the
+ * chunk's bitmap) are read when a map first needs them and kept in a
+ * cache of slices (struct vhdx_slices), up to VHDX_SLICE_CACHE bytes;
+ * past that, reads go to a temporary copy.  A writable image's writer
+ * (write.c) puts the slices it changes in the same cache, sets bits in
+ * them and drops clean ones again (under the cache lock, taken
+ * exclusive), so the cache is the one copy of the bits in memory.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,10 +34,8 @@
 
 static uint64_t bat_entries(const struct vhdx *s)
 {
-	if (s->p.has_parent)	/* 2.5: up to the last sector bitmap entry */
-		return s->nchunks * ((uint64_t)s->chunk_ratio + 1);
-	/* dynamic and fixed: up to the last payload entry */
-	return s->nblocks + (s->nblocks - 1) / s->chunk_ratio;
+	return vhdx_bat_entry_count(s->nblocks, s->chunk_ratio,
+				    s->p.has_parent);
 }
 
 int vhdx_bat_geometry(struct vhdx *s)
@@ -113,13 +120,13 @@ static int check_payload(const struct vhdx *s, uint64_t blk, uint64_t e)
 }
 
 static int check_bitmap(const struct vhdx *s, uint64_t chunk, uint64_t e,
-			uint64_t *sb_off)
+			uint64_t *sb)
 {
 	uint64_t off = VHDX_BAT_OFFSET(e);
 
 	switch (VHDX_BAT_STATE(e)) {
 	case VHDX_SB_NOT_PRESENT:
-		*sb_off = 0;
+		*sb = 0;
 		return 0;
 	case VHDX_SB_PRESENT:
 		if (!range_within(off, VHDX_SB_BLOCK_SIZE, s->eff_size))
@@ -134,7 +141,7 @@ static int check_bitmap(const struct vhdx *s, uint64_t chunk, uint64_t e,
 					"file's metadata (offset %llu)",
 					(unsigned long long)chunk,
 					(unsigned long long)off);
-		*sb_off = off;
+		*sb = e;
 		return 0;
 	default:
 		return vhdx_err(-EUCLEAN, s->path,
@@ -144,8 +151,8 @@ static int check_bitmap(const struct vhdx *s, uint64_t chunk, uint64_t e,
 	}
 }
 
-/* Read the BAT; sb_off (differencing only) gets each chunk's bitmap. */
-static int bat_read(struct vhdx *s, uint64_t *sb_off)
+/* Read the BAT; sb (differencing only) gets each chunk's bitmap entry. */
+static int bat_read(struct vhdx *s, uint64_t *sb)
 {
 	uint64_t total = bat_entries(s), per = (uint64_t)s->chunk_ratio + 1;
 	uint8_t *buf = malloc(BAT_READ_CHUNK * 8);
@@ -166,9 +173,9 @@ static int bat_read(struct vhdx *s, uint64_t *sb_off)
 				 * unallocated; some writers leave junk in
 				 * them (qemu before 8.0), so only
 				 * differencing files are checked. */
-				if (sb_off)
+				if (sb)
 					r = check_bitmap(s, chunk, e,
-							 &sb_off[chunk]);
+							 &sb[chunk]);
 				continue;
 			}
 			blk = chunk * s->chunk_ratio + k;
@@ -176,8 +183,6 @@ static int bat_read(struct vhdx *s, uint64_t *sb_off)
 				continue;	/* padding of the last chunk */
 			r = check_payload(s, blk, e);
 			s->bat[blk] = e;
-			if (VHDX_BAT_STATE(e) == VHDX_PAYLOAD_PARTIALLY_PRESENT)
-				s->npartial++;
 		}
 	}
 	free(buf);
@@ -197,7 +202,7 @@ static bool claim(uint8_t *used, uint64_t off, uint64_t len)
 }
 
 /* No two allocated blocks (payload or sector bitmap) share file space. */
-static int check_cross_links(const struct vhdx *s, const uint64_t *sb_off)
+static int check_cross_links(const struct vhdx *s, const uint64_t *sb)
 {
 	uint64_t units = (s->eff_size + VHDX_MiB - 1) / VHDX_MiB;
 	uint8_t *used;
@@ -224,71 +229,33 @@ static int check_cross_links(const struct vhdx *s, const uint64_t *sb_off)
 				     (unsigned long long)b,
 				     (unsigned long long)off);
 	}
-	for (uint64_t c = 0; sb_off && c < s->nchunks && r == 0; c++)
-		if (sb_off[c] && !claim(used, sb_off[c], VHDX_SB_BLOCK_SIZE))
+	for (uint64_t c = 0; sb && c < s->nchunks && r == 0; c++)
+		if (sb[c] && !claim(used, VHDX_BAT_OFFSET(sb[c]),
+				    VHDX_SB_BLOCK_SIZE))
 			r = vhdx_err(-EUCLEAN, s->path,
 				     "sector bitmap %llu shares its file space "
 				     "with a block (offset %llu)",
 				     (unsigned long long)c,
-				     (unsigned long long)sb_off[c]);
+				     (unsigned long long)VHDX_BAT_OFFSET(sb[c]));
 	free(used);
 	return r;
 }
 
-/* Copy each partial block's slice of its chunk's sector bitmap. */
-static int bitmaps_load(struct vhdx *s, const uint64_t *sb_off)
+/* Every PARTIALLY_PRESENT block lies in a chunk with a sector bitmap. */
+static int bitmaps_check(const struct vhdx *s)
 {
-	uint8_t *buf;
-	size_t n = 0;
-	int r = 0;
+	for (uint64_t b = 0; b < s->nblocks; b++) {
+		uint64_t c = b / s->chunk_ratio;
 
-	if ((uint64_t)s->npartial * s->slice_len > VHDX_SBM_CAP)
-		return vhdx_err(-EFBIG, s->path,
-				"sector bitmaps of partial blocks too large "
-				"(%zu blocks)", s->npartial);
-	s->partial = malloc(s->npartial * sizeof(*s->partial));
-	s->sbm = malloc((size_t)s->npartial * s->slice_len);
-	buf = malloc(VHDX_SB_BLOCK_SIZE);
-	if (!s->partial || !s->sbm || !buf) {
-		free(buf);
-		return -ENOMEM;
+		if (VHDX_BAT_STATE(s->bat[b]) ==
+		    VHDX_PAYLOAD_PARTIALLY_PRESENT && !s->sb[c])
+			return vhdx_err(-EUCLEAN, s->path,
+					"partially present block %llu without "
+					"a sector bitmap (chunk %llu)",
+					(unsigned long long)b,
+					(unsigned long long)c);
 	}
-	for (uint64_t c = 0; c < s->nchunks && r == 0; c++) {
-		uint64_t first = c * s->chunk_ratio;
-		uint64_t end = MIN(first + s->chunk_ratio, s->nblocks);
-		uint64_t lo = end, hi = 0;
-
-		for (uint64_t b = first; b < end; b++)
-			if (VHDX_BAT_STATE(s->bat[b]) ==
-			    VHDX_PAYLOAD_PARTIALLY_PRESENT) {
-				lo = MIN(lo, b);
-				hi = b;
-			}
-		if (lo == end)
-			continue;
-		if (!sb_off[c]) {
-			r = vhdx_err(-EUCLEAN, s->path,
-				     "partially present block %llu without a "
-				     "sector bitmap (chunk %llu)",
-				     (unsigned long long)lo,
-				     (unsigned long long)c);
-			break;
-		}
-		/* the bitmap bytes of blocks lo..hi of this chunk */
-		r = vhdx_file_read(s, buf, (hi - lo + 1) * s->slice_len,
-				   sb_off[c] + (lo - first) * s->slice_len);
-		for (uint64_t b = lo; b <= hi && r == 0; b++) {
-			if (VHDX_BAT_STATE(s->bat[b]) !=
-			    VHDX_PAYLOAD_PARTIALLY_PRESENT)
-				continue;
-			s->partial[n] = b;
-			memcpy(s->sbm + n * s->slice_len,
-			       buf + (b - lo) * s->slice_len, s->slice_len);
-			n++;
-		}
-	}
-	free(buf);
-	return r;
+	return 0;
 }
 
 /* Blocks whose bytes the replay changed, or that lie past the real end. */
@@ -316,23 +283,23 @@ static int mark_via_read(struct vhdx *s)
 
 int vhdx_bat_load(struct vhdx *s)
 {
-	uint64_t *sb_off = NULL;
 	uint64_t counts[8] = { 0 };
 	int r;
 
 	s->bat = malloc(s->nblocks * sizeof(*s->bat));
-	if (s->p.has_parent)
-		sb_off = calloc(s->nchunks, sizeof(*sb_off));
-	if (!s->bat || (s->p.has_parent && !sb_off)) {
-		free(sb_off);
-		return -ENOMEM;
+	if (s->p.has_parent) {
+		s->sb = calloc(s->nchunks, sizeof(*s->sb));
+		s->sl.dir = calloc(s->nchunks, sizeof(*s->sl.dir));
 	}
-	r = bat_read(s, sb_off);
+	if (!s->bat || (s->p.has_parent && (!s->sb || !s->sl.dir)))
+		return -ENOMEM;
+	pthread_rwlock_init(&s->sl.lock, NULL);
+	s->sl.lock_init = true;
+	r = bat_read(s, s->sb);
 	if (r == 0)
-		r = check_cross_links(s, sb_off);
-	if (r == 0 && s->npartial)
-		r = bitmaps_load(s, sb_off);
-	free(sb_off);
+		r = check_cross_links(s, s->sb);
+	if (r == 0 && s->sb)
+		r = bitmaps_check(s);
 	if (r == 0)
 		r = mark_via_read(s);
 	if (r < 0)
@@ -352,31 +319,98 @@ int vhdx_bat_load(struct vhdx *s)
 	return 0;
 }
 
-const uint8_t *vhdx_bat_bitmap(const struct vhdx *s, uint64_t blk)
+size_t vhdx_slice_size(const struct vhdx *s)
 {
-	size_t lo = 0, hi = s->npartial;
+	return sizeof(struct vhdx_slice) + s->slice_len;
+}
 
-	if (s->w)	/* writable: whole chunk bitmaps (vhdx-write.c) */
-		return vhdx_w_chunk_bitmap(s, blk / s->chunk_ratio) +
-		       blk % s->chunk_ratio * s->slice_len;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
+struct vhdx_slice **vhdx_slice_slot(struct vhdx *s, uint64_t blk)
+{
+	uint64_t c = blk / s->chunk_ratio;
+	struct vhdx_slice **d = __atomic_load_n(&s->sl.dir[c],
+						 __ATOMIC_ACQUIRE);
 
-		if (s->partial[mid] < blk)
-			lo = mid + 1;
-		else
-			hi = mid;
+	if (!d) {
+		struct vhdx_slice **old = NULL;
+
+		d = calloc(s->chunk_ratio, sizeof(*d));
+		if (!d)
+			return NULL;
+		if (!__atomic_compare_exchange_n(&s->sl.dir[c], &old, d, false,
+						 __ATOMIC_ACQ_REL,
+						 __ATOMIC_ACQUIRE)) {
+			free(d);
+			d = old;
+		}
 	}
-	/* every PARTIALLY_PRESENT block got its slice at open */
-	return s->sbm + lo * s->slice_len;
+	return &d[blk % s->chunk_ratio];
+}
+
+int vhdx_slice_get(struct vhdx *s, uint64_t blk, bool keep,
+		   struct vhdx_slice **out, struct vhdx_slice **tmp)
+{
+	struct vhdx_slice **slot = vhdx_slice_slot(s, blk), *sl, *old = NULL;
+	uint64_t c = blk / s->chunk_ratio, sb;
+	size_t size = vhdx_slice_size(s);
+	bool cache;
+	int r;
+
+	if (!slot)
+		return -ENOMEM;
+	sl = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+	if (sl) {
+		*out = sl;
+		return 0;
+	}
+	cache = keep || __atomic_load_n(&s->sl.bytes, __ATOMIC_RELAXED) +
+			size <= VHDX_SLICE_CACHE;
+	sl = calloc(1, size);
+	if (!sl)
+		return -ENOMEM;
+	/* set (release) before any PARTIALLY_PRESENT entry of the chunk */
+	sb = __atomic_load_n(&s->sb[c], __ATOMIC_ACQUIRE);
+	r = vhdx_file_read(s, sl->bits, s->slice_len, VHDX_BAT_OFFSET(sb) +
+			   blk % s->chunk_ratio * s->slice_len);
+	if (r < 0) {
+		free(sl);
+		return r;
+	}
+	if (!cache) {
+		*tmp = sl;	/* the caller frees it */
+		*out = sl;
+		return 0;
+	}
+	if (__atomic_compare_exchange_n(slot, &old, sl, false,
+					__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		__atomic_add_fetch(&s->sl.bytes, size, __ATOMIC_RELAXED);
+	} else {	/* another thread loaded it first */
+		free(sl);
+		sl = old;
+	}
+	*out = sl;
+	return 0;
+}
+
+static void slices_free(struct vhdx *s)
+{
+	for (uint64_t c = 0; s->sl.dir && c < s->nchunks; c++) {
+		for (uint32_t k = 0; s->sl.dir[c] && k < s->chunk_ratio; k++)
+			free(s->sl.dir[c][k]);
+		free(s->sl.dir[c]);
+	}
+	free(s->sl.dir);
+	s->sl.dir = NULL;
+	if (s->sl.lock_init)
+		pthread_rwlock_destroy(&s->sl.lock);
+	s->sl.lock_init = false;
 }
 
 void vhdx_bat_free(struct vhdx *s)
 {
+	slices_free(s);
 	free(s->bat);
-	free(s->partial);
-	free(s->sbm);
+	free(s->sb);
 	free(s->via_read);
-	s->bat = s->partial = NULL;
-	s->sbm = s->via_read = NULL;
+	s->bat = s->sb = NULL;
+	s->via_read = NULL;
 }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * vhdx-log.c: replaying a VHDX metadata log in memory (MS-VHDX 2.3).
+ * vhdx/log.c: replaying a VHDX metadata log in memory (MS-VHDX 2.3).
  *
  * The log is a circular buffer of 4 KiB sectors holding entries: a header
  * ("loge"), descriptors ("desc" for one 4 KiB file sector, whose bytes
@@ -26,7 +26,7 @@
 #include "endian-io.h"
 #include "io.h"
 #include "log.h"
-#include "registry.h"
+#include "img.h"
 #include "vhdx.h"
 
 #define vhdx_err(err, path, fmt, ...) \
@@ -141,29 +141,28 @@ static int scan_entries(struct log_scan *ls, const struct guid *log_guid,
 	if (!ls->e || !ls->at || !ls->torn)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < ls->nsect; i++) {
-		const struct vhdx_log_entry_raw *r = (const void *)sector(ls, i);
-		uint32_t len = get_le32(r->entry_length);
-		uint32_t tail = get_le32(r->tail);
 		struct log_entry *e = &ls->e[ls->ne];
-		struct guid g;
+		struct vhdx_log_hdr h;
+		uint32_t len;
 
 		ls->at[i] = -1;
-		if (memcmp(r->signature, "loge", 4) != 0)
+		vhdx_log_entry_decode(sector(ls, i), &h);
+		if (!h.is_entry)
 			continue;
-		guid_from_le(&g, r->log_guid);
-		if (!guid_equal(&g, log_guid))
+		if (!guid_equal(&h.log_guid, log_guid))
 			continue;	/* an older log's leftovers */
+		len = h.entry_length;
 		e->pos = i;
 		e->nsec = len / VHDX_LOG_SECTOR;
-		e->tail = tail / VHDX_LOG_SECTOR;
-		e->seq = get_le64(r->sequence);
-		e->ndesc = get_le32(r->descriptor_count);
-		e->flushed = get_le64(r->flushed_file_offset);
-		e->last = get_le64(r->last_file_offset);
+		e->tail = h.tail / VHDX_LOG_SECTOR;
+		e->seq = h.sequence;
+		e->ndesc = h.descriptor_count;
+		e->flushed = h.flushed_file_offset;
+		e->last = h.last_file_offset;
 		e->succ = -1;
 		if (len == 0 || len % VHDX_LOG_SECTOR || len > log_len ||
-		    e->seq == 0 || tail % VHDX_LOG_SECTOR || tail >= log_len ||
-		    desc_sectors(e->ndesc) > e->nsec)
+		    e->seq == 0 || h.tail % VHDX_LOG_SECTOR ||
+		    h.tail >= log_len || desc_sectors(e->ndesc) > e->nsec)
 			continue;	/* not an entry header */
 		/* Real entries barely overlap; headers that each claim most
 		 * of the log would make the search quadratic. */
@@ -218,26 +217,27 @@ static int entry_ops(const char *path, const struct log_scan *ls,
 
 	for (uint32_t j = 0; j < e->ndesc; j++) {
 		uint64_t byte = 64 + 32 * (uint64_t)j;
-		const struct vhdx_log_desc_raw *d = (const void *)
-			(sector(ls, e->pos + byte / VHDX_LOG_SECTOR) +
-			 byte % VHDX_LOG_SECTOR);
-		uint64_t off = get_le64(d->file_offset), len, stop;
 		struct log_op *op = &ops[*nops];
+		struct vhdx_log_desc d;
+		uint64_t off, len, stop;
 
-		if (get_le64(d->sequence) != e->seq)
+		vhdx_log_desc_decode(sector(ls, e->pos + byte / VHDX_LOG_SECTOR) +
+				     byte % VHDX_LOG_SECTOR, &d);
+		off = d.file_offset;
+		if (d.sequence != e->seq)
 			return vhdx_err(-EUCLEAN, path,
 					"log descriptor %u of entry %llu has "
 					"sequence number %llu", j,
 					(unsigned long long)e->seq,
-					(unsigned long long)get_le64(d->sequence));
+					(unsigned long long)d.sequence);
 		if (off % VHDX_LOG_SECTOR)
 			return vhdx_err(-EUCLEAN, path,
 					"log descriptor %u of entry %llu: "
 					"unaligned file offset (%llu)", j,
 					(unsigned long long)e->seq,
 					(unsigned long long)off);
-		if (!memcmp(d->signature, "zero", 4)) {
-			len = get_le64(d->leading_or_length);
+		if (d.kind == VHDX_LOG_DESC_ZERO) {
+			len = d.zero_length;
 			if (len % VHDX_LOG_SECTOR)
 				return vhdx_err(-EUCLEAN, path,
 						"log zero descriptor of entry "
@@ -245,7 +245,7 @@ static int entry_ops(const char *path, const struct log_scan *ls,
 						(unsigned long long)e->seq,
 						(unsigned long long)len);
 			op->data = NULL;
-		} else if (!memcmp(d->signature, "desc", 4)) {
+		} else if (d.kind == VHDX_LOG_DESC_DATA) {
 			const struct vhdx_log_data_raw *ds;
 			uint8_t *page = *pages;
 
@@ -257,19 +257,16 @@ static int entry_ops(const char *path, const struct log_scan *ls,
 						e->ndesc);
 			ds = (const void *)sector(ls, e->pos + dsec + ndata);
 			ndata++;
-			if (memcmp(ds->signature, "data", 4) != 0 ||
-			    get_le32(ds->sequence_high) != e->seq >> 32 ||
-			    get_le32(ds->sequence_low) != (uint32_t)e->seq)
+			if (!vhdx_log_data_ok((const uint8_t *)ds, e->seq))
 				return vhdx_err(-EUCLEAN, path,
 						"bad log data sector in entry "
 						"%llu (descriptor %u)",
 						(unsigned long long)e->seq, j);
 			/* 2.3.1.3: the sector's first 8 and last 4 bytes are
 			 * kept in the descriptor */
-			memcpy(page, d->leading_or_length, 8);
+			memcpy(page, d.leading, 8);
 			memcpy(page + 8, ds->data, VHDX_LOG_DATA_LEN);
-			memcpy(page + 8 + VHDX_LOG_DATA_LEN, d->trailing_bytes,
-			       4);
+			memcpy(page + 8 + VHDX_LOG_DATA_LEN, d.trailing, 4);
 			*pages += VHDX_LOG_SECTOR;
 			len = VHDX_LOG_SECTOR;
 			op->data = page;
@@ -611,12 +608,15 @@ void vhdx_overlay_free(struct vhdx_overlay *ov)
 
 int vhdx_file_read(const struct vhdx *s, void *buf, size_t n, uint64_t off)
 {
+	/* a writable image's file grows (write.c) */
+	uint64_t eff = __atomic_load_n(&s->eff_size, __ATOMIC_ACQUIRE);
+	uint64_t real = __atomic_load_n(&s->file_size, __ATOMIC_ACQUIRE);
 	int r;
 
-	if (!range_within(off, n, s->eff_size))
+	if (!range_within(off, n, eff))
 		return vhdx_err(-EIO, s->path, "read past the end (%llu)",
 				(unsigned long long)off);
-	if (off + n <= s->file_size)
+	if (off + n <= real)
 		r = pread_full(s->fd, buf, n, off);
 	else	/* the replay extends the file: zeros past its real end */
 		r = pread_zeropad(s->fd, buf, n, off);
@@ -634,7 +634,7 @@ int vhdx_log_info(const struct img *img, struct vhdx_log_info *out)
 {
 	const struct vhdx *s;
 
-	if (!img || img->drv != &vhdx_driver || !img->priv)
+	if (!img || !img->priv)
 		return -EINVAL;
 	s = img->priv;
 	out->dirty = !guid_is_zero(&s->hdr.log_guid);

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * vhdx-parent.c: ->set_parent for differencing VHDX files: a new parent
+ * vhdx/parent.c: ->set_parent for differencing VHDX files: a new parent
  * locator (MS-VHDX 2.6.2.6) naming a moved, renamed or different parent.
  *
  * The locator records what vhdx_create_diff records: parent_linkage (the
@@ -12,7 +12,7 @@
  * not change, and its children still link to it.
  *
  * The locator is a metadata item; the log (2.3) is how Hyper-V updates
- * metadata, and this driver never writes the log (see vhdx-write.c).  The
+ * metadata, and this driver never writes the log (see write.c).  The
  * whole metadata region is rewritten to new space instead, and the
  * region tables (whose entry and checksum both lie in their first 512
  * bytes) switched to it:
@@ -44,41 +44,34 @@
 
 #include "checked.h"
 #include "compiler.h"
-#include "crc32c.h"
-#include "endian-io.h"
 #include "guid.h"
 #include "img.h"
 #include "io.h"
 #include "log.h"
 #include "vhdx.h"
 
-#define VP_SECTOR 512u
-#define VP_META_CAP (16 * VHDX_MiB)	/* a metadata region we rewrite */
+#define SECTOR 512u
+#define META_CAP (16 * VHDX_MiB)	/* a metadata region we rewrite */
 
-#define vp_err(err, img, fmt, ...) \
+#define vhdx_err(err, img, fmt, ...) \
 	log_err_ret(err, "vhdx: %s: " fmt, (img)->path, ##__VA_ARGS__)
 
-static uint64_t vp_round_up(uint64_t v, uint64_t a)
+static uint64_t round_up(uint64_t v, uint64_t a)
 {
 	return (v + a - 1) / a * a;
 }
 
 /* Step 0: a new FileWriteGuid in both header slots, current one last. */
-static int vp_headers(struct img *img, struct vhdx *s)
+static int headers_renew(struct img *img, struct vhdx *s)
 {
 	static const uint64_t slot[2] = { VHDX_HEADER1_OFF, VHDX_HEADER2_OFF };
 	struct vhdx_header h = s->hdr;
-	uint8_t *buf = malloc(2 * VHDX_HEADER_SIZE);
-	int cur = 0, r;
+	uint8_t *buf = malloc(VHDX_HEADER_SIZE);
+	int cur = s->hdr_slot, r;	/* as open() picked it */
 
 	if (!buf)
 		return -ENOMEM;
-	r = vhdx_header_slot(img->fd, buf, &cur);
-	if (r < 0) {
-		vp_err(r, img, "cannot read the headers: %s", strerror(-r));
-		goto out;
-	}
-	r = vhdx_random_guid(&h.file_write_guid);
+	r = vhdx_guid_random(&h.file_write_guid);
 	for (int k = 0; k < 2 && r == 0; k++) {
 		h.sequence = s->hdr.sequence + 1 + (uint64_t)k;
 		vhdx_header_encode(&h, buf);
@@ -87,14 +80,13 @@ static int vp_headers(struct img *img, struct vhdx *s)
 	}
 	if (r == 0)
 		s->hdr = h;
-out:
 	free(buf);
 	return r;
 }
 
 /* The new locator item into buf (cap bytes); *len its length. */
-static int vp_locator(struct img *img, const struct img_create_parent *par,
-		      uint8_t *buf, size_t cap, size_t *len)
+static int locator_encode(struct img *img, const struct img_create_parent *par,
+			  uint8_t *buf, size_t cap, size_t *len)
 {
 	struct vhdx_kv kv[3] = { { "parent_linkage", NULL },
 				 { "relative_path", NULL },
@@ -117,26 +109,26 @@ static int vp_locator(struct img *img, const struct img_create_parent *par,
 		bool dotted = !strncmp(par->rel_path, "./", 2) ||
 			      !strncmp(par->rel_path, "../", 3);
 
-		kv[n].val = vhdx_backslashes(dotted ? "" : ".\\",
-					     par->rel_path);
+		kv[n].val = vhdx_path_to_windows(dotted ? "" : ".\\",
+						 par->rel_path);
 		if (!kv[n++].val)
 			goto out;
 	}
 	if (par->abs_path) {
 		kv[n].key = "absolute_win32_path";
-		kv[n].val = vhdx_backslashes("", par->abs_path);
+		kv[n].val = vhdx_path_to_windows("", par->abs_path);
 		if (!kv[n++].val)
 			goto out;
 	}
 	if (n == 1) {
-		r = vp_err(-EINVAL, img, "no relative or absolute path of the "
-			   "parent");
+		r = vhdx_err(-EINVAL, img, "no relative or absolute path of "
+			     "the parent");
 		goto out;
 	}
 	r = vhdx_locator_encode(kv, n, buf, cap, len);
 	if (r < 0)
-		vp_err(r, img, "cannot encode the parent locator: %s",
-		       strerror(-r));
+		vhdx_err(r, img, "cannot encode the parent locator: %s",
+			 strerror(-r));
 out:
 	for (unsigned i = 0; i < 3; i++)
 		free(kv[i].val);
@@ -144,143 +136,110 @@ out:
 }
 
 /*
- * Step 1's bytes: the old region (old, olen bytes) with its table kept in
- * order and the items packed from 64 KiB on, the parent locator replaced.
- * *out (malloc'd) gets *out_len bytes, a multiple of 1 MiB.
+ * Step 1's bytes: the table of the current region (old, olen bytes, as
+ * the open path decodes it) kept in order, the items packed from 64 KiB
+ * on, the parent locator replaced.  *out (malloc'd) gets *out_len bytes,
+ * a multiple of 1 MiB.
  */
-static int vp_build_meta(struct img *img, const uint8_t *old, uint64_t olen,
-			 const struct img_create_parent *par, uint8_t **out,
-			 uint64_t *out_len)
+static int meta_rebuild(struct img *img, struct vhdx *s, const uint8_t *old,
+			const struct img_create_parent *par, uint8_t **out,
+			uint64_t *out_len)
 {
-	const struct vhdx_meta_hdr_raw *oh = (const void *)old;
+	struct vhdx_meta_table *mt = malloc(sizeof(*mt));
 	uint8_t *loc = NULL, *m = NULL;
 	size_t loc_len = 0;
 	uint64_t need = VHDX_META_TABLE_SIZE, mlen;
-	unsigned n;
-	bool found = false;
 	int r;
 
-	if (memcmp(oh->signature, "metadata", 8))
-		return vp_err(-EUCLEAN, img, "no metadata table signature");
-	n = get_le16(oh->entry_count);
-	if (n > VHDX_META_MAX)
-		return vp_err(-EUCLEAN, img, "too many metadata entries (%u)",
-			      n);
 	loc = calloc(1, VHDX_META_ITEM_MAX);	/* reserved bytes stay zero */
-	if (!loc)
-		return -ENOMEM;
-	r = vp_locator(img, par, loc, VHDX_META_ITEM_MAX, &loc_len);
+	if (!mt || !loc) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = vhdx_meta_read(s, mt);	/* logged */
+	if (r == 0 && !mt->parent_locator.present)
+		r = vhdx_err(-EUCLEAN, img, "no parent locator in the "
+			     "metadata");
+	if (r == 0)
+		r = locator_encode(img, par, loc, VHDX_META_ITEM_MAX, &loc_len);
 	if (r < 0)
 		goto out;
-	for (unsigned i = 0; i < n; i++) {
-		const struct vhdx_meta_entry_raw *e = (const void *)
-			(old + sizeof(*oh) + i * sizeof(*e));
-		struct guid g;
-		uint32_t off = get_le32(e->offset), len = get_le32(e->length);
+	for (unsigned i = 0; i < mt->count; i++) {
+		struct vhdx_meta_entry *e = &mt->ent[i];
 
-		guid_from_le(&g, e->item_id);
-		if (guid_equal(&g, &vhdx_meta_parent_locator)) {
-			found = true;
-			len = (uint32_t)loc_len;
-		} else if (len && (len > VHDX_META_ITEM_MAX ||
-				   off < VHDX_META_TABLE_SIZE ||
-				   !range_within(off, len, olen))) {
-			r = vp_err(-EUCLEAN, img, "metadata item %u outside its "
-				   "region (offset %u, length %u)", i, off,
-				   len);
-			goto out;
-		}
-		need += vp_round_up(len, 8);
+		if (guid_equal(&e->id, &vhdx_meta_parent_locator))
+			e->len = (uint32_t)loc_len;
+		need += round_up(e->len, 8);
 	}
-	if (!found) {
-		r = vp_err(-EUCLEAN, img, "no parent locator in the metadata");
-		goto out;
-	}
-	mlen = MAX(vp_round_up(need, VHDX_MiB), VHDX_MiB);
+	mlen = MAX(round_up(need, VHDX_MiB), VHDX_MiB);
 	m = calloc(1, (size_t)mlen);
 	if (!m) {
 		r = -ENOMEM;
 		goto out;
 	}
-	memcpy(m, old, sizeof(*oh) + n * sizeof(struct vhdx_meta_entry_raw));
+	/* the header and the entries' reserved bytes as they were */
+	memcpy(m, old, sizeof(struct vhdx_meta_hdr_raw) +
+	       mt->count * sizeof(struct vhdx_meta_entry_raw));
 	need = VHDX_META_TABLE_SIZE;
-	for (unsigned i = 0; i < n; i++) {
-		struct vhdx_meta_entry_raw *e = (void *)
-			(m + sizeof(*oh) + i * sizeof(*e));
-		uint32_t off = get_le32(e->offset), len = get_le32(e->length);
-		const uint8_t *src = old + off;
-		struct guid g;
+	for (unsigned i = 0; i < mt->count; i++) {
+		struct vhdx_meta_entry e = mt->ent[i];
+		const uint8_t *src = old + e.off;
 
-		guid_from_le(&g, e->item_id);
-		if (guid_equal(&g, &vhdx_meta_parent_locator)) {
+		if (guid_equal(&e.id, &vhdx_meta_parent_locator))
 			src = loc;
-			len = (uint32_t)loc_len;
-		}
-		if (!len) {
-			put_le32(e->offset, 0);
-			continue;
-		}
-		memcpy(m + need, src, len);
-		put_le32(e->offset, (uint32_t)need);
-		put_le32(e->length, len);
-		need += vp_round_up(len, 8);
+		e.off = e.len ? (uint32_t)need : 0;
+		memcpy(m + e.off, src, e.len);
+		vhdx_meta_entry_encode(m, i, &e);
+		/* keep the entry's reserved field */
+		memcpy(m + sizeof(struct vhdx_meta_hdr_raw) +
+		       i * sizeof(struct vhdx_meta_entry_raw) +
+		       offsetof(struct vhdx_meta_entry_raw, reserved),
+		       old + sizeof(struct vhdx_meta_hdr_raw) +
+		       i * sizeof(struct vhdx_meta_entry_raw) +
+		       offsetof(struct vhdx_meta_entry_raw, reserved), 4);
+		need += round_up(e.len, 8);
 	}
 	*out = m;
 	*out_len = mlen;
 	m = NULL;
 out:
+	free(mt);
 	free(loc);
 	free(m);
 	return r;
 }
 
-/* Steps 2 and 3: point region table copy k at the new metadata region. */
-static int vp_switch_table(struct img *img, uint64_t at, uint64_t meta_off,
-			   uint64_t meta_len, uint8_t *t)
+/*
+ * Steps 2 and 3: region table copy at `at`, the table in use (s->rg)
+ * with its metadata entry naming [meta_off, +meta_len), encoded into t.
+ */
+static int region_table_switch(struct img *img, const struct vhdx *s,
+			       uint64_t at, uint64_t meta_off,
+			       uint64_t meta_len, uint8_t *t)
 {
-	const struct vhdx_region_hdr_raw *h = (const void *)t;
+	struct vhdx_regions *rg = malloc(sizeof(*rg));
 	size_t first = SIZE_MAX, last = 0;
 	uint8_t *old;
-	unsigned n;
 	int r;
 
 	old = malloc(VHDX_REGION_SIZE);
-	if (!old)
-		return -ENOMEM;
-	r = pread_full(img->fd, t, VHDX_REGION_SIZE, at);
+	if (!old || !rg) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = pread_full(img->fd, old, VHDX_REGION_SIZE, at);
 	if (r < 0) {
-		vp_err(r, img, "cannot read the region table at %llu: %s",
-		       (unsigned long long)at, strerror(-r));
+		vhdx_err(r, img, "cannot read the region table at %llu: %s",
+			 (unsigned long long)at, strerror(-r));
 		goto out;
 	}
-	memcpy(old, t, VHDX_REGION_SIZE);
-	n = get_le32(h->entry_count);
-	if (memcmp(h->signature, "regi", 4) || n > VHDX_REGION_MAX) {
-		r = vp_err(-EUCLEAN, img, "region table at %llu is damaged",
-			   (unsigned long long)at);
-		goto out;
-	}
-	r = -EUCLEAN;
-	for (unsigned i = 0; i < n; i++) {
-		struct vhdx_region_entry_raw *e = (void *)
-			(t + sizeof(*h) + i * sizeof(*e));
-		struct guid g;
-
-		guid_from_le(&g, e->guid);
-		if (!guid_equal(&g, &vhdx_region_meta))
-			continue;
-		put_le64(e->file_offset, meta_off);
-		put_le32(e->length, (uint32_t)meta_len);
-		r = 0;
-	}
-	if (r < 0) {
-		vp_err(r, img, "region table at %llu names no metadata region",
-		       (unsigned long long)at);
-		goto out;
-	}
-	put_le32(t + offsetof(struct vhdx_region_hdr_raw, checksum), 0);
-	put_le32(t + offsetof(struct vhdx_region_hdr_raw, checksum),
-		 crc32c(0, t, VHDX_REGION_SIZE));
+	*rg = s->rg;
+	for (uint32_t i = 0; i < rg->count; i++)
+		if (guid_equal(&rg->ent[i].guid, &vhdx_region_meta)) {
+			rg->ent[i].off = meta_off;
+			rg->ent[i].len = (uint32_t)meta_len;
+		}
+	vhdx_region_table_encode(rg, t);
 	for (size_t i = 0; i < VHDX_REGION_SIZE; i++)
 		if (t[i] != old[i]) {
 			first = MIN(first, i);
@@ -288,12 +247,13 @@ static int vp_switch_table(struct img *img, uint64_t at, uint64_t meta_off,
 		}
 	if (first == SIZE_MAX)
 		goto out;	/* already names it */
-	if (last < VP_SECTOR)	/* one sector: atomic */
-		r = img_write_sync(img, t, VP_SECTOR, at, "a region table");
+	if (last < SECTOR)	/* one sector: atomic */
+		r = img_write_sync(img, t, SECTOR, at, "a region table");
 	else
 		r = img_write_sync(img, t, VHDX_REGION_SIZE, at,
 				   "a region table");
 out:
+	free(rg);
 	free(old);
 	return r;
 }
@@ -307,17 +267,18 @@ int vhdx_set_parent(struct img *img, const struct img_create_parent *par)
 	int r;
 
 	if (!img->writable || !s->w)
-		return vp_err(-EROFS, img, "not opened for writing");
+		return vhdx_err(-EROFS, img, "not opened for writing");
 	if (!s->p.has_parent)
-		return vp_err(-EINVAL, img, "not a differencing disk: it has no "
-			      "parent to change");
+		return vhdx_err(-EINVAL, img, "not a differencing disk: it has "
+				"no parent to change");
 	if (par->img->has_id && guid_equal(&par->img->id,
 					   &s->hdr.data_write_guid))
-		return vp_err(-ELOOP, img, "cannot name itself as its parent");
-	if (s->rg.meta.len > VP_META_CAP)
-		return vp_err(-EFBIG, img, "metadata region too large to "
-			      "rewrite (%llu)",
-			      (unsigned long long)s->rg.meta.len);
+		return vhdx_err(-ELOOP, img, "cannot name itself as its "
+				"parent");
+	if (s->rg.meta.len > META_CAP)
+		return vhdx_err(-EFBIG, img, "metadata region too large to "
+				"rewrite (%llu)",
+				(unsigned long long)s->rg.meta.len);
 	old = malloc((size_t)s->rg.meta.len);
 	t = malloc(VHDX_REGION_SIZE);
 	if (!old || !t) {
@@ -326,26 +287,28 @@ int vhdx_set_parent(struct img *img, const struct img_create_parent *par)
 	}
 	r = pread_full(img->fd, old, (size_t)s->rg.meta.len, s->rg.meta.off);
 	if (r < 0) {
-		vp_err(r, img, "cannot read the metadata region: %s",
-		       strerror(-r));
+		vhdx_err(r, img, "cannot read the metadata region: %s",
+			 strerror(-r));
 		goto out;
 	}
-	r = vp_build_meta(img, old, s->rg.meta.len, par, &m, &mlen);
+	r = meta_rebuild(img, s, old, par, &m, &mlen);
 	if (r < 0)
 		goto out;
 	if (fstat(img->fd, &st) < 0) {
-		r = vp_err(-errno, img, "cannot stat: %s", strerror(errno));
+		r = vhdx_err(-errno, img, "cannot stat: %s", strerror(errno));
 		goto out;
 	}
-	moff = vp_round_up((uint64_t)st.st_size, VHDX_ALIGN);
-	r = vp_headers(img, s);						/* 0 */
+	moff = round_up((uint64_t)st.st_size, VHDX_ALIGN);
+	r = headers_renew(img, s);					/* 0 */
 	if (r == 0)
 		r = img_write_sync(img, m, (size_t)mlen, moff,		/* 1 */
 				   "the new metadata region");
 	if (r == 0)
-		r = vp_switch_table(img, VHDX_REGION1_OFF, moff, mlen, t); /* 2 */
+		r = region_table_switch(img, s, VHDX_REGION1_OFF, moff, mlen,
+					t);				/* 2 */
 	if (r == 0)
-		r = vp_switch_table(img, VHDX_REGION2_OFF, moff, mlen, t); /* 3 */
+		r = region_table_switch(img, s, VHDX_REGION2_OFF, moff, mlen,
+					t);				/* 3 */
 	if (r == 0)
 		r = img_reopen(img, "parent");
 out:

@@ -86,11 +86,13 @@
  * failed metadata write or fdatasync marks the image broken: every later
  * write and flush fails with -EIO.
  *
- * Memory: the dirty lists are bounded by dirty_max (a writer past it
- * flushes); the sector bitmaps are the read side's slice cache (bat.c),
- * a slice per PARTIALLY_PRESENT block that a write or map needed.  What
- * stays is the read side's BAT (8 bytes a block) and a dirty bit per BAT
- * entry.
+ * Memory does not grow with the disk or with the number of blocks
+ * written: the dirty lists are bounded by dirty_max (a writer past it
+ * flushes), and the sector bitmaps are the read side's slice cache
+ * (bat.c): a slice is loaded when a write or map needs it, and once the
+ * cache holds VHDX_SLICE_CACHE bytes a writer flushes and drops the clean
+ * ones.  What stays is the read side's BAT (8 bytes a block) and a dirty
+ * bit per BAT entry.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -603,18 +605,61 @@ int vhdx_flush(struct img *img)
 }
 
 /* Too much dirty metadata: flush it here, unless a flush is running. */
-/* Too much dirty metadata: flush it here, unless a flush is running. */
+/*
+ * Drop the clean slices from the cache (flush_lock held, so no flush
+ * reads them; the cache lock exclusive, so nobody else does).  Dirty
+ * ones stay: their bits are not in the file yet.
+ */
+static void w_drop_clean(struct vhdx *s)
+{
+	size_t size = vhdx_slice_size(s);
+
+	pthread_rwlock_wrlock(&s->sl.lock);
+	for (uint64_t c = 0; c < s->nchunks; c++) {
+		struct vhdx_slice **d = s->sl.dir[c];
+		bool kept = false;
+
+		for (uint32_t k = 0; d && k < s->chunk_ratio; k++) {
+			if (!d[k])
+				continue;
+			if (d[k]->dirty) {
+				kept = true;
+				continue;
+			}
+			free(d[k]);
+			d[k] = NULL;
+			s->sl.bytes -= size;
+		}
+		if (d && !kept) {
+			free(d);
+			s->sl.dir[c] = NULL;
+		}
+	}
+	pthread_rwlock_unlock(&s->sl.lock);
+}
+
+/*
+ * Too much dirty metadata, or too many cached slices: flush here, unless
+ * a flush is running, then drop the clean slices.  Memory stays bounded
+ * by dirty_max and VHDX_SLICE_CACHE, whatever the size of the disk.
+ */
 static int w_bound_dirty(struct vhdx *s)
 {
 	struct vhdx_writer *w = s->w;
+	bool full = s->sl.dir && __atomic_load_n(&s->sl.bytes,
+						 __ATOMIC_RELAXED) >
+					 VHDX_SLICE_CACHE;
 	int r;
 
-	if (__atomic_load_n(&w->bat_n, __ATOMIC_RELAXED) < w->dirty_max &&
+	if (!full &&
+	    __atomic_load_n(&w->bat_n, __ATOMIC_RELAXED) < w->dirty_max &&
 	    __atomic_load_n(&w->bm_n, __ATOMIC_RELAXED) < w->dirty_max)
 		return 0;
 	if (pthread_mutex_trylock(&w->flush_lock))
 		return 0;
 	r = w_flush_meta(s);
+	if (r == 0 && full)
+		w_drop_clean(s);
 	pthread_mutex_unlock(&w->flush_lock);
 	return r;
 }

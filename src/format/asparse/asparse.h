@@ -77,6 +77,8 @@ struct asparse_diag {
 	uint64_t val;
 };
 
+/* ---- codec.c: pure decode and encode, no I/O, no state ---- */
+
 /*
  * Decode and validate the file header in buf (len >= 28).  0, or -EINVAL
  * (not a sparse image), -ENOTSUP (major version not 1), -EUCLEAN (bad
@@ -87,6 +89,8 @@ int asparse_header_decode_diag(const uint8_t *buf, size_t len,
 			       struct asparse_diag *d);
 int asparse_header_decode(const uint8_t *buf, size_t len,
 			  struct asparse_header *h);
+/* Encode h into buf[0..28); a padded header's tail is the caller's. */
+void asparse_header_encode(const struct asparse_header *h, uint8_t *buf);
 
 /*
  * Decode and validate one chunk header (len >= 12) against its file
@@ -100,13 +104,106 @@ int asparse_chunk_decode_diag(const uint8_t *buf, size_t len,
 int asparse_chunk_decode(const uint8_t *buf, size_t len,
 			 const struct asparse_header *h,
 			 struct asparse_chunk *c);
+/* Encode type, nblocks and total_sz into buf[0..12); reserved1 is 0. */
+void asparse_chunk_encode(const struct asparse_chunk *c, uint8_t *buf);
 
-/* ---- write.c: the streaming writer, declared in asparse-writer.h ---- */
-#include "asparse-writer.h"
+/*
+ * The format's CRC-32 (zlib's: reflected 0xedb88320, as libsparse),
+ * continued from crc over n bytes; start with 0.
+ */
+uint32_t asparse_crc32_update(uint32_t crc, const void *buf, size_t n);
+/* Expand a FILL value into buf[0..n): output bytes from offset off on. */
+void asparse_fill_expand(uint8_t *buf, size_t n, uint32_t value,
+			 uint64_t off);
 
-/* asparse-check.c: ->check, a structural check with the CRC32 chunks */
+/* ---- open.c: the read side (the walk, the output stream) ---- */
+
 struct img;
+
+struct asparse_run {		/* one chunk that covers output blocks */
+	uint64_t start;		/* first byte in the output image */
+	uint64_t len;		/* bytes, > 0 */
+	uint64_t data;		/* RAW: file offset; FILL: the LE32 value */
+	uint16_t type;		/* ASPARSE_CHUNK_RAW/FILL/DONT_CARE */
+};
+
+#define ASPARSE_CRC_IMAGE UINT32_MAX	/* asparse_crc.chunk: image_checksum */
+
+struct asparse_crc {		/* a CRC32 chunk: a checkpoint in the output */
+	uint64_t pos;		/* output bytes before it */
+	uint32_t value;
+	uint32_t chunk;		/* chunk index, for messages */
+};
+
+/* Index of a chunk type in asparse.nchunks[]: RAW 0 .. CRC32 3. */
+#define ASPARSE_TYPE_INDEX(t) ((unsigned)(t) - ASPARSE_CHUNK_RAW)
+
+/* An image's chunks, as one walk found them; immutable after open. */
+struct asparse {
+	struct asparse_header h;
+	struct asparse_run *runs;	/* owned; contiguous from 0 */
+	size_t nruns;
+	struct asparse_crc *crcs;	/* owned; CRC32 chunks, file order */
+	size_t ncrcs;
+	uint32_t nchunks[4];	/* chunks walked, by ASPARSE_TYPE_INDEX */
+	uint64_t nblocks;	/* output blocks the walked chunks cover */
+	uint64_t end;		/* file offset after the last chunk walked */
+};
+
+/* Where a chunk walk stopped, and why. */
+struct asparse_fault {
+	uint32_t chunk;		/* index of the bad chunk */
+	uint64_t pos;		/* its file offset */
+	struct asparse_diag d;
+};
+
+/*
+ * Walk the chunks of img (s->h decoded, the rest of *s zeroed) once and
+ * fill s: every chunk header decoded and inside the file, the data inside
+ * the file, no more blocks than total_blks (that they add up to it is the
+ * caller's rule).  0; -EUCLEAN at the first bad chunk, with *f filled,
+ * silent, and s holding the chunks before it; other -errno (logged).
+ */
+int asparse_chunks_walk(struct img *img, struct asparse *s,
+			struct asparse_fault *f);
+/* Free what a walk allocated in s (not s itself). */
+void asparse_state_clear(struct asparse *s);
+
+/* Output bytes [off, off + n) inside the runs: RAW, FILL, zeros. */
+int asparse_output_read(struct img *img, const struct asparse *s,
+			uint8_t *buf, size_t n, uint64_t off);
+
+/* Called for a checkpoint whose CRC differs: < 0 stops the stream. */
+typedef int (*asparse_crc_mismatch_fn)(void *ctx,
+				       const struct asparse_crc *c,
+				       uint32_t computed);
+/*
+ * Stream the output (DONT_CARE as zeros, as libsparse counts it) up to
+ * each checkpoint of cp[0..ncp) (in output order, inside the runs) and
+ * compare its CRC-32.  Checkpoints past limit output bytes are skipped
+ * with one warning.  0, or the first < 0 of mismatch, or -errno (logged).
+ */
+int asparse_crcs_verify(struct img *img, const struct asparse *s,
+			const struct asparse_crc *cp, size_t ncp,
+			uint64_t limit, asparse_crc_mismatch_fn mismatch,
+			void *ctx);
+
+/* ---- the driver's hooks, named by the driver struct in driver.c ---- */
 struct img_check;
+struct img_extent;
+struct img_info;
+struct img_probe;
+/* open.c: the read side */
+int asparse_probe(const struct img_probe *p);
+int asparse_open(struct img *img);
+void asparse_close(struct img *img);
+int asparse_map_extent(struct img *img, uint64_t off, uint64_t len,
+		       struct img_extent *ext);
+int asparse_read(struct img *img, void *buf, size_t n, uint64_t off);
+/* check.c, info.c */
 int asparse_check(struct img *img, bool repair, struct img_check *res);
+int asparse_info(struct img *img, struct img_info *out);
+
+/* write.c, the streaming writer, is declared in asparse-writer.h. */
 
 #endif

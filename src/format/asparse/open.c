@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * asparse.c: Android sparse images (AOSP libsparse format, version 1.0).
+ * open.c: the read side of the Android sparse driver (AOSP libsparse
+ * format, version 1.0): probe, open, close, map_extent, read, and the chunk
+ * walk and output stream that the checker (check.c) runs too.
  *
  * The format has no index: open walks every chunk once and builds a sorted
  * table of runs, one per chunk that covers blocks.  map_extent is then a
@@ -18,6 +20,10 @@
  * image_checksum is not checked (AOSP ignores it; writers leave it 0).
  *
  * The run table is immutable after open: map and read need no lock.
+ *
+ * Dependencies point one way: codec.c <- this file <- check.c, write.c.
+ * The driver struct names the checker too, so it lives in driver.c, which
+ * sees both sides; nothing here calls a check or write symbol.
  */
 #include <assert.h>
 #include <errno.h>
@@ -40,148 +46,7 @@
 #define ASPARSE_RA_MIN 65536	/* read-ahead while walking chunk headers */
 #define ASPARSE_RA_BUF (ASPARSE_RA_MIN + 4)	/* >= largest header + 4 */
 
-struct asparse_run {
-	uint64_t start;		/* first byte in the output image */
-	uint64_t len;		/* bytes, > 0 */
-	uint64_t data;		/* RAW: file offset; FILL: the LE32 value */
-	uint16_t type;		/* ASPARSE_CHUNK_RAW/FILL/DONT_CARE */
-};
-
-struct asparse {
-	struct asparse_header h;
-	struct asparse_run *runs;	/* owned; contiguous, cover [0, size) */
-	size_t nruns;
-};
-
-struct asparse_crc {		/* a CRC32 chunk: a checkpoint in the output */
-	uint64_t pos;		/* output bytes before it */
-	uint32_t value;
-	uint32_t chunk;		/* chunk index, for messages */
-};
-
-static void diag(struct asparse_diag *d, const char *what, uint64_t val)
-{
-	if (d) {
-		d->what = what;
-		d->val = val;
-	}
-}
-
-int asparse_header_decode_diag(const uint8_t *buf, size_t len,
-			       struct asparse_header *h,
-			       struct asparse_diag *d)
-{
-	const struct asparse_header_raw *r = (const void *)buf; /* bytes only */
-	struct asparse_header v;
-
-	if (len < sizeof(*r)) {
-		diag(d, "file header too short", len);
-		return -EINVAL;
-	}
-	if (get_le32(r->magic) != ASPARSE_MAGIC) {
-		diag(d, "bad magic", get_le32(r->magic));
-		return -EINVAL;
-	}
-	v.major = get_le16(r->major_version);
-	v.minor = get_le16(r->minor_version);	/* minors are compatible */
-	if (v.major != ASPARSE_MAJOR) {
-		diag(d, "unsupported major version", v.major);
-		return -ENOTSUP;
-	}
-	v.file_hdr_sz = get_le16(r->file_hdr_sz);
-	if (v.file_hdr_sz < ASPARSE_FILE_HDR_MIN) {
-		diag(d, "file_hdr_sz too small", v.file_hdr_sz);
-		return -EUCLEAN;
-	}
-	v.chunk_hdr_sz = get_le16(r->chunk_hdr_sz);
-	if (v.chunk_hdr_sz < ASPARSE_CHUNK_HDR_MIN) {
-		diag(d, "chunk_hdr_sz too small", v.chunk_hdr_sz);
-		return -EUCLEAN;
-	}
-	v.blk_sz = get_le32(r->blk_sz);
-	if (v.blk_sz == 0 || v.blk_sz % 4) {
-		diag(d, "blk_sz not a non-zero multiple of 4", v.blk_sz);
-		return -EUCLEAN;
-	}
-	v.total_blks = get_le32(r->total_blks);
-	v.total_chunks = get_le32(r->total_chunks);
-	v.image_checksum = get_le32(r->image_checksum);
-	*h = v;
-	return 0;
-}
-
-int asparse_header_decode(const uint8_t *buf, size_t len,
-			  struct asparse_header *h)
-{
-	return asparse_header_decode_diag(buf, len, h, NULL);
-}
-
-int asparse_chunk_decode_diag(const uint8_t *buf, size_t len,
-			      const struct asparse_header *h,
-			      struct asparse_chunk *c, struct asparse_diag *d)
-{
-	const struct asparse_chunk_raw *r = (const void *)buf; /* bytes only */
-	struct asparse_chunk v;
-	uint64_t want;
-
-	if (len < sizeof(*r)) {
-		diag(d, "chunk header too short", len);
-		return -EINVAL;
-	}
-	v.type = get_le16(r->chunk_type);
-	v.nblocks = get_le32(r->chunk_sz);
-	v.total_sz = get_le32(r->total_sz);
-	switch (v.type) {
-	case ASPARSE_CHUNK_RAW:
-		/* u32 * u32 fits in u64; + u16 cannot wrap */
-		want = (uint64_t)v.nblocks * h->blk_sz + h->chunk_hdr_sz;
-		if (v.total_sz != want) {
-			diag(d, "RAW chunk total_sz does not match its blocks",
-			     v.total_sz);
-			return -EUCLEAN;
-		}
-		break;
-	case ASPARSE_CHUNK_FILL:
-		if (v.total_sz != (uint64_t)h->chunk_hdr_sz + 4) {
-			diag(d, "FILL chunk total_sz is not header + 4",
-			     v.total_sz);
-			return -EUCLEAN;
-		}
-		break;
-	case ASPARSE_CHUNK_DONT_CARE:
-		if (v.total_sz != h->chunk_hdr_sz) {
-			diag(d, "DONT_CARE chunk has data", v.total_sz);
-			return -EUCLEAN;
-		}
-		break;
-	case ASPARSE_CHUNK_CRC32:
-		if (v.total_sz != (uint64_t)h->chunk_hdr_sz + 4) {
-			diag(d, "CRC32 chunk total_sz is not header + 4",
-			     v.total_sz);
-			return -EUCLEAN;
-		}
-		if (v.nblocks) {
-			diag(d, "CRC32 chunk covers blocks", v.nblocks);
-			return -EUCLEAN;
-		}
-		break;
-	default:
-		diag(d, "unknown chunk type", v.type);
-		return -EUCLEAN;
-	}
-	v.data_sz = v.total_sz - h->chunk_hdr_sz;
-	*c = v;
-	return 0;
-}
-
-int asparse_chunk_decode(const uint8_t *buf, size_t len,
-			 const struct asparse_header *h,
-			 struct asparse_chunk *c)
-{
-	return asparse_chunk_decode_diag(buf, len, h, c, NULL);
-}
-
-static int asparse_probe(const struct img_probe *p)
+int asparse_probe(const struct img_probe *p)
 {
 	if (p->head_len < 4 || get_le32(p->head) != ASPARSE_MAGIC)
 		return 0;
@@ -206,26 +71,9 @@ static size_t asparse_find(const struct asparse *s, uint64_t off)
 	return lo;
 }
 
-/* The 4-byte pattern of value, phase from the output offset off. */
-static void asparse_fill(uint8_t *buf, size_t n, uint32_t value, uint64_t off)
-{
-	uint8_t pat[4];
-	size_t done;
-
-	put_le32(pat, value);
-	for (done = 0; done < n && done < 4; done++)
-		buf[done] = pat[(off + done) % 4];
-	while (done < n) {	/* done is a multiple of 4: the phase holds */
-		size_t k = MIN(done, n - done);
-
-		memcpy(buf + done, buf, k);
-		done += k;
-	}
-}
-
 /* Produce output bytes [off, off + n) from any runs: RAW, FILL, zeros. */
-static int asparse_produce(struct img *img, const struct asparse *s,
-			   uint8_t *buf, size_t n, uint64_t off)
+int asparse_output_read(struct img *img, const struct asparse *s,
+			uint8_t *buf, size_t n, uint64_t off)
 {
 	size_t i;
 
@@ -250,7 +98,7 @@ static int asparse_produce(struct img *img, const struct asparse *s,
 			}
 			break;
 		case ASPARSE_CHUNK_FILL:
-			asparse_fill(buf, k, (uint32_t)run->data, off);
+			asparse_fill_expand(buf, k, (uint32_t)run->data, off);
 			break;
 		default:	/* DONT_CARE: zeros when expanded */
 			memset(buf, 0, k);
@@ -265,19 +113,12 @@ static int asparse_produce(struct img *img, const struct asparse *s,
 	return 0;
 }
 
-static int asparse_crc_mismatch(const struct img *img,
-				const struct asparse_crc *c, uint32_t computed)
+int asparse_crcs_verify(struct img *img, const struct asparse *s,
+			const struct asparse_crc *cp, size_t ncp,
+			uint64_t limit, asparse_crc_mismatch_fn mismatch,
+			void *ctx)
 {
-	return log_err_ret(-EBADMSG,
-			   "asparse: %s: chunk %u: CRC32 mismatch (stored 0x%08x, computed 0x%08x)",
-			   img->path, c->chunk, c->value, computed);
-}
-
-/* Stream the output up to each checkpoint and compare its CRC-32. */
-static int asparse_check_crcs(struct img *img, const struct asparse *s,
-			      const struct asparse_crc *cp, size_t ncp)
-{
-	uLong crc = crc32(0L, Z_NULL, 0);
+	uint32_t crc = 0;
 	uint64_t done = 0;
 	uint8_t *buf;
 	size_t i;
@@ -287,26 +128,30 @@ static int asparse_check_crcs(struct img *img, const struct asparse *s,
 		return 0;
 	buf = malloc(ASPARSE_CRC_BUF);
 	if (!buf)
-		return -ENOMEM;
+		return log_err_ret(-ENOMEM, "asparse: %s: out of memory",
+				   img->path);
 	for (i = 0; i < ncp; i++) {
-		if (cp[i].pos > ASPARSE_CRC_MAX) {
-			log_warn("asparse: %s: CRC32 chunks after 4 GiB not checked (%zu)",
-				 img->path, ncp - i);
+		if (cp[i].pos > limit) {
+			log_warn("asparse: %s: CRC32 chunks after %llu GiB not checked (%zu)",
+				 img->path, (unsigned long long)(limit >> 30),
+				 ncp - i);
 			break;
 		}
+		assert(cp[i].pos >= done);
 		while (done < cp[i].pos) {
 			size_t n = (size_t)MIN((uint64_t)ASPARSE_CRC_BUF,
 					       cp[i].pos - done);
 
-			r = asparse_produce(img, s, buf, n, done);
+			r = asparse_output_read(img, s, buf, n, done);
 			if (r < 0)
 				goto out;
-			crc = crc32_z(crc, buf, n);
+			crc = asparse_crc32_update(crc, buf, n);
 			done += n;
 		}
-		if ((uint32_t)crc != cp[i].value) {
-			r = asparse_crc_mismatch(img, &cp[i], (uint32_t)crc);
-			goto out;
+		if (crc != cp[i].value) {
+			r = mismatch(ctx, &cp[i], crc);
+			if (r < 0)
+				goto out;
 		}
 	}
 	DBG(FORMAT, "asparse: %s: %zu of %zu CRC32 chunks verified",
@@ -346,51 +191,98 @@ static int asparse_ra_get(struct asparse_ra *ra, uint64_t off, size_t n,
 	return 0;
 }
 
-static int asparse_add_crc(struct asparse_crc **cp, size_t *ncp, size_t *cap,
-			   const struct asparse_crc *c)
+/* Append one element of size sz to *arr (n used, *cap allocated). */
+static int asparse_array_grow(void **arr, size_t n, size_t *cap, size_t sz)
 {
-	if (*ncp == *cap) {
-		size_t ncap = *cap ? *cap * 2 : 16;
-		struct asparse_crc *n = reallocarray(*cp, ncap, sizeof(**cp));
+	size_t ncap;
+	void *p;
 
-		if (!n)
-			return -ENOMEM;
-		*cp = n;
-		*cap = ncap;
-	}
-	(*cp)[(*ncp)++] = *c;
+	if (n < *cap)
+		return 0;
+	ncap = *cap ? *cap * 2 : 16;
+	p = reallocarray(*arr, ncap, sz);
+	if (!p)
+		return -ENOMEM;
+	*arr = p;
+	*cap = ncap;
 	return 0;
 }
 
-static int asparse_chunk_err(const struct img *img, uint32_t i, int err,
-			     const char *what, uint64_t val)
+static int asparse_fault_set(struct asparse_fault *f, uint32_t i,
+			     uint64_t pos, const struct asparse_diag *d)
 {
-	return log_err_ret(err, "asparse: %s: chunk %u: %s (%llu)", img->path,
-			   i, what, (unsigned long long)val);
+	f->chunk = i;
+	f->pos = pos;
+	f->d = *d;
+	return -EUCLEAN;
 }
 
-/* Walk all chunks once: fill s->runs and the CRC checkpoints. */
-static int asparse_walk(struct img *img, struct asparse *s,
-			struct asparse_crc **cp, size_t *ncp)
+/* Record one decoded chunk (data inside the file) in s. */
+static int asparse_chunk_add(struct asparse *s, uint32_t i, uint64_t pos,
+			     const struct asparse_chunk *c, const uint8_t *p,
+			     size_t *runs_cap, size_t *crcs_cap)
+{
+	const struct asparse_header *h = &s->h;
+	int r;
+
+	s->nchunks[ASPARSE_TYPE_INDEX(c->type)]++;
+	if (c->type == ASPARSE_CHUNK_CRC32) {
+		struct asparse_crc *cr;
+
+		r = asparse_array_grow((void **)&s->crcs, s->ncrcs, crcs_cap,
+				       sizeof(*s->crcs));
+		if (r < 0)
+			return r;
+		cr = &s->crcs[s->ncrcs++];
+		cr->pos = s->nblocks * h->blk_sz;
+		cr->value = get_le32(p + h->chunk_hdr_sz);
+		cr->chunk = i;
+	} else if (c->nblocks) {
+		struct asparse_run *run;
+
+		r = asparse_array_grow((void **)&s->runs, s->nruns, runs_cap,
+				       sizeof(*s->runs));
+		if (r < 0)
+			return r;
+		run = &s->runs[s->nruns++];
+		run->start = s->nblocks * h->blk_sz;
+		run->len = (uint64_t)c->nblocks * h->blk_sz;
+		run->type = c->type;
+		if (c->type == ASPARSE_CHUNK_RAW)
+			run->data = pos + h->chunk_hdr_sz;
+		else if (c->type == ASPARSE_CHUNK_FILL)
+			run->data = get_le32(p + h->chunk_hdr_sz);
+		else
+			run->data = 0;
+	}
+	s->nblocks += c->nblocks;
+	return 0;
+}
+
+int asparse_chunks_walk(struct img *img, struct asparse *s,
+			struct asparse_fault *f)
 {
 	const struct asparse_header *h = &s->h;
 	struct asparse_ra ra = { .fd = img->fd, .file_size = img->file_size };
-	uint64_t pos = h->file_hdr_sz, blk = 0;
-	size_t cap = 0;
+	size_t runs_cap = 0, crcs_cap = 0;
+	uint64_t pos = h->file_hdr_sz;
 	int r = 0;
 
 	ra.buf = malloc(ASPARSE_RA_BUF);
 	if (!ra.buf)
-		return -ENOMEM;
+		return log_err_ret(-ENOMEM, "asparse: %s: out of memory",
+				   img->path);
 	for (uint32_t i = 0; i < h->total_chunks; i++) {
 		struct asparse_diag d = { 0 };
 		struct asparse_chunk c;
 		const uint8_t *p;
 		size_t need;
 
+		s->end = pos;
 		if (!range_within(pos, h->chunk_hdr_sz, img->file_size)) {
-			r = asparse_chunk_err(img, i, -EUCLEAN,
-					      "header past end of file", pos);
+			d.what = "header lies past the end of the file";
+			d.val = pos;
+			r = asparse_fault_set(f, i, pos, &d);
 			goto out;
 		}
 		/* the header, and the 4-byte value of FILL/CRC32 if present */
@@ -404,81 +296,71 @@ static int asparse_walk(struct img *img, struct asparse *s,
 		}
 		r = asparse_chunk_decode_diag(p, need, h, &c, &d);
 		if (r < 0) {
-			asparse_chunk_err(img, i, r, d.what, d.val);
+			r = asparse_fault_set(f, i, pos, &d);
 			goto out;
 		}
 		if (!range_within(pos, c.total_sz, img->file_size)) {
-			r = asparse_chunk_err(img, i, -EUCLEAN,
-					      "data past end of file",
-					      pos + c.total_sz);
+			d.what = "data lies past the end of the file";
+			d.val = pos + c.total_sz;
+			r = asparse_fault_set(f, i, pos, &d);
 			goto out;
 		}
-		if (c.nblocks > h->total_blks - blk) {
-			r = asparse_chunk_err(img, i, -EUCLEAN,
-					      "blocks beyond total_blks",
-					      blk + c.nblocks);
+		if (c.nblocks > h->total_blks - s->nblocks) {
+			d.what = "blocks beyond total_blks";
+			d.val = s->nblocks + c.nblocks;
+			r = asparse_fault_set(f, i, pos, &d);
 			goto out;
 		}
-		if (c.type == ASPARSE_CHUNK_CRC32) {
-			struct asparse_crc cr = {
-				.pos = blk * h->blk_sz,
-				.value = get_le32(p + h->chunk_hdr_sz),
-				.chunk = i,
-			};
-
-			r = asparse_add_crc(cp, ncp, &cap, &cr);
-			if (r < 0)
-				goto out;
-		} else if (c.nblocks) {
-			struct asparse_run *run = &s->runs[s->nruns++];
-
-			assert(s->nruns <= h->total_chunks);
-			run->start = blk * h->blk_sz;
-			run->len = (uint64_t)c.nblocks * h->blk_sz;
-			run->type = c.type;
-			if (c.type == ASPARSE_CHUNK_RAW)
-				run->data = pos + h->chunk_hdr_sz;
-			else if (c.type == ASPARSE_CHUNK_FILL)
-				run->data = get_le32(p + h->chunk_hdr_sz);
-			else
-				run->data = 0;
+		r = asparse_chunk_add(s, i, pos, &c, p, &runs_cap, &crcs_cap);
+		if (r < 0) {
+			log_err("asparse: %s: out of memory (%u chunks)",
+				img->path, h->total_chunks);
+			goto out;
 		}
 		/* no overflow: pos + total_sz <= file_size was checked */
 		pos += c.total_sz;
-		blk += c.nblocks;
 	}
-	if (blk != h->total_blks) {
-		r = log_err_ret(-EUCLEAN,
-				"asparse: %s: chunks cover %llu blocks, not total_blks (%u)",
-				img->path, (unsigned long long)blk,
-				h->total_blks);
-		goto out;
-	}
-	if (pos != img->file_size)
-		DBG(FORMAT, "asparse: %s: %llu bytes after the last chunk",
-		    img->path, (unsigned long long)(img->file_size - pos));
+	s->end = pos;
 out:
 	free(ra.buf);
 	return r;
+}
+
+void asparse_state_clear(struct asparse *s)
+{
+	free(s->runs);
+	free(s->crcs);
+	s->runs = NULL;
+	s->crcs = NULL;
+	s->nruns = s->ncrcs = 0;
 }
 
 static void asparse_free(struct asparse *s)
 {
 	if (!s)
 		return;
-	free(s->runs);
+	asparse_state_clear(s);
 	free(s);
 }
 
-static int asparse_open(struct img *img)
+static int asparse_crc_mismatch(void *ctx, const struct asparse_crc *c,
+				uint32_t computed)
+{
+	const struct img *img = ctx;
+
+	return log_err_ret(-EBADMSG,
+			   "asparse: %s: chunk %u: CRC32 mismatch (stored 0x%08x, computed 0x%08x)",
+			   img->path, c->chunk, c->value, computed);
+}
+
+int asparse_open(struct img *img)
 {
 	uint8_t hb[ASPARSE_FILE_HDR_MIN];
 	struct asparse_diag d = { 0 };
-	struct asparse_crc *cp = NULL;
+	struct asparse_fault f = { 0 };
 	struct asparse_header h;
 	struct asparse *s = NULL;
 	uint64_t size, max_chunks;
-	size_t ncp = 0;
 	int r;
 
 	if (img->file_size < sizeof(hb))
@@ -516,21 +398,29 @@ static int asparse_open(struct img *img)
 
 	s = calloc(1, sizeof(*s));
 	if (!s)
-		return -ENOMEM;
+		return log_err_ret(-ENOMEM, "asparse: %s: out of memory",
+				   img->path);
 	s->h = h;
-	s->runs = calloc(h.total_chunks ? h.total_chunks : 1,
-			 sizeof(*s->runs));
-	if (!s->runs) {
-		r = -ENOMEM;
+	r = asparse_chunks_walk(img, s, &f);
+	if (r == -EUCLEAN)
+		log_err("asparse: %s: chunk %u: %s (%llu)", img->path, f.chunk,
+			f.d.what, (unsigned long long)f.d.val);
+	if (r < 0)
+		goto fail;
+	if (s->nblocks != h.total_blks) {
+		r = log_err_ret(-EUCLEAN,
+				"asparse: %s: chunks cover %llu blocks, not total_blks (%u)",
+				img->path, (unsigned long long)s->nblocks,
+				h.total_blks);
 		goto fail;
 	}
-	r = asparse_walk(img, s, &cp, &ncp);
+	if (s->end != img->file_size)
+		DBG(FORMAT, "asparse: %s: %llu bytes after the last chunk",
+		    img->path, (unsigned long long)(img->file_size - s->end));
+	r = asparse_crcs_verify(img, s, s->crcs, s->ncrcs, ASPARSE_CRC_MAX,
+				asparse_crc_mismatch, img);
 	if (r < 0)
 		goto fail;
-	r = asparse_check_crcs(img, s, cp, ncp);
-	if (r < 0)
-		goto fail;
-	free(cp);
 
 	img->size = size;
 	img->sector_size = 512;
@@ -542,22 +432,18 @@ static int asparse_open(struct img *img)
 	    h.total_chunks, s->nruns);
 	return 0;
 fail:
-	if (r == -ENOMEM)
-		log_err("asparse: %s: out of memory (%u chunks)", img->path,
-			h.total_chunks);
-	free(cp);
 	asparse_free(s);
 	return r;
 }
 
-static void asparse_close(struct img *img)
+void asparse_close(struct img *img)
 {
 	asparse_free(img->priv);
 	img->priv = NULL;
 }
 
-static int asparse_map_extent(struct img *img, uint64_t off, uint64_t len,
-			      struct img_extent *ext)
+int asparse_map_extent(struct img *img, uint64_t off, uint64_t len,
+		       struct img_extent *ext)
 {
 	const struct asparse *s = img->priv;
 	const struct asparse_run *run = &s->runs[asparse_find(s, off)];
@@ -581,23 +467,11 @@ static int asparse_map_extent(struct img *img, uint64_t off, uint64_t len,
 	return 0;
 }
 
-static int asparse_read(struct img *img, void *buf, size_t n, uint64_t off)
+int asparse_read(struct img *img, void *buf, size_t n, uint64_t off)
 {
 	const struct asparse *s = img->priv;
 
 	if (off > img->size || n > img->size - off)
 		return -EINVAL;
-	return asparse_produce(img, s, buf, n, off);
+	return asparse_output_read(img, s, buf, n, off);
 }
-
-const struct img_driver asparse_driver = {
-	.name = "asparse",
-	.desc = "Android sparse image",
-	.probe = asparse_probe,
-	.open = asparse_open,
-	.close = asparse_close,
-	.map_extent = asparse_map_extent,
-	.check = asparse_check,		/* asparse-check.c */
-	.read = asparse_read,
-	/* no .parent: a sparse image stands alone; no .write: read-only */
-};

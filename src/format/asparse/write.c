@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * asparse-write.c: write an Android sparse image (version 1.0), block
+ * write.c: write an Android sparse image (version 1.0), block
  * after block, for `layerimg convert -O sparse`.
  *
  * The caller hands over runs of output blocks in increasing order: RAW
@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "asparse-writer.h"
 #include "asparse.h"
 #include "checked.h"
 #include "endian-io.h"
@@ -43,12 +44,13 @@ struct asparse_writer {
 static int put_chunk_hdr(struct asparse_writer *w, uint64_t at, uint16_t type,
 			 uint32_t nblocks, uint32_t total_sz)
 {
-	uint8_t h[ASPARSE_CHUNK_HDR_MIN] = { 0 };
+	const struct asparse_chunk c = {
+		.type = type, .nblocks = nblocks, .total_sz = total_sz,
+	};
+	uint8_t buf[ASPARSE_CHUNK_HDR_MIN];
 
-	put_le16(h, type);
-	put_le32(h + 4, nblocks);
-	put_le32(h + 8, total_sz);
-	return pwrite_full(w->fd, h, sizeof(h), at);
+	asparse_chunk_encode(&c, buf);
+	return pwrite_full(w->fd, buf, sizeof(buf), at);
 }
 
 /* Write out the chunk being built, if any. */
@@ -231,7 +233,14 @@ int asparse_writer_open(const char *path, uint64_t size, uint32_t blk_sz,
 
 int asparse_writer_close(struct asparse_writer *w)
 {
-	uint8_t h[ASPARSE_FILE_HDR_MIN] = { 0 };
+	struct asparse_header h = {
+		.major = ASPARSE_MAJOR,
+		.minor = 0,
+		.file_hdr_sz = ASPARSE_FILE_HDR_MIN,
+		.chunk_hdr_sz = ASPARSE_CHUNK_HDR_MIN,
+		.image_checksum = 0,	/* optional; libsparse writes 0 too */
+	};
+	uint8_t buf[ASPARSE_FILE_HDR_MIN];
 	int r;
 
 	r = skip_to(w, w->total_blks);
@@ -239,16 +248,11 @@ int asparse_writer_close(struct asparse_writer *w)
 		r = finish_chunk(w);
 	if (r < 0)
 		return r;
-	put_le32(h, ASPARSE_MAGIC);
-	put_le16(h + 4, ASPARSE_MAJOR);
-	put_le16(h + 6, 0);
-	put_le16(h + 8, ASPARSE_FILE_HDR_MIN);
-	put_le16(h + 10, ASPARSE_CHUNK_HDR_MIN);
-	put_le32(h + 12, w->blk_sz);
-	put_le32(h + 16, w->total_blks);
-	put_le32(h + 20, w->nchunks);
-	put_le32(h + 24, 0);		/* no image checksum */
-	r = pwrite_full(w->fd, h, sizeof(h), 0);
+	h.blk_sz = w->blk_sz;		/* the counts are final only now */
+	h.total_blks = w->total_blks;
+	h.total_chunks = w->nchunks;
+	asparse_header_encode(&h, buf);
+	r = pwrite_full(w->fd, buf, sizeof(buf), 0);
 	if (r == 0 && ftruncate(w->fd, (off_t)w->pos) < 0)
 		r = -errno;
 	if (r == 0 && fdatasync(w->fd) < 0)

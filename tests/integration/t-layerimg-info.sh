@@ -10,10 +10,13 @@
 #   - a VHDX with a dirty log (replayed in memory, reported);
 #   - layer-rule violations (a parent of a higher level; an L0nn name);
 #   - a qcow2 whose backing file is missing (left out, counted).
+# Android sparse images (img2simg, and mksimg.py with CRC32 chunks and an
+# image_checksum set here) are checked alone: their format facts against
+# the file parsed with python's struct module.
 # The JSON must be valid and match docs/layerimg-json.md's layout; the
 # text form must show the same facts.
 . "$(dirname "$0")/lib.sh"
-require qemu-img qemu-io sfdisk blkid mkfs.ext4 python3
+require qemu-img qemu-io sfdisk blkid mkfs.ext4 python3 img2simg
 require_script mkvhd.py
 require_script mkvhdx.py
 [ -x "${LAYERIMG:-}" ] || fail "LAYERIMG must name the built layerimg"
@@ -247,6 +250,70 @@ m = json.loads(open(sys.argv[2], "rb").read().decode("utf-8"))
 assert os.path.basename(m[0]["file"]) == want, m[0]
 EOF
 ok "JSON escapes quotes, backslashes, control bytes and invalid UTF-8"
+
+# Android sparse: the format facts against the file read with struct
+sp=$T/sparse
+mkdir -p "$sp"
+python3 - "$sp/s.raw" <<'EOF'
+import random, struct, sys
+r = random.Random(7)
+b = bytearray()
+for kind in "RRZZFFRZZZFRZ":	# random, zero, fill blocks of 4 KiB
+    if kind == "R":
+        b += r.randbytes(4096)
+    elif kind == "F":
+        b += struct.pack("<I", 0xa5b6c7d8) * 1024
+    else:
+        b += bytes(4096)
+open(sys.argv[1], "wb").write(b)
+EOF
+img2simg "$sp/s.raw" "$sp/i2s.simg" || fail "img2simg"
+python3 "$TOOLS/mksimg.py" "$sp/s.raw" "$sp/mk.simg" --crc --crc-every 2 \
+	--block-size 1024 >/dev/null || fail "mksimg"
+python3 - "$sp/s.raw" "$sp/mk.simg" <<'EOF' || fail "image_checksum"
+import struct, sys, zlib
+f = bytearray(open(sys.argv[2], "rb").read())
+struct.pack_into("<I", f, 24, zlib.crc32(open(sys.argv[1], "rb").read()))
+open(sys.argv[2], "wb").write(f)
+EOF
+for s in i2s mk; do
+	"$LAYERIMG" info --json "$sp/$s.simg" >"$sp/$s.json" ||
+		fail "info $s.simg"
+	"$LAYERIMG" info "$sp/$s.simg" >"$sp/$s.txt" || fail "info text $s.simg"
+	python3 - "$sp/$s.simg" "$sp/$s.json" "$sp/$s.txt" <<'EOF' ||
+import json, struct, sys
+d = open(sys.argv[1], "rb").read()
+(magic, major, minor, fhs, chs, bs, blks, nchunks,
+ csum) = struct.unpack_from("<IHHHHIIII", d, 0)
+assert magic == 0xED26FF3A
+want = {"major_version": major, "minor_version": minor, "block_size": bs,
+        "total_blocks": blks, "total_chunks": nchunks}
+names = {0xCAC1: "raw_chunks", 0xCAC2: "fill_chunks",
+         0xCAC3: "dont_care_chunks", 0xCAC4: "crc32_chunks"}
+for n in names.values():
+    want[n] = 0
+pos = fhs
+for _ in range(nchunks):
+    t, _, sz, total = struct.unpack_from("<HHII", d, pos)
+    want[names[t]] += 1
+    pos += total
+assert pos == len(d), (pos, len(d))
+if csum:
+    want["image_checksum"] = csum
+j = json.load(open(sys.argv[2]))["chains"][0]["layers"][0]
+assert j["format"] == "asparse", j["format"]
+assert j["format_specific"] == want, (j["format_specific"], want)
+assert list(j["format_specific"]) == list(want), "fact order"
+text = "format facts:  " + ", ".join("%s=%d" % kv for kv in want.items())
+assert text in open(sys.argv[3]).read(), text
+EOF
+		fail "$s.simg: format facts differ: $(cat "$sp/$s.json")"
+done
+grep -q "crc32_chunks=[1-9]" "$sp/mk.txt" || fail "mk.simg: no CRC32 chunks"
+grep -q "image_checksum=" "$sp/mk.txt" || fail "mk.simg: no image_checksum"
+grep -q "fill_chunks=[1-9]" "$sp/mk.txt" || fail "mk.simg: no FILL chunks"
+grep -q "dont_care_chunks=[1-9]" "$sp/mk.txt" || fail "mk.simg: no DONT_CARE"
+ok "Android sparse format facts match the files (img2simg, mksimg.py)"
 
 # errors and help
 rc=0

@@ -345,6 +345,65 @@ START_TEST(chunk_decode_table)
 }
 END_TEST
 
+/* The encoders write what the decoders read, byte for byte. */
+START_TEST(codec_encodes)
+{
+	struct asparse_header h, h2;
+	struct asparse_chunk c, c2;
+	uint8_t buf[28];
+
+	ck_assert_int_eq(asparse_header_decode(good_hdr, 28, &h), 0);
+	memset(buf, 0xee, sizeof(buf));
+	asparse_header_encode(&h, buf);
+	ck_assert(!memcmp(buf, good_hdr, sizeof(buf)));
+	h.minor = 3;
+	h.file_hdr_sz = 40;
+	h.chunk_hdr_sz = 20;
+	asparse_header_encode(&h, buf);
+	ck_assert_int_eq(asparse_header_decode(buf, 28, &h2), 0);
+	ck_assert(!memcmp(&h, &h2, sizeof(h)));
+	for (size_t i = 0; i < ARRAY_SIZE(chunks); i++) {
+		if (chunks[i].err)
+			continue;
+		h.chunk_hdr_sz = chunks[i].chunk_hdr_sz;
+		c.type = chunks[i].type;
+		c.nblocks = chunks[i].nblocks;
+		c.total_sz = chunks[i].total_sz;
+		memset(buf, 0xee, sizeof(buf));
+		asparse_chunk_encode(&c, buf);
+		ck_assert_uint_eq(buf[2] | buf[3], 0);	/* reserved1 */
+		ck_assert_uint_eq(buf[12], 0xee);	/* 12 bytes only */
+		ck_assert_int_eq(asparse_chunk_decode(buf, 12, &h, &c2), 0);
+		ck_assert_uint_eq(c2.type, c.type);
+		ck_assert_uint_eq(c2.nblocks, c.nblocks);
+		ck_assert_uint_eq(c2.total_sz, c.total_sz);
+	}
+	/* zlib's CRC-32, continued in pieces */
+	ck_assert_uint_eq(asparse_crc32_update(0, "123456789", 9), 0xcbf43926);
+	ck_assert_uint_eq(asparse_crc32_update(asparse_crc32_update(0,
+							"1234", 4),
+					       "56789", 5), 0xcbf43926);
+}
+END_TEST
+
+/* The fill pattern keeps its phase from any output offset. */
+START_TEST(codec_fill_expand)
+{
+	uint8_t buf[23];
+
+	for (unsigned off = 0; off < 8; off++)
+		for (size_t n = 0; n <= sizeof(buf); n++) {
+			memset(buf, 0, sizeof(buf));
+			asparse_fill_expand(buf, n, 0x44332211, off);
+			for (size_t i = 0; i < n; i++)
+				ck_assert_uint_eq(buf[i],
+						  0x11 * (1 + (off + i) % 4));
+			for (size_t i = n; i < sizeof(buf); i++)
+				ck_assert_uint_eq(buf[i], 0);
+		}
+}
+END_TEST
+
 START_TEST(probe_scores)
 {
 	struct img_probe p = { .path = "x", .head = good_hdr, .head_len = 28,
@@ -469,6 +528,42 @@ START_TEST(small_image_reads)
 	img_unref(img);
 	ck_assert_uint_eq(nerr, 0);
 	free(path);
+}
+END_TEST
+
+/* ->info: the header's numbers and the chunks by type (small_image) */
+START_TEST(small_image_info)
+{
+	static const struct img_info_fact want[] = {
+		{ "major_version", 1 }, { "minor_version", 0 },
+		{ "block_size", SM_BLK }, { "total_blocks", 5 },
+		{ "total_chunks", 5 }, { "raw_chunks", 2 },
+		{ "fill_chunks", 1 }, { "dont_care_chunks", 1 },
+		{ "crc32_chunks", 1 }, { "image_checksum", 0xdeadbeef },
+	};
+	uint8_t buf[SM_LEN], out[SM_OUT];
+	struct img_info inf;
+	struct img *img;
+	char *path;
+
+	small_image(buf, out);
+	for (int set = 0; set < 2; set++) {
+		unsigned n = ARRAY_SIZE(want) - !set;
+
+		put_le32(buf + 24, set ? 0xdeadbeef : 0); /* not verified */
+		path = fx_write_file("info.simg", buf, sizeof(buf));
+		ck_assert_int_eq(open_sparse(path, &img), 0);
+		ck_assert_int_eq(img_info_get(img, &inf), 0);
+		ck_assert_uint_eq(inf.nfacts, n);
+		for (unsigned i = 0; i < n; i++) {
+			ck_assert_str_eq(inf.facts[i].key, want[i].key);
+			ck_assert_uint_eq(inf.facts[i].value, want[i].value);
+		}
+		ck_assert(!inf.has_log && !inf.has_snapshots);
+		img_info_clear(&inf);
+		img_unref(img);
+		free(path);
+	}
 }
 END_TEST
 
@@ -942,11 +1037,14 @@ Suite *unit_suite(void)
 	tcase_add_loop_test(tc, header_rejects_corruption, 0,
 			    ARRAY_SIZE(bad_hdr));
 	tcase_add_loop_test(tc, chunk_decode_table, 0, ARRAY_SIZE(chunks));
+	tcase_add_test(tc, codec_encodes);
+	tcase_add_test(tc, codec_fill_expand);
 	tcase_add_test(tc, probe_scores);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("driver");
 	tcase_add_test(tc, small_image_reads);
+	tcase_add_test(tc, small_image_info);
 	tcase_add_loop_test(tc, malformed_image, 0, ARRAY_SIZE(bad_img));
 	tcase_add_test(tc, unsupported_version_by_content);
 	tcase_add_loop_test(tc, truncated_image, 0, ARRAY_SIZE(cuts));

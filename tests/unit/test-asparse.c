@@ -9,6 +9,7 @@
  * malformed images, which must fail with one log line and the right errno.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -404,6 +405,28 @@ START_TEST(codec_fill_expand)
 }
 END_TEST
 
+/* FILL and DONT_CARE CRCs, computed without expanding: as if streamed. */
+START_TEST(codec_crc32_fill)
+{
+	static const uint32_t values[] = { 0, 0x44332211, 0xffffffff };
+	static const uint64_t lens[] = { 0, 4, 8, 12, 4096, 65532, 1 << 20,
+					 (3 << 20) + 4 };
+	uint8_t *buf = malloc((3 << 20) + 4);
+
+	ck_assert_ptr_nonnull(buf);
+	for (size_t v = 0; v < ARRAY_SIZE(values); v++)
+		for (size_t l = 0; l < ARRAY_SIZE(lens); l++) {
+			uint32_t start = (uint32_t)(v * 0x9e3779b9u), want;
+
+			asparse_fill_expand(buf, lens[l], values[v], 0);
+			want = (uint32_t)crc32_z(start, buf, lens[l]);
+			ck_assert_uint_eq(asparse_crc32_fill(start, values[v],
+							     lens[l]), want);
+		}
+	free(buf);
+}
+END_TEST
+
 START_TEST(probe_scores)
 {
 	struct img_probe p = { .path = "x", .head = good_hdr, .head_len = 28,
@@ -703,6 +726,85 @@ START_TEST(too_many_chunks)
 	capture_start();
 	ck_assert_int_eq(open_sparse(path, &img), -EFBIG);
 	ck_assert_uint_eq(nerr, 1);
+	free(path);
+}
+END_TEST
+
+/* ->check as layerimg check runs it: ->open has not run. */
+static int run_check(const char *path, struct img_check *res)
+{
+	struct img *img = calloc(1, sizeof(*img));
+	int r;
+
+	ck_assert_ptr_nonnull(img);
+	img->refcnt = 1;
+	img->path = strdup(path);
+	img->fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert(img->path && img->fd >= 0);
+	img->file_size = (uint64_t)lseek(img->fd, 0, SEEK_END);
+	img->sector_size = img->phys_sector_size = 512;
+	img->drv = &asparse_driver;
+	memset(res, 0, sizeof(*res));
+	r = asparse_driver.check(img, false, res);
+	ck_assert_ptr_null(img->priv);
+	img->drv = NULL;
+	img_unref(img);
+	return r;
+}
+
+/*
+ * 56 bytes that describe 1 TiB of DONT_CARE and then a CRC32 chunk: the
+ * checker once expanded the terabyte to compute the CRC (a hang found by
+ * fuzz-asparse); FILL and DONT_CARE CRCs are now computed, not streamed.
+ * A 64 MiB twin is checked against the CRC of its real expansion.
+ */
+START_TEST(check_huge_dont_care)
+{
+	static const struct {
+		uint32_t blk_sz, blks, fill;
+	} cases[] = {
+		{ 1u << 28, 1u << 12, 0 },		/* 1 TiB of zeros */
+		{ 0xfffffffc, 0xffffffff, 0x01020304 },	/* ~2^64 bytes */
+		{ 1u << 20, 64, 0 },			/* 64 MiB */
+		{ 1u << 20, 64, 0xa5a5a5a4 },
+	};
+	uint8_t f[60];
+	struct img_check res;
+	struct img *img;
+	char *path;
+	bool fill = cases[_i].fill != 0;
+	size_t hdr = fill ? 16 : 12;
+
+	memcpy(f, good_hdr, 28);
+	put_le32(f + 12, cases[_i].blk_sz);
+	put_le32(f + 16, cases[_i].blks);
+	put_le32(f + 20, 2);
+	put_le32(f + 24, 0);
+	chunk_hdr(f + 28, fill ? ASPARSE_CHUNK_FILL : ASPARSE_CHUNK_DONT_CARE,
+		  cases[_i].blks, (uint32_t)hdr);
+	put_le32(f + 40, cases[_i].fill);
+	chunk_hdr(f + 28 + hdr, ASPARSE_CHUNK_CRC32, 0, 16);
+	put_le32(f + 40 + hdr, 0x12345678);	/* wrong */
+	path = fx_write_file("huge.simg", f, 44 + hdr);
+	capture_start();
+	ck_assert_int_eq(run_check(path, &res), 0);
+	ck_assert_uint_eq(res.errors, 1);
+	ck_assert_ptr_nonnull(strstr(last_err, "chunk 1: CRC32 mismatch"));
+	if ((uint64_t)cases[_i].blk_sz * cases[_i].blks <= (64u << 20)) {
+		size_t n = (size_t)cases[_i].blk_sz * cases[_i].blks;
+		uint8_t *out = malloc(n);
+
+		ck_assert_ptr_nonnull(out);
+		asparse_fill_expand(out, n, cases[_i].fill, 0);
+		put_le32(f + 40 + hdr, (uint32_t)crc32_z(0, out, n));
+		free(out);
+		free(path);
+		path = fx_write_file("huge.simg", f, 44 + hdr);
+		ck_assert_int_eq(run_check(path, &res), 0);
+		ck_assert_uint_eq(res.errors, 0);
+		ck_assert_int_eq(open_sparse(path, &img), 0);
+		img_unref(img);
+	}
 	free(path);
 }
 END_TEST
@@ -1039,6 +1141,7 @@ Suite *unit_suite(void)
 	tcase_add_loop_test(tc, chunk_decode_table, 0, ARRAY_SIZE(chunks));
 	tcase_add_test(tc, codec_encodes);
 	tcase_add_test(tc, codec_fill_expand);
+	tcase_add_test(tc, codec_crc32_fill);
 	tcase_add_test(tc, probe_scores);
 	suite_add_tcase(s, tc);
 
@@ -1050,6 +1153,7 @@ Suite *unit_suite(void)
 	tcase_add_loop_test(tc, truncated_image, 0, ARRAY_SIZE(cuts));
 	tcase_add_test(tc, too_many_chunks);
 	tcase_add_test(tc, empty_image);
+	tcase_add_loop_test(tc, check_huge_dont_care, 0, 4);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("tools");

@@ -112,6 +112,13 @@ void asparse_chunk_encode(const struct asparse_chunk *c, uint8_t *buf);
  * continued from crc over n bytes; start with 0.
  */
 uint32_t asparse_crc32_update(uint32_t crc, const void *buf, size_t n);
+/*
+ * The same, continued over n bytes (a multiple of 4) of a FILL value's
+ * expansion from a block boundary (value 0: DONT_CARE, zeros), without
+ * expanding it: O(log n) CRC combinations, so a few bytes of file that
+ * describe terabytes of output cost no more than they are.
+ */
+uint32_t asparse_crc32_fill(uint32_t crc, uint32_t value, uint64_t n);
 /* Expand a FILL value into buf[0..n): output bytes from offset off on. */
 void asparse_fill_expand(uint8_t *buf, size_t n, uint32_t value,
 			 uint64_t off);
@@ -178,9 +185,10 @@ typedef int (*asparse_crc_mismatch_fn)(void *ctx,
 				       const struct asparse_crc *c,
 				       uint32_t computed);
 /*
- * Stream the output (DONT_CARE as zeros, as libsparse counts it) up to
- * each checkpoint of cp[0..ncp) (in output order, inside the runs) and
- * compare its CRC-32.  Checkpoints past limit output bytes are skipped
+ * Compute the CRC-32 of the output (DONT_CARE as zeros, as libsparse counts
+ * it; RAW data read, FILL and DONT_CARE runs computed without expanding
+ * them) up to each checkpoint of cp[0..ncp) (in output order, on run
+ * boundaries, inside the runs) and compare it.  Checkpoints past limit output bytes are skipped
  * with one warning.  0, or the first < 0 of mismatch, or -errno (logged).
  */
 int asparse_crcs_verify(struct img *img, const struct asparse *s,

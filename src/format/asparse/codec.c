@@ -166,6 +166,42 @@ uint32_t asparse_crc32_update(uint32_t crc, const void *buf, size_t n)
 	return (uint32_t)crc32_z(crc, buf, n);
 }
 
+/* The CRC of n bytes (a multiple of 4, < 2^63) of the pattern of value. */
+static uint32_t crc32_pattern(uint32_t value, uint64_t n)
+{
+	uint8_t pat[4];
+	uint32_t piece, acc = 0;	/* the CRC of nothing is 0 */
+	uint64_t len = 4, count = n / 4;
+
+	put_le32(pat, value);
+	piece = (uint32_t)crc32_z(0, pat, 4);
+	while (count) {		/* piece: the pattern len / 4 times */
+		if (count & 1)
+			acc = (uint32_t)crc32_combine(acc, piece, (z_off_t)len);
+		count >>= 1;
+		if (count) {
+			piece = (uint32_t)crc32_combine(piece, piece,
+							(z_off_t)len);
+			len *= 2;
+		}
+	}
+	return acc;
+}
+
+uint32_t asparse_crc32_fill(uint32_t crc, uint32_t value, uint64_t n)
+{
+	const uint64_t step = (uint64_t)1 << 62;	/* fits z_off_t */
+
+	while (n) {
+		uint64_t k = MIN(n, step);
+
+		crc = (uint32_t)crc32_combine(crc, crc32_pattern(value, k),
+					      (z_off_t)k);
+		n -= k;
+	}
+	return crc;
+}
+
 void asparse_fill_expand(uint8_t *buf, size_t n, uint32_t value, uint64_t off)
 {
 	uint8_t pat[4];

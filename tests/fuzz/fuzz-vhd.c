@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * fuzz-vhd.c: libFuzzer target for the VHD driver (fixed, dynamic,
+ * differencing) and its checker.
+ *
+ * Each input is written to a file in a private directory and opened
+ * read-only with the vhd driver.  If it opens, the target asks for the
+ * parent description, maps the disk extent by extent from offset 0 (up to
+ * MAP_MAX extents) and reads what the map says is DATA (up to READ_MAX
+ * bytes), then maps and reads a spread of sampled offsets the way the
+ * chain layer does.  Every input, open or not, also goes through ->check
+ * as `layerimg check` runs it.  Built outside meson by build-vhd.sh.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "img.h"
+#include "io.h"
+#include "log.h"
+#include "registry.h"
+
+/* The fuzzer's own registry: img.c probes only these. */
+const struct img_driver *const img_drivers[] = {
+	&vhd_driver,
+	&raw_driver,
+};
+const size_t img_ndrivers = sizeof(img_drivers) / sizeof(img_drivers[0]);
+
+#define MAP_MAX 65536u		/* extents mapped from offset 0 */
+#define READ_MAX (4u << 20)	/* bytes read while mapping */
+#define SAMPLES 32u
+#define CHUNK (256u << 10)
+
+static char *dir;		/* private directory, removed at exit */
+static char *path;		/* dir/fuzz.vhd */
+static uint8_t *buf;
+
+static void quiet_sink(enum log_level lvl, const char *msg)
+{
+	(void)lvl;
+	(void)msg;
+}
+
+static void cleanup(void)
+{
+	unlink(path);
+	rmdir(dir);
+	free(path);
+	free(dir);
+	free(buf);
+}
+
+static void setup(void)
+{
+	const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+
+	if (asprintf(&dir, "%s/fuzz-vhd-XXXXXX", base) < 0 || !mkdtemp(dir))
+		abort();
+	if (asprintf(&path, "%s/fuzz.vhd", dir) < 0)
+		abort();
+	buf = malloc(CHUNK);
+	if (!buf)
+		abort();
+	atexit(cleanup);
+	log_init("fuzz-vhd");
+	if (!getenv("FUZZ_VERBOSE"))
+		log_set_sink(quiet_sink);
+}
+
+/* Read the first n bytes of extent e at off (DATA only: VHD has no ->read). */
+static void read_extent(struct img *img, const struct img_extent *e,
+			uint64_t off, uint64_t n)
+{
+	if (e->type != IMG_EXT_DATA)
+		return;
+	while (n) {
+		size_t c = (size_t)(n < CHUNK ? n : CHUNK);
+		int r = e->host_off == IMG_HOST_NONE ?
+			img->drv->read(img, buf, c, off) :
+			pread_full(e->fd, buf, c, e->host_off + (e->len - n));
+
+		if (r < 0)
+			return;
+		off += c;
+		n -= c;
+	}
+}
+
+/* Map from 0, one extent after another, reading DATA up to READ_MAX. */
+static void map_all(struct img *img)
+{
+	uint64_t off = 0, done = 0;
+
+	for (unsigned i = 0; i < MAP_MAX && off < img->size; i++) {
+		struct img_extent e;
+		uint64_t n;
+
+		if (img_map(img, off, img->size - off, &e) < 0)
+			return;
+		if (e.len == 0 || e.len > img->size - off)
+			abort();	/* the driver broke the contract */
+		n = e.len < READ_MAX - done ? e.len : READ_MAX - done;
+		if (n && e.type == IMG_EXT_DATA) {
+			read_extent(img, &e, off, n);
+			done += n;
+		}
+		off += e.len;
+	}
+}
+
+/* Map and read [off, off + n) the way the chain layer does. */
+static void read_range(struct img *img, uint64_t off, uint64_t n)
+{
+	uint64_t end;
+
+	if (off >= img->size)
+		return;
+	end = off + (n < img->size - off ? n : img->size - off);
+	while (off < end) {
+		struct img_extent e;
+		uint64_t c;
+
+		if (img_map(img, off, end - off, &e) < 0)
+			return;
+		c = e.len < CHUNK ? e.len : CHUNK;
+		read_extent(img, &e, off, c);
+		off += e.len;
+	}
+}
+
+/* ->check on the file as `layerimg check` runs it: ->open never ran. */
+static void run_check(size_t size)
+{
+	struct img_check res = { 0 };
+	struct img *img = calloc(1, sizeof(*img));
+
+	if (!img)
+		abort();
+	img->refcnt = 1;
+	img->path = strdup(path);
+	img->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (!img->path || img->fd < 0)
+		abort();
+	img->file_size = size;
+	img->sector_size = img->phys_sector_size = 512;
+	img->drv = &vhd_driver;
+	(void)vhd_driver.check(img, false, &res);
+	if (img->priv)		/* a checker must not leave state behind */
+		abort();
+	img->drv = NULL;	/* ->open never ran: nothing for ->close */
+	img_unref(img);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct img_parent parent;
+	struct img *img;
+	int fd;
+
+	if (!path)
+		setup();
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0)
+		abort();
+	if (size && pwrite_full(fd, data, size, 0) < 0)
+		abort();
+	close(fd);
+	if (vhd_driver.check)
+		run_check(size);
+	if (img_open(path, &vhd_driver, false, &img) < 0)
+		return 0;
+	memset(&parent, 0, sizeof(parent));
+	if (img->drv->parent && img->drv->parent(img, &parent) > 0)
+		img_parent_clear(&parent);
+	map_all(img);
+	for (unsigned i = 1; i <= SAMPLES && img->size; i++) {
+		uint64_t off = img->size / SAMPLES * (i - 1) +
+			       (img->size / SAMPLES / 2) * (i & 1);
+
+		read_range(img, off, 65536 + 4096 * i);
+	}
+	img_unref(img);
+	return 0;
+}

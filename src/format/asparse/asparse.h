@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * asparse.h: Android sparse image layout (AOSP libsparse sparse_format.h,
- * version 1.0) and its pure decoders.
+ * asparse.h: private to src/format/asparse/: the Android sparse image
+ * layout (AOSP libsparse sparse_format.h, version 1.0), the codec, and what
+ * the read side shares with the checker and the driver struct.
  *
  * A sparse file is a file header followed by total_chunks chunks, each a
  * chunk header and its data.  Chunks describe the output image in order,
@@ -61,7 +62,7 @@ struct asparse_header {
 	uint32_t blk_sz;
 	uint32_t total_blks;
 	uint32_t total_chunks;
-	uint32_t image_checksum;	/* not checked (AOSP ignores it too) */
+	uint32_t image_checksum;	/* 0: none; open ignores it, as AOSP */
 };
 
 struct asparse_chunk {
@@ -176,24 +177,20 @@ int asparse_chunks_walk(struct img *img, struct asparse *s,
 /* Free what a walk allocated in s (not s itself). */
 void asparse_state_clear(struct asparse *s);
 
-/* Output bytes [off, off + n) inside the runs: RAW, FILL, zeros. */
-int asparse_output_read(struct img *img, const struct asparse *s,
-			uint8_t *buf, size_t n, uint64_t off);
-
-/* Called for a checkpoint whose CRC differs: < 0 stops the stream. */
-typedef int (*asparse_crc_mismatch_fn)(void *ctx,
-				       const struct asparse_crc *c,
-				       uint32_t computed);
 /*
  * Compute the CRC-32 of the output (DONT_CARE as zeros, as libsparse counts
  * it; RAW data read, FILL and DONT_CARE runs computed without expanding
  * them) up to each checkpoint of cp[0..ncp) (in output order, on run
- * boundaries, inside the runs) and compare it.  Checkpoints past limit output bytes are skipped
- * with one warning.  0, or the first < 0 of mismatch, or -errno (logged).
+ * boundaries, inside the runs) and compare it: mismatch(ctx, checkpoint,
+ * computed) is called for each one that differs, and a < 0 from it stops
+ * the walk.  Checkpoints past limit output bytes are skipped with one
+ * warning.  0, or the first < 0 of mismatch, or -errno (logged).
  */
 int asparse_crcs_verify(struct img *img, const struct asparse *s,
 			const struct asparse_crc *cp, size_t ncp,
-			uint64_t limit, asparse_crc_mismatch_fn mismatch,
+			uint64_t limit,
+			int (*mismatch)(void *ctx, const struct asparse_crc *c,
+					uint32_t computed),
 			void *ctx);
 
 /* ---- the driver's hooks, named by the driver struct in driver.c ---- */

@@ -72,8 +72,8 @@ static size_t asparse_find(const struct asparse *s, uint64_t off)
 }
 
 /* Produce output bytes [off, off + n) from any runs: RAW, FILL, zeros. */
-int asparse_output_read(struct img *img, const struct asparse *s,
-			uint8_t *buf, size_t n, uint64_t off)
+static int asparse_output_read(struct img *img, const struct asparse *s,
+			       uint8_t *buf, size_t n, uint64_t off)
 {
 	size_t i;
 
@@ -144,7 +144,9 @@ static int asparse_run_crc(struct img *img, const struct asparse_run *run,
 
 int asparse_crcs_verify(struct img *img, const struct asparse *s,
 			const struct asparse_crc *cp, size_t ncp,
-			uint64_t limit, asparse_crc_mismatch_fn mismatch,
+			uint64_t limit,
+			int (*mismatch)(void *ctx, const struct asparse_crc *c,
+					uint32_t computed),
 			void *ctx)
 {
 	uint32_t crc = 0;

@@ -7,6 +7,22 @@
  * that contain them.  Reads walk the layers: a layer is asked only for the
  * ranges the layer above left UNALLOC, and a parent smaller than the chain
  * reads as zeros past its end.
+ *
+ * Shape and locking.  The chain's shape (which layers, which top) is a
+ * reference-counted view, struct chain_view.  A read pins the current view
+ * (chain_view_get: a shared lock held for one pointer load and one atomic
+ * increment) and reads through it; while the view is held its layers stay
+ * open, so the extents it maps (and the file descriptors in them) stay
+ * valid, e.g. across a zero-copy reply, even if the chain switches to a new
+ * top meanwhile.  A write or zero holds the shape lock shared for its
+ * duration, so it lands in the top of the shape it started in and a shape
+ * change waits for it.  A shape change (chain_set_top) takes the lock
+ * exclusive, only to swap the view pointer; the lock prefers writers, so a
+ * stream of reads and writes cannot starve it.  The lock guards the shape,
+ * not the data: drivers serialize their own allocation and flush, and no
+ * allocation or fdatasync ever holds it exclusive.  It lives in chain.c
+ * and is never taken recursively: no function below takes it while
+ * holding it.
  */
 #ifndef LAYERFS_CHAIN_H
 #define LAYERFS_CHAIN_H
@@ -44,19 +60,40 @@ struct chain_layer {
 				 * (allowed by ignore_parent_id) */
 };
 
+struct chain_shape;		/* chain.c only: the shape lock, the view */
+
 struct chain {
 	char *name;		/* owned: directory name in the mount */
-	char *top_path;		/* owned: path of the top image */
-	struct chain_layer *layers; /* owned array, [0] is the top */
+	char *top_path;		/* owned: path of the top image at scan */
+	/*
+	 * The current shape, borrowed from the current view: for code that no
+	 * shape change can run beside (the CLI, the daemon before its session
+	 * starts).  Everything else reads through a chain_view.
+	 */
+	struct chain_layer *layers; /* [0] is the top */
 	unsigned depth;
-	uint64_t size;		/* the top image's virtual size */
+	uint64_t size;		/* the top image's virtual size (fixed) */
 	uint32_t sector_size;	/* the top image's logical sector size */
 	bool writable;		/* top opened O_RDWR and has ->write: no
 				 * other image depends on it */
 	bool is_parent;		/* another image in IMAGEDIR uses the top */
-	pthread_mutex_t rmw_lock; /* serializes sub-sector writes */
 	unsigned nwarnings;	/* layer-rule warnings */
-	pthread_rwlock_t lock;	/* map/read shared; write/flush exclusive */
+	struct chain_shape *shape; /* owned, chain.c only */
+};
+
+/*
+ * One shape of a chain, pinned: its layers stay open while a reference is
+ * held.  Immutable but for the reference count and the retired top.
+ */
+struct chain_view {
+	struct chain_layer *layers; /* owned array, [0] is the top */
+	unsigned depth;
+	uint64_t size;		/* the chain's size */
+	unsigned refcnt;	/* atomic: chain_view_get/chain_view_put */
+	/* owned reference, under retired_lock: the top this shape replaced,
+	 * until a flush made it durable; NULL if none */
+	struct img *retired;
+	pthread_mutex_t retired_lock;
 };
 
 enum chain_ext_type {
@@ -75,27 +112,58 @@ struct chain_extent {
 };
 
 /*
- * Resolve the run that starts at off (< size), at most len bytes, through
- * all layers.  Caller holds the chain's lock (shared).  0 or -errno.
+ * Pin the chain's current shape: a new reference to its view, never NULL.
+ * Costs a shared lock held for one load and an atomic increment.
  */
-int chain_map(struct chain *c, uint64_t off, uint64_t len,
-	      struct chain_extent *e);
+struct chain_view *chain_view_get(struct chain *c);
+/* Drop a reference; the last one closes the layers no other view holds. */
+void chain_view_put(struct chain_view *v);
+
+/*
+ * Resolve the run that starts at off (< v->size), at most len bytes,
+ * through all layers of v.  The extent (its fd) is valid while v is
+ * held.  0 or -errno.
+ */
+int chain_view_map(const struct chain_view *v, uint64_t off, uint64_t len,
+		   struct chain_extent *e);
 /* Read a resolved extent's first n bytes (n <= e->len) at chain offset off */
-int chain_read_extent(struct chain *c, const struct chain_extent *e,
-		      void *buf, size_t n, uint64_t off);
-/* Read n bytes at off; bytes past the chain's size read as zeros. */
+int chain_view_read_extent(const struct chain_view *v,
+			   const struct chain_extent *e, void *buf, size_t n,
+			   uint64_t off);
+/* Read n bytes at off through v; bytes past the end read as zeros. */
+int chain_view_pread(const struct chain_view *v, void *buf, size_t n,
+		     uint64_t off);
+/* The same through the current shape (a view held for the call). */
 int chain_pread(struct chain *c, void *buf, size_t n, uint64_t off);
 
 /*
  * Write n bytes at off (any alignment: partial sectors are read, merged and
- * written whole).  -EROFS if the chain is not writable, -ENOSPC past its
- * end.  Takes the chain's lock shared.  0 or -errno.
+ * written whole) to the current top.  -EROFS if the chain is not writable,
+ * -ENOSPC past its end.  Holds the shape lock shared.  0 or -errno.
  */
 int chain_pwrite(struct chain *c, const void *buf, size_t n, uint64_t off);
 /* [off, off + n) reads as zeros afterwards (discard, zero-range). */
 int chain_zero(struct chain *c, uint64_t off, uint64_t n);
-/* fsync: every completed write is durable when this returns 0. */
+/*
+ * fsync: every completed write is durable when this returns 0 (the top,
+ * and a top that a shape change retired if it was not flushed since).
+ * Holds a view, not the lock, across the fdatasync.
+ */
 int chain_flush(struct chain *c);
+
+/*
+ * Change the chain's shape: top becomes layer 0, over the current layers
+ * without their first drop ones (0: a new layer over the chain, the live
+ * checkpoint; 1: top replaces the current top).  The chain takes its own
+ * reference to top, which must have the chain's size and sector size, and
+ * be opened writable with ->write if the chain is writable.  Waits for the
+ * writes in flight (the lock, exclusive, for a pointer swap only); views
+ * held elsewhere keep the old layers until they are put.  A writable
+ * old top is flushed before this returns.  0, or -EINVAL/-EROFS (nothing
+ * changed), or the old top's flush error (the shape changed; the next
+ * chain_flush retries it).
+ */
+int chain_set_top(struct chain *c, struct img *top, unsigned drop);
 
 /*
  * Open one image file and resolve its whole parent chain.  dir is the

@@ -213,8 +213,9 @@ struct img_driver {
 	 * Writes (optional; NULL: the chain answers -EROFS).  Only ever
 	 * called on a top image opened with writable set.  The chain
 	 * guarantees: off and n are multiples of img->sector_size, the
-	 * range lies inside img->size, n > 0, and it holds the chain's lock
-	 * shared, so disjoint writes and reads run concurrently: the driver
+	 * range lies inside img->size, n > 0, and it holds the chain's shape
+	 * lock shared (the top cannot change under a write; reads hold no
+	 * lock), so disjoint writes and reads run concurrently: the driver
 	 * serializes its own allocation and publishes new metadata only
 	 * after the data it points to is written (readers never see a
 	 * half-allocated block).  Return after pwrite (write-through, no
@@ -224,7 +225,9 @@ struct img_driver {
 		     const struct img_below *below);
 	/*
 	 * Make every completed write durable (fdatasync and whatever the
-	 * format needs to order metadata).  0 or -errno.
+	 * format needs to order metadata).  Called without the chain's lock,
+	 * beside writes in flight, and on a top a shape change retired.
+	 * 0 or -errno.
 	 */
 	int (*flush)(struct img *img);
 	/*

@@ -26,7 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "chain.h"
+#include "chain-priv.h"
 #include "compiler.h"
 #include "log.h"
 
@@ -543,15 +543,8 @@ static struct chain *chain_build(const struct node *top, const char *name)
 	c->layers = calloc(top->depth, sizeof(*c->layers));
 	c->name = strdup(name);
 	c->top_path = strdup(top->path);
-	if (!c->layers || !c->name || !c->top_path ||
-	    pthread_rwlock_init(&c->lock, NULL) ||
-	    pthread_mutex_init(&c->rmw_lock, NULL)) {
-		free(c->layers);
-		free(c->name);
-		free(c->top_path);
-		free(c);
-		return NULL;
-	}
+	if (!c->layers || !c->name || !c->top_path)
+		goto fail;
 	for (unsigned i = 0; i < top->depth; i++, nd = nd->parent) {
 		struct chain_layer *l = &c->layers[i];
 
@@ -566,7 +559,12 @@ static struct chain *chain_build(const struct node *top, const char *name)
 	c->sector_size = top->img->sector_size;
 	c->writable = top->writable;
 	c->is_parent = top->is_parent;
+	if (chain_shape_init(c) < 0)
+		goto fail;
 	return c;
+fail:
+	chain_free(c);
+	return NULL;
 }
 
 /* Mark every node whose file another resolved node uses as its parent. */

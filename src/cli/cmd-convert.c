@@ -5,7 +5,7 @@
  * qcow2).
  *
  * The disk is read window by window (CONV_WINDOW bytes, aligned): the
- * window's extents come from chain_map, the data ones are read straight
+ * window's extents come from chain_view_map, the data ones are read straight
  * into one buffer (a pread per extent), and only data is written, in runs
  * as long as the data is (rounded out to the output's sector or block
  * size, with zeros where the rounding reaches into a hole).  Holes are
@@ -281,7 +281,8 @@ static int flush_runs(struct conv *cv, uint64_t wend)
  * One window starting at off: read its data into buf, write it.  *next:
  * where the next window starts (past a hole that runs beyond this one).
  */
-static int convert_window(struct conv *cv, uint64_t off, uint64_t *next)
+static int convert_window(struct conv *cv, const struct chain_view *v,
+			  uint64_t off, uint64_t *next)
 {
 	struct chain *c = cv->c;
 	uint64_t wend, pos = off;
@@ -297,19 +298,20 @@ static int convert_window(struct conv *cv, uint64_t off, uint64_t *next)
 
 		if (pos >= c->size)	/* output rounded up past the disk */
 			break;
-		r = chain_map(c, pos, c->size - pos, &e);
+		r = chain_view_map(v, pos, c->size - pos, &e);
 		if (r < 0)
 			break;		/* the driver said why */
 		end = pos + e.len;
 		n = MIN(end, wend) - pos;
 		if (e.type != CHAIN_EXT_ZERO) {
-			r = chain_read_extent(c, &e, cv->buf + (pos - cv->wbase),
-					      (size_t)n, pos);
+			r = chain_view_read_extent(v, &e,
+						   cv->buf + (pos - cv->wbase),
+						   (size_t)n, pos);
 			if (r < 0) {
 				/* drivers log their own ->read errors */
 				if (e.type == CHAIN_EXT_HOST)
 					log_err("%s: read at %" PRIu64 ": %s",
-						c->layers[e.layer].img->path,
+						v->layers[e.layer].img->path,
 						e.host_off, strerror(-r));
 				break;
 			}
@@ -484,6 +486,7 @@ static int convert(struct conv *cv, const char *fmt, bool fixed,
 		   uint32_t block_size, int progress)
 {
 	struct cli_progress pg;
+	struct chain_view *v;
 	uint64_t off = 0;
 	int r;
 
@@ -493,15 +496,15 @@ static int convert(struct conv *cv, const char *fmt, bool fixed,
 	if (r < 0)
 		return r;
 	cli_progress_start(&pg, "convert", cv->size, progress);
-	pthread_rwlock_rdlock(&cv->c->lock);
+	v = chain_view_get(cv->c);
 	while (off < cv->size && r == 0) {
 		uint64_t next;
 
-		r = convert_window(cv, off, &next);
+		r = convert_window(cv, v, off, &next);
 		off = next;
 		cli_progress_update(&pg, MIN(off, cv->size));
 	}
-	pthread_rwlock_unlock(&cv->c->lock);
+	chain_view_put(v);
 	if (r == 0)
 		cli_progress_end(&pg);
 	else if (pg.on)

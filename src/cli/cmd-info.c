@@ -482,13 +482,11 @@ static int info_chain(struct json *j, struct chain *c, bool parts)
 		free(alloc_ok);
 		return -ENOMEM;
 	}
-	pthread_rwlock_rdlock(&c->lock);
 	for (unsigned i = 0; i < c->depth; i++) {
 		alloc_ok[i] = layer_alloc_scan(c->layers[i].img, &a[i]) == 0;
 		if (!alloc_ok[i])
 			ret = -EIO;
 	}
-	pthread_rwlock_unlock(&c->lock);
 	chain_warnings(c, &w);
 	if (parts && part_scan(c, &t) < 0) {	/* logged where it failed */
 		t = NULL;

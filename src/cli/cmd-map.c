@@ -3,7 +3,7 @@
  * cmd-map.c: layerimg map, the extents of a chain's flat disk and which
  * layer provides each one (like `qemu-img map`).
  *
- * The disk is walked with chain_map; neighbouring runs with the same
+ * The disk is walked with chain_view_map; neighbouring runs with the same
  * provider (same layer and kind, and for data in a file, contiguous host
  * offsets) are joined.  --json prints qemu-img map's fields: start,
  * length, depth (0 the top), present, zero, data, offset (data stored
@@ -60,7 +60,7 @@ static bool run_joins(const struct map_run *a, const struct chain_extent *e)
 
 /*
  * qemu's depth of a hole: the deepest layer that reaches off (a parent
- * smaller than its child ends sooner).  chain_map never returns a run
+ * smaller than its child ends sooner).  chain_view_map never returns a run
  * that crosses the end of a layer.
  */
 static unsigned hole_depth(const struct chain *c, uint64_t off)
@@ -112,6 +112,7 @@ static void print_run(const struct chain *c, const struct map_run *r,
 static int map_chain(struct chain *c, bool json)
 {
 	struct map_run cur = { 0 };
+	struct chain_view *v;
 	bool have = false, first = true;
 	uint64_t off = 0;
 	int r = 0;
@@ -121,11 +122,11 @@ static int map_chain(struct chain *c, bool json)
 	else
 		printf("%-18s %-18s %-5s %-5s %-18s %s\n", "Start", "Length",
 		       "Layer", "Kind", "Offset", "File");
-	pthread_rwlock_rdlock(&c->lock);
+	v = chain_view_get(c);
 	while (off < c->size) {
 		struct chain_extent e;
 
-		r = chain_map(c, off, c->size - off, &e);
+		r = chain_view_map(v, off, c->size - off, &e);
 		if (r < 0)
 			break;		/* the driver said why */
 		if (!e.allocated)
@@ -146,7 +147,7 @@ static int map_chain(struct chain *c, bool json)
 		}
 		off += e.len;
 	}
-	pthread_rwlock_unlock(&c->lock);
+	chain_view_put(v);
 	if (r == 0 && have)
 		print_run(c, &cur, json, first);
 	if (json)

@@ -13,8 +13,10 @@
  * (fuse_lowlevel_notify_inval_*), always with none of our locks held.
  * Entries of a writable chain's directory are not cached (timeout 0).
  *
- * Read path: the request is resolved into chain extents (chain_map) under
- * the chain's shared lock, then answered in one of three ways:
+ * Read path: the request pins the chain's current shape (chain_view_get:
+ * one atomic increment under the chain's lock, released at once), is
+ * resolved into extents of that view (chain_view_map), then answered in
+ * one of three ways:
  *   - splice: a fuse_bufvec whose CHAIN_EXT_HOST runs are file-descriptor
  *     buffers (the kernel moves the layer file's pages, no user copy),
  *     ZERO runs point into a read-only zero mapping and CHAIN_EXT_READ
@@ -23,7 +25,10 @@
  *     where pread + one copy beats three splice calls, or no splice);
  *   - one ZERO run: straight from the zero mapping.
  * The thread's buffers are allocated once per worker thread, so the
- * common case allocates nothing and takes no lock but the chain's.  A
+ * common case allocates nothing and takes no lock but the chain's, for a
+ * moment.  The view is put once the reply is sent: a zero-copy reply's
+ * file descriptors stay open even if the chain switches to a new top
+ * meanwhile, and no lock is held while the kernel takes the data.  A
  * partition is the same window read with a different base.
  */
 #include <errno.h>
@@ -236,14 +241,16 @@ static void now(struct timespec *ts)
 }
 
 /* The top image's mtime: what changed last in the chain. */
-static void chain_mtime(const struct chain *c, struct timespec *ts)
+static void chain_mtime(struct chain *c, struct timespec *ts)
 {
+	struct chain_view *v = chain_view_get(c);
 	struct stat st;
 
-	if (c->depth && fstat(c->layers[0].img->fd, &st) == 0)
+	if (v->depth && fstat(v->layers[0].img->fd, &st) == 0)
 		*ts = st.st_mtim;
 	else
 		now(ts);
+	chain_view_put(v);
 }
 
 static int kid_add(struct fs_node *dir, fuse_ino_t ino)
@@ -885,6 +892,7 @@ static char *info_text(const struct fs_cstate *cst, size_t *lenp)
 {
 	const struct chain *c = cst->chain;
 	const struct part_table *t = cst->table;
+	struct chain_view *v = chain_view_get(cst->chain);
 	char *b = NULL;
 	size_t len = 0, cap = 0;
 	int r;
@@ -893,9 +901,9 @@ static char *info_text(const struct fs_cstate *cst, size_t *lenp)
 		     "chain: %s\nsize: %llu\nsector_size: %u\nwritable: %s\n"
 		     "layers: %u (top first)\n",
 		     c->name, (unsigned long long)c->size, c->sector_size,
-		     c->writable ? "yes" : "no", c->depth);
-	for (unsigned i = 0; r == 0 && i < c->depth; i++) {
-		const struct chain_layer *l = &c->layers[i];
+		     c->writable ? "yes" : "no", v->depth);
+	for (unsigned i = 0; r == 0 && i < v->depth; i++) {
+		const struct chain_layer *l = &v->layers[i];
 		char tag[16];
 
 		layer_tag_format(&l->tag, tag, sizeof(tag));
@@ -931,6 +939,7 @@ static char *info_text(const struct fs_cstate *cst, size_t *lenp)
 			     p->label[0] ? " label=\"" : "", p->label,
 			     p->label[0] ? "\"" : "");
 	}
+	chain_view_put(v);
 	if (r < 0) {
 		free(b);
 		return NULL;
@@ -972,17 +981,18 @@ static uint64_t disk_alloc(const struct fs_node *nd)
 	uint64_t *cache = (uint64_t *)&nd->alloc;	/* the one mutable field */
 	uint64_t a = __atomic_load_n(cache, __ATOMIC_RELAXED);
 	uint64_t pos = nd->base, end = nd->base + nd->size;
+	struct chain_view *v;
 	unsigned runs = 0;
 
 	if (a != FS_ALLOC_UNKNOWN)
 		return a;
 	a = 0;
-	pthread_rwlock_rdlock(&nd->chain->lock);
+	v = chain_view_get(nd->chain);
 	while (pos < end) {
 		struct chain_extent e;
 
 		if (++runs > FS_ALLOC_MAX_RUNS ||
-		    chain_map(nd->chain, pos, end - pos, &e) < 0) {
+		    chain_view_map(v, pos, end - pos, &e) < 0) {
 			a = nd->size;
 			break;
 		}
@@ -991,7 +1001,7 @@ static uint64_t disk_alloc(const struct fs_node *nd)
 			a += e.len;
 		pos += e.len;
 	}
-	pthread_rwlock_unlock(&nd->chain->lock);
+	chain_view_put(v);
 	__atomic_store_n(cache, a, __ATOMIC_RELAXED);
 	return a;
 }
@@ -1468,7 +1478,7 @@ static struct fs_thread *thread_get(struct fs *fs, size_t n)
  * Resolve [off, off + n) into ext[]: the number of runs, 0 if more than
  * max are needed, or -errno.  The range lies inside the chain.
  */
-static int map_range(struct chain *c, uint64_t off, size_t n,
+static int map_range(const struct chain_view *v, uint64_t off, size_t n,
 		     struct chain_extent *ext, unsigned max)
 {
 	unsigned cnt = 0;
@@ -1478,7 +1488,7 @@ static int map_range(struct chain *c, uint64_t off, size_t n,
 
 		if (cnt == max)
 			return 0;
-		r = chain_map(c, off, n, &ext[cnt]);
+		r = chain_view_map(v, off, n, &ext[cnt]);
 		if (r < 0)
 			return r;
 		ext[cnt].len = MIN(ext[cnt].len, (uint64_t)n);
@@ -1490,14 +1500,14 @@ static int map_range(struct chain *c, uint64_t off, size_t n,
 }
 
 /* Everything into the thread's buffer, one reply copy. */
-static int reply_copy(fuse_req_t req, struct chain *c, struct fs_thread *t,
-		      unsigned cnt, uint64_t off, size_t n)
+static int reply_copy(fuse_req_t req, const struct chain_view *v,
+		      struct fs_thread *t, unsigned cnt, uint64_t off, size_t n)
 {
 	uint8_t *p = t->buf;
 
 	for (unsigned i = 0; i < cnt; i++) {
 		size_t len = (size_t)t->ext[i].len;
-		int r = chain_read_extent(c, &t->ext[i], p, len, off);
+		int r = chain_view_read_extent(v, &t->ext[i], p, len, off);
 
 		if (r < 0)
 			return r;
@@ -1513,9 +1523,9 @@ static int reply_copy(fuse_req_t req, struct chain *c, struct fs_thread *t,
  * the buffer vector or a pipe: the caller copies instead, rather than
  * letting libfuse allocate a bounce buffer.
  */
-static int reply_splice(fuse_req_t req, struct fs *fs, struct chain *c,
-			struct fs_thread *t, unsigned cnt, uint64_t off,
-			size_t n)
+static int reply_splice(fuse_req_t req, struct fs *fs,
+			const struct chain_view *v, struct fs_thread *t,
+			unsigned cnt, uint64_t off, size_t n)
 {
 	struct fuse_buf *b = t->bv->buf;	/* FS_BUFVEC_MAX entries */
 	size_t nb = 0, pos = 0;
@@ -1545,8 +1555,8 @@ static int reply_splice(fuse_req_t req, struct fs *fs, struct chain *c,
 			};
 			break;
 		case CHAIN_EXT_READ:
-			r = chain_read_extent(c, e, t->buf + pos, len,
-					      off + pos);
+			r = chain_view_read_extent(v, e, t->buf + pos, len,
+						   off + pos);
 			if (r < 0)
 				return r;
 			b[nb++] = (struct fuse_buf){ .size = len,
@@ -1573,8 +1583,8 @@ static int reply_splice(fuse_req_t req, struct fs *fs, struct chain *c,
 	return 0;
 }
 
-static int read_window(fuse_req_t req, struct fs *fs, struct chain *c,
-		       uint64_t off, size_t n)
+static int read_window(fuse_req_t req, struct fs *fs,
+		       const struct chain_view *v, uint64_t off, size_t n)
 {
 	struct fs_thread *t = thread_get(fs, n);
 	bool host = false;
@@ -1582,11 +1592,11 @@ static int read_window(fuse_req_t req, struct fs *fs, struct chain *c,
 
 	if (!t)
 		return -ENOMEM;
-	cnt = map_range(c, off, n, t->ext, FS_BUFVEC_MAX);
+	cnt = map_range(v, off, n, t->ext, FS_BUFVEC_MAX);
 	if (cnt < 0)
 		return cnt;
 	if (cnt == 0) {		/* too fragmented for one vector */
-		r = chain_pread(c, t->buf, n, off);
+		r = chain_view_pread(v, t->buf, n, off);
 		if (r < 0)
 			return r;
 		fuse_reply_buf(req, (const char *)t->buf, n);
@@ -1599,11 +1609,11 @@ static int read_window(fuse_req_t req, struct fs *fs, struct chain *c,
 	for (int i = 0; i < cnt; i++)
 		host |= t->ext[i].type == CHAIN_EXT_HOST;
 	if (host && fs->splice && n >= FS_SPLICE_MIN) {
-		r = reply_splice(req, fs, c, t, (unsigned)cnt, off, n);
+		r = reply_splice(req, fs, v, t, (unsigned)cnt, off, n);
 		if (r <= 0)
 			return r;
 	}
-	return reply_copy(req, c, t, (unsigned)cnt, off, n);
+	return reply_copy(req, v, t, (unsigned)cnt, off, n);
 }
 
 static void read_log(fuse_req_t req, size_t size, off_t off,
@@ -1622,7 +1632,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct fs *fs = fs_of(req);
 	const struct fs_node *nd = node_get(fs, ino);
-	struct chain *c;
+	struct chain_view *v;
 	size_t n;
 	int r;
 
@@ -1643,10 +1653,9 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	n = (size_t)MIN((uint64_t)size, nd->size - (uint64_t)off);
 	DBG(IO, "read %s ino %lu: %zu at %lld", nd->name, (unsigned long)ino,
 	    n, (long long)off);
-	c = nd->chain;
-	pthread_rwlock_rdlock(&c->lock);	/* held until the data is sent */
-	r = read_window(req, fs, c, nd->base + (uint64_t)off, n);
-	pthread_rwlock_unlock(&c->lock);
+	v = chain_view_get(nd->chain);	/* its files open until the reply is sent */
+	r = read_window(req, fs, v, nd->base + (uint64_t)off, n);
+	chain_view_put(v);
 	if (r < 0)
 		fuse_reply_err(req, fs_errno(r));
 }
@@ -1655,15 +1664,15 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
  * SEEK_DATA/SEEK_HOLE within [base, base + size) of c.  ZERO runs are
  * holes whether a layer allocated them or not; anything else is data.
  */
-static int seek_chain(struct chain *c, uint64_t base, uint64_t size,
-		      uint64_t off, int whence, uint64_t *out)
+static int seek_chain(const struct chain_view *v, uint64_t base,
+		      uint64_t size, uint64_t off, int whence, uint64_t *out)
 {
 	uint64_t pos = base + off, end = base + size;
 
 	while (pos < end) {
 		struct chain_extent e;
 		bool hole;
-		int r = chain_map(c, pos, end - pos, &e);
+		int r = chain_view_map(v, pos, end - pos, &e);
 
 		if (r < 0)
 			return r;
@@ -1685,6 +1694,7 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 {
 	struct fs *fs = fs_of(req);
 	const struct fs_node *nd = node_get(fs, ino);
+	struct chain_view *v;
 	uint64_t size, res = 0;
 	int r;
 
@@ -1711,9 +1721,9 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		res = whence == SEEK_DATA ? (uint64_t)off : size;
 		return (void)fuse_reply_lseek(req, (off_t)res);
 	}
-	pthread_rwlock_rdlock(&nd->chain->lock);
-	r = seek_chain(nd->chain, nd->base, size, (uint64_t)off, whence, &res);
-	pthread_rwlock_unlock(&nd->chain->lock);
+	v = chain_view_get(nd->chain);
+	r = seek_chain(v, nd->base, size, (uint64_t)off, whence, &res);
+	chain_view_put(v);
 	if (r < 0)
 		return (void)fuse_reply_err(req, fs_errno(r));
 	DBG(IO, "lseek %s %s %lld -> %llu", nd->name,

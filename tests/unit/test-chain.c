@@ -5,6 +5,8 @@
  * resolver is tested against files an independent tool wrote.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,8 @@
 #include "chain.h"
 #include "compiler.h"
 #include "fixtures.h"
+#include "io.h"
+#include "registry.h"
 
 static struct chain_opts opts;
 
@@ -329,6 +333,301 @@ START_TEST(backing_format_is_honoured)
 }
 END_TEST
 
+/* ---- the chain's shape: views, chain_set_top ---------------------------- */
+
+static void assert_view_equals(const struct chain_view *v, const char *flat)
+{
+	size_t len;
+	uint8_t *want = fx_read_file(flat, &len);
+	uint8_t *got = malloc(len);
+
+	ck_assert_ptr_nonnull(want);
+	ck_assert_ptr_nonnull(got);
+	ck_assert_uint_eq(v->size, len);
+	ck_assert_int_eq(chain_view_pread(v, got, len, 0), 0);
+	ck_assert_int_eq(memcmp(got, want, len), 0);
+	free(want);
+	free(got);
+}
+
+/*
+ * A view taken before a shape change keeps reading the old layers; the
+ * chain reads the new ones; the old top is closed with the last view.
+ */
+START_TEST(view_outlives_set_top)
+{
+	char *d = mkdir_sub("v1");
+	char a[512], b[512], small[512];
+	struct chain *c;
+	struct chain_view *v;
+	struct img *top, *bad;
+	int fd;
+
+	snprintf(a, sizeof(a), "%s/a.raw", d);
+	snprintf(b, sizeof(b), "%s/b.raw", d);
+	snprintf(small, sizeof(small), "%s/small.raw", d);
+	write_random(a, 1 << 20, 11);
+	write_random(b, 1 << 20, 12);
+	write_random(small, 65536, 13);
+	ck_assert_int_eq(chain_open_file(a, NULL, &opts, &c), 0);
+	v = chain_view_get(c);
+	ck_assert_uint_eq(v->depth, 1);
+	fd = v->layers[0].img->fd;
+
+	/* refused: other size, nothing to drop */
+	ck_assert_int_eq(img_open(small, NULL, false, &bad), 0);
+	ck_assert_int_eq(chain_set_top(c, bad, 1), -EINVAL);
+	img_unref(bad);
+	ck_assert_int_eq(img_open(b, NULL, false, &top), 0);
+	ck_assert_int_eq(chain_set_top(c, top, 2), -EINVAL);
+	ck_assert_ptr_eq(c->layers[0].img, v->layers[0].img);
+
+	/* b replaces a */
+	ck_assert_int_eq(chain_set_top(c, top, 1), 0);
+	img_unref(top);		/* the chain has its own reference */
+	ck_assert_uint_eq(c->depth, 1);
+	ck_assert_ptr_eq(c->layers[0].img, top);
+	assert_view_equals(v, a);
+	assert_chain_equals(c, b);
+	ck_assert_int_ne(fcntl(fd, F_GETFD), -1);	/* a is still open */
+	chain_view_put(v);
+	errno = 0;
+	ck_assert_int_eq(fcntl(fd, F_GETFD), -1);	/* closed with the view */
+	ck_assert_int_eq(errno, EBADF);
+	chain_free(c);
+	free(d);
+}
+END_TEST
+
+/* drop 0: a new layer over the chain (the live checkpoint's switch). */
+START_TEST(set_top_pushes_a_layer)
+{
+	char *d = mkdir_sub("v2");
+	char a[512], o[512];
+	struct chain *c;
+	struct chain_view *v;
+	struct img *top, *base;
+
+	snprintf(a, sizeof(a), "%s/a.raw", d);
+	snprintf(o, sizeof(o), "%s/over.qcow2", d);
+	write_random(a, 1 << 20, 21);
+	ck_assert_int_eq(fx_system("cd %s && qemu-img create -q -f qcow2 -F raw "
+				   "-b a.raw over.qcow2 && qemu-io -f qcow2 -c "
+				   "'write -P 0x5a 4096 8192' over.qcow2 >/dev/null && "
+				   "qemu-img convert -O raw over.qcow2 over.flat",
+				   d), 0);
+	ck_assert_int_eq(chain_open_file(a, NULL, &opts, &c), 0);
+	base = c->layers[0].img;
+	ck_assert_int_eq(img_open(o, NULL, false, &top), 0);
+	ck_assert_int_eq(chain_set_top(c, top, 0), 0);
+	img_unref(top);
+	ck_assert_uint_eq(c->depth, 2);
+	v = chain_view_get(c);
+	ck_assert_ptr_eq(v->layers[0].img, top);
+	ck_assert_ptr_eq(v->layers[1].img, base);
+	ck_assert_ptr_null(v->retired);		/* a read-only chain */
+	chain_view_put(v);
+	snprintf(o, sizeof(o), "%s/over.flat", d);
+	assert_chain_equals(c, o);
+	chain_free(c);
+	free(d);
+}
+END_TEST
+
+/*
+ * A test driver over a raw file whose ->write waits until the test lets
+ * it go: a write in flight, holding the chain's lock shared.
+ */
+static struct {
+	pthread_mutex_t m;
+	pthread_cond_t cv;
+	bool entered, release;
+} slow = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false,
+	   false };
+
+static int slow_open(struct img *img)
+{
+	img->size = img->file_size;
+	return 0;
+}
+
+static int slow_map(struct img *img, uint64_t off, uint64_t len,
+		    struct img_extent *ext)
+{
+	(void)off;
+	ext->type = IMG_EXT_DATA;
+	ext->len = len;
+	ext->fd = img->fd;
+	ext->host_off = off;
+	return 0;
+}
+
+static int slow_write(struct img *img, const void *buf, size_t n,
+		      uint64_t off, const struct img_below *below)
+{
+	(void)below;
+	pthread_mutex_lock(&slow.m);
+	slow.entered = true;
+	pthread_cond_broadcast(&slow.cv);
+	while (!slow.release)
+		pthread_cond_wait(&slow.cv, &slow.m);
+	pthread_mutex_unlock(&slow.m);
+	return pwrite_full(img->fd, buf, n, off);
+}
+
+static int slow_flush(struct img *img)
+{
+	return fdatasync(img->fd) < 0 ? -errno : 0;
+}
+
+static const struct img_driver slow_driver = {
+	.name = "slow",
+	.open = slow_open,
+	.map_extent = slow_map,
+	.write = slow_write,
+	.flush = slow_flush,
+};
+
+struct job {
+	struct chain *c;
+	struct img *top;
+	struct chain_view *v;
+	int r;
+	bool done;		/* atomic */
+};
+
+static void *job_write(void *arg)
+{
+	struct job *j = arg;
+	uint8_t buf[4096];
+
+	memset(buf, 0x77, sizeof(buf));
+	j->r = chain_pwrite(j->c, buf, sizeof(buf), 8192);
+	__atomic_store_n(&j->done, true, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static void *job_set_top(void *arg)
+{
+	struct job *j = arg;
+
+	j->r = chain_set_top(j->c, j->top, 1);
+	__atomic_store_n(&j->done, true, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static void *job_view(void *arg)
+{
+	struct job *j = arg;
+
+	j->v = chain_view_get(j->c);
+	__atomic_store_n(&j->done, true, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static bool job_done(struct job *j)
+{
+	return __atomic_load_n(&j->done, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * A shape change takes the lock exclusive: it waits for a write in flight,
+ * and while it waits, new readers wait behind it (writer preference);
+ * a view held from before reads on, without the lock.
+ */
+START_TEST(set_top_waits_for_writes)
+{
+	char *d = mkdir_sub("v3");
+	char p1[512], p2[512];
+	struct chainset *cs;
+	struct chain_opts wo = opts;
+	struct chain *c;
+	struct chain_view *v0;
+	struct img *slowtop, *newtop;
+	struct job w = { 0 }, st = { 0 }, rd = { 0 };
+	pthread_t tw, ts, tr;
+	uint8_t buf[4096];
+
+	snprintf(p1, sizeof(p1), "%s/slow.raw", d);
+	snprintf(p2, sizeof(p2), "%s/new.raw", d);
+	write_random(p1, 1 << 20, 31);
+	write_random(p2, 1 << 20, 32);
+	ck_assert_int_eq(fx_system("cd %s && qemu-img create -q -f qcow2 "
+				   "disk.qcow2 1M", d), 0);
+	wo.writable = true;
+	ck_assert_int_eq(chainset_scan(d, &wo, &cs), 0);
+	c = find_chain(cs, "disk");
+	ck_assert_ptr_nonnull(c);
+	ck_assert(c->writable);
+
+	/* a read-only top cannot replace a writable one */
+	ck_assert_int_eq(img_open(p2, &raw_driver, false, &newtop), 0);
+	ck_assert_int_eq(chain_set_top(c, newtop, 1), -EROFS);
+	img_unref(newtop);
+
+	ck_assert_int_eq(img_open(p1, &slow_driver, true, &slowtop), 0);
+	ck_assert_int_eq(chain_set_top(c, slowtop, 1), 0);
+	ck_assert_int_eq(img_open(p2, &raw_rw_driver, true, &newtop), 0);
+	v0 = chain_view_get(c);
+
+	w.c = c;
+	ck_assert_int_eq(pthread_create(&tw, NULL, job_write, &w), 0);
+	pthread_mutex_lock(&slow.m);
+	while (!slow.entered)
+		pthread_cond_wait(&slow.cv, &slow.m);
+	pthread_mutex_unlock(&slow.m);
+
+	st.c = c;
+	st.top = newtop;
+	ck_assert_int_eq(pthread_create(&ts, NULL, job_set_top, &st), 0);
+	usleep(100000);
+	ck_assert(!job_done(&st));	/* waits for the write */
+	rd.c = c;
+	ck_assert_int_eq(pthread_create(&tr, NULL, job_view, &rd), 0);
+	usleep(100000);
+	ck_assert(!job_done(&rd));	/* waits behind the shape change */
+	ck_assert(!job_done(&st));
+	/* a view from before reads on: no lock */
+	assert_view_equals(v0, p1);
+
+	pthread_mutex_lock(&slow.m);
+	slow.release = true;
+	pthread_cond_broadcast(&slow.cv);
+	pthread_mutex_unlock(&slow.m);
+	pthread_join(tw, NULL);
+	pthread_join(ts, NULL);
+	pthread_join(tr, NULL);
+	ck_assert_int_eq(w.r, 0);
+	ck_assert_int_eq(st.r, 0);
+	ck_assert_ptr_eq(rd.v->layers[0].img, newtop);
+	ck_assert_ptr_null(rd.v->retired);	/* flushed by chain_set_top */
+	chain_view_put(rd.v);
+	/* the write landed in the old top, before the switch */
+	ck_assert_int_eq(chain_view_pread(v0, buf, sizeof(buf), 8192), 0);
+	for (size_t i = 0; i < sizeof(buf); i++)
+		ck_assert_uint_eq(buf[i], 0x77);
+	chain_view_put(v0);
+	img_unref(slowtop);
+	/* the new top takes writes */
+	memset(buf, 0x66, sizeof(buf));
+	ck_assert_int_eq(chain_pwrite(c, buf, 1000, 5), 0);
+	ck_assert_int_eq(chain_flush(c), 0);
+	img_unref(newtop);
+	chainset_free(cs);
+	{
+		uint8_t *got;
+		size_t len;
+
+		got = fx_read_file(p2, &len);
+		ck_assert_ptr_nonnull(got);
+		for (size_t i = 5; i < 1005; i++)
+			ck_assert_uint_eq(got[i], 0x66);
+		free(got);
+	}
+	free(d);
+}
+END_TEST
+
 Suite *unit_suite(void)
 {
 	Suite *s = suite_create("chain");
@@ -344,6 +643,12 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, depth_limit);
 	tcase_add_test(tc, layer_rules_warn_or_refuse);
 	tcase_add_test(tc, backing_format_is_honoured);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("shape");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, view_outlives_set_top);
+	tcase_add_test(tc, set_top_pushes_a_layer);
+	tcase_add_test(tc, set_top_waits_for_writes);
 	suite_add_tcase(s, tc);
 	return s;
 }

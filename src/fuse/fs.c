@@ -74,11 +74,26 @@ struct fs_thread {
 	struct chain_extent ext[FS_BUFVEC_MAX];
 };
 
-/* A text snapshot, taken when .layerfs.log or info is opened. */
+/*
+ * A text snapshot, taken when .layerfs.log or info is opened.  The open
+ * file holds one reference and a READ another until its reply is sent:
+ * the kernel can complete the READ, and the client close the file, while
+ * fuse_reply_buf has not returned yet, so RELEASE (on another worker)
+ * must not free the text under it.
+ */
 struct fs_logsnap {
 	char *text;		/* owned */
 	size_t len;
+	unsigned refcnt;	/* atomic */
 };
+
+static void logsnap_put(struct fs_logsnap *snap)
+{
+	if (!snap || __atomic_sub_fetch(&snap->refcnt, 1, __ATOMIC_ACQ_REL))
+		return;
+	free(snap->text);
+	free(snap);
+}
 
 /* A name the kernel may have cached that no longer means the same node */
 struct fs_gone {
@@ -1405,12 +1420,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			free(snap);
 			return (void)fuse_reply_err(req, ENOMEM);
 		}
+		snap->refcnt = 1;	/* the open file's */
 		fi->fh = (uintptr_t)snap;
 		fi->direct_io = 1;	/* the size changes: no page cache */
-		if (fuse_reply_open(req, fi) != 0) {
-			free(snap->text);	/* interrupted: no release */
-			free(snap);
-		}
+		if (fuse_reply_open(req, fi) != 0)
+			logsnap_put(snap);	/* interrupted: no release */
 		return;
 	}
 	/*
@@ -1436,13 +1450,8 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino,
 {
 	const struct fs_node *nd = node_get(fs_of(req), ino);
 
-	if (nd && (nd->type == FS_NODE_LOG || nd->type == FS_NODE_INFO) &&
-	    fi->fh) {
-		struct fs_logsnap *snap = (void *)(uintptr_t)fi->fh;
-
-		free(snap->text);
-		free(snap);
-	}
+	if (nd && (nd->type == FS_NODE_LOG || nd->type == FS_NODE_INFO))
+		logsnap_put((void *)(uintptr_t)fi->fh);	/* a READ may hold it */
 	fuse_reply_err(req, 0);
 }
 
@@ -1616,15 +1625,21 @@ static int read_window(fuse_req_t req, struct fs *fs,
 	return reply_copy(req, v, t, (unsigned)cnt, off, n);
 }
 
+/*
+ * The file is open while its READ is served, so the snapshot is alive
+ * here; the reference keeps it alive until the reply has been sent.
+ */
 static void read_log(fuse_req_t req, size_t size, off_t off,
 		     const struct fuse_file_info *fi)
 {
-	const struct fs_logsnap *snap = (void *)(uintptr_t)fi->fh;
+	struct fs_logsnap *snap = (void *)(uintptr_t)fi->fh;
 
 	if (!snap || (uint64_t)off >= snap->len)
 		return (void)fuse_reply_buf(req, NULL, 0);
+	__atomic_add_fetch(&snap->refcnt, 1, __ATOMIC_RELAXED);
 	fuse_reply_buf(req, snap->text + off,
 		       MIN(size, snap->len - (size_t)off));
+	logsnap_put(snap);
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

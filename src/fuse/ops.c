@@ -1,17 +1,14 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * fs.c: the node table and the FUSE operations of the layerfs daemon.
+ * ops.c: the FUSE operations of the layerfs daemon.
  *
  * Read-only chains never change, so their entries and attributes are
  * cached by the kernel for a day, their directories are cached too
  * (FOPEN_CACHE_DIR), and their files keep their page cache across opens
  * (FOPEN_KEEP_CACHE).  In a writable chain the partition files follow the
- * partition table: a write that touches a watched range of the table
- * (part_table_touches) marks the chain dirty; the next lookup, readdir or
- * partition I/O in that chain rescans it first, and the rescan thread
- * rescans it anyway and tells the kernel to drop what it cached
- * (fuse_lowlevel_notify_inval_*), always with none of our locks held.
- * Entries of a writable chain's directory are not cached (timeout 0).
+ * partition table (partwatch.c): handlers settle a chain's table before
+ * they look at its partitions.  Entries of a writable chain's directory
+ * are not cached (timeout 0).
  *
  * Read path: the request pins the chain's current shape (chain_view_get:
  * one atomic increment under the chain's lock, released at once), is
@@ -35,44 +32,19 @@
 #include <linux/falloc.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "checked.h"
 #include "compiler.h"
-#include "fs.h"
+#include "fs-priv.h"
 #include "layers.h"
 #include "log.h"
-
-#define FS_TIMEOUT 86400.0	/* static tree: entries and attrs, one day */
-#define FS_LOG_TIMEOUT 1.0	/* the log file grows */
-#define FS_BLKSIZE 4096
-#define FS_ZERO_LEN ((size_t)1 << 20)	/* read-only zeros for ZERO runs */
-#define FS_BUFVEC_MAX 256	/* buffers in one reply, else read it all */
-#define FS_SPLICE_MIN ((size_t)32 << 10)	/* below: pread + copy is cheaper */
-#define FS_MAX_REQ_DEFAULT ((size_t)1 << 20)
-#define FS_ALLOC_MAX_RUNS (1u << 20)	/* st_blocks: give up after this */
-#define FS_RESCAN_DELAY_US 20000	/* gather a tool's writes, then scan */
-#define FS_MODE_DIR (S_IFDIR | 0555)
-#define FS_MODE_FILE (S_IFREG | 0444)
-#define FS_MODE_FILE_RW (S_IFREG | 0644)
-#define FS_MODE_LINK (S_IFLNK | 0777)
-#define FS_CHUNK_MASK (((size_t)1 << FS_CHUNK_BITS) - 1)
-
-/* Per worker thread, allocated on its first read (pthread key fs->tkey). */
-struct fs_thread {
-	uint8_t *buf;		/* owned: reply assembly, CHAIN_EXT_READ data */
-	size_t cap;
-	struct fuse_bufvec *bv;	/* owned: room for FS_BUFVEC_MAX buffers */
-	struct chain_extent ext[FS_BUFVEC_MAX];
-};
 
 /*
  * A text snapshot, taken when .layerfs.log or info is opened.  The open
@@ -95,12 +67,6 @@ static void logsnap_put(struct fs_logsnap *snap)
 	free(snap);
 }
 
-/* A name the kernel may have cached that no longer means the same node */
-struct fs_gone {
-	fuse_ino_t parent;
-	char *name;		/* owned */
-};
-
 int fs_errno(int r)
 {
 	if (r >= 0)
@@ -114,46 +80,12 @@ int fs_errno(int r)
 	return -r;
 }
 
-/* ---- node table -------------------------------------------------------- */
-
 static struct fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
 }
 
-static struct fs_node *node_at(const struct fs *fs, fuse_ino_t ino)
-{
-	size_t i = ino - 1;
-
-	return fs->chunks[i >> FS_CHUNK_BITS][i & FS_CHUNK_MASK];
-}
-
-static const struct fs_node *node_get(const struct fs *fs, fuse_ino_t ino)
-{
-	size_t n = __atomic_load_n(&fs->nnodes, __ATOMIC_ACQUIRE);
-
-	if (ino == 0 || ino > n)
-		return NULL;
-	return node_at(fs, ino);
-}
-
-static bool is_window(const struct fs_node *nd)
-{
-	return nd->type == FS_NODE_DISK || nd->type == FS_NODE_PART;
-}
-
-static bool node_stale(const struct fs_node *nd)
-{
-	return __atomic_load_n(&nd->stale, __ATOMIC_ACQUIRE);
-}
-
-/* Entries that can change: everything in a writable chain but its disk. */
-static bool node_volatile(const struct fs_node *nd)
-{
-	return nd->cst && nd->chain->writable && nd->type != FS_NODE_DISK;
-}
-
-static void fs_thread_free(void *p)
+void fs_thread_free(void *p)
 {
 	struct fs_thread *t = p;
 
@@ -162,710 +94,6 @@ static void fs_thread_free(void *p)
 	free(t->buf);
 	free(t->bv);
 	free(t);
-}
-
-struct fs *fs_new(void)
-{
-	struct fs *fs = calloc(1, sizeof(*fs));
-	long ps = sysconf(_SC_PAGESIZE);
-	void *z;
-
-	if (!fs)
-		return NULL;
-	fs->uid = getuid();
-	fs->gid = getgid();
-	fs->pagesize = ps > 0 ? (size_t)ps : 4096;
-	fs->max_req = FS_MAX_REQ_DEFAULT;
-	pthread_rwlock_init(&fs->tree_lock, NULL);
-	pthread_mutex_init(&fs->rescan_mutex, NULL);
-	pthread_cond_init(&fs->rescan_cond, NULL);
-	/* Anonymous and read-only: every page is the kernel's zero page. */
-	z = mmap(NULL, FS_ZERO_LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
-		 -1, 0);
-	if (z == MAP_FAILED) {
-		log_err("fuse: cannot map the zero area: %s", strerror(errno));
-		goto fail;
-	}
-	fs->zeros = z;
-	if (pthread_key_create(&fs->tkey, fs_thread_free) != 0) {
-		log_err("fuse: cannot create a thread key");
-		goto fail;
-	}
-	fs->tkey_ok = true;
-	if (fs_node_add(fs, 0, "", FS_NODE_DIR, NULL, 0, 0, NULL) < 0)
-		goto fail;
-	return fs;
-fail:
-	fs_free(fs);
-	return NULL;
-}
-
-static void cstate_free(struct fs_cstate *cst)
-{
-	if (!cst)
-		return;
-	part_table_free(cst->table);
-	for (size_t i = 0; i < cst->ngone; i++)
-		free(cst->gone[i].name);
-	free(cst->gone);
-	pthread_mutex_destroy(&cst->scan_lock);
-	free(cst);
-}
-
-void fs_free(struct fs *fs)
-{
-	if (!fs)
-		return;
-	fs_stop(fs);
-	for (size_t i = 1; i <= fs->nnodes; i++) {
-		struct fs_node *nd = node_at(fs, i);
-
-		free(nd->name);
-		free(nd->kids);
-		free(nd->target);
-		free(nd);
-	}
-	for (size_t i = 0; i < FS_MAX_CHUNKS && fs->chunks[i]; i++)
-		free(fs->chunks[i]);
-	for (size_t i = 0; i < fs->ncst; i++)
-		cstate_free(fs->cst[i]);
-	free(fs->cst);
-	if (fs->tkey_ok) {
-		/* workers are gone; with -s the main thread served requests */
-		fs_thread_free(pthread_getspecific(fs->tkey));
-		pthread_setspecific(fs->tkey, NULL);
-		pthread_key_delete(fs->tkey);
-	}
-	if (fs->zeros)
-		munmap((void *)fs->zeros, FS_ZERO_LEN);
-	pthread_rwlock_destroy(&fs->tree_lock);
-	pthread_mutex_destroy(&fs->rescan_mutex);
-	pthread_cond_destroy(&fs->rescan_cond);
-	free(fs);
-}
-
-static bool name_ok(const char *name)
-{
-	return *name && strcmp(name, ".") && strcmp(name, "..") &&
-	       !strchr(name, '/') && strlen(name) <= NAME_MAX;
-}
-
-static void now(struct timespec *ts)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-}
-
-/* The top image's mtime: what changed last in the chain. */
-static void chain_mtime(struct chain *c, struct timespec *ts)
-{
-	struct chain_view *v = chain_view_get(c);
-	struct stat st;
-
-	if (v->depth && fstat(v->layers[0].img->fd, &st) == 0)
-		*ts = st.st_mtim;
-	else
-		now(ts);
-	chain_view_put(v);
-}
-
-static int kid_add(struct fs_node *dir, fuse_ino_t ino)
-{
-	if (dir->nkids == dir->kids_cap) {
-		size_t cap = dir->kids_cap ? dir->kids_cap * 2 : 8;
-		fuse_ino_t *k = reallocarray(dir->kids, cap, sizeof(*k));
-
-		if (!k)
-			return -ENOMEM;
-		dir->kids = k;
-		dir->kids_cap = cap;
-	}
-	dir->kids[dir->nkids++] = ino;
-	return 0;
-}
-
-/*
- * A new node, published in the table but in no directory yet.  Before
- * fs_tree_finish single-threaded; after it, under tree_lock (write).
- */
-static struct fs_node *node_create(struct fs *fs, fuse_ino_t parent,
-				   const char *name, enum fs_node_type type,
-				   struct chain *c, uint64_t base,
-				   uint64_t size)
-{
-	size_t i = fs->nnodes, ch = i >> FS_CHUNK_BITS;
-	struct fs_node *nd;
-
-	if (ch >= FS_MAX_CHUNKS) {
-		log_err("fuse: more than %zu nodes", i);
-		return NULL;
-	}
-	if (!fs->chunks[ch]) {
-		fs->chunks[ch] = calloc(FS_CHUNK_MASK + 1, sizeof(*fs->chunks[ch]));
-		if (!fs->chunks[ch])
-			return NULL;
-	}
-	nd = calloc(1, sizeof(*nd));
-	if (!nd)
-		return NULL;
-	nd->name = strdup(name);
-	if (!nd->name) {
-		free(nd);
-		return NULL;
-	}
-	nd->ino = i + 1;
-	nd->parent = parent ? parent : nd->ino;
-	nd->type = type;
-	nd->chain = c;
-	nd->base = is_window(nd) ? base : 0;
-	nd->size = is_window(nd) ? size : 0;
-	nd->alloc = FS_ALLOC_UNKNOWN;
-	if (c)
-		chain_mtime(c, &nd->mtime);
-	else
-		now(&nd->mtime);
-	fs->chunks[ch][i & FS_CHUNK_MASK] = nd;
-	__atomic_store_n(&fs->nnodes, i + 1, __ATOMIC_RELEASE);
-	return nd;
-}
-
-int fs_node_add(struct fs *fs, fuse_ino_t parent, const char *name,
-		enum fs_node_type type, struct chain *c, uint64_t base,
-		uint64_t size, fuse_ino_t *ino)
-{
-	struct fs_node *nd, *dir = NULL;
-	uint64_t end;
-
-	if (fs->finished)
-		return log_err_ret(-EBUSY, "fuse: %s: tree already frozen",
-				   name);
-	if (fs->nnodes) {	/* everything but the root has a parent */
-		if (parent == 0 || parent > fs->nnodes ||
-		    node_at(fs, parent)->type != FS_NODE_DIR)
-			return log_err_ret(-EINVAL, "fuse: %s: bad parent %lu",
-					   name, (unsigned long)parent);
-		if (!name_ok(name))
-			return log_err_ret(-EINVAL,
-					   "fuse: \"%s\": not a usable file name",
-					   name);
-		dir = node_at(fs, parent);
-		for (size_t i = 0; i < dir->nkids; i++)
-			if (!strcmp(node_at(fs, dir->kids[i])->name, name))
-				return log_err_ret(-EEXIST,
-						   "fuse: %s: name used twice",
-						   name);
-	}
-	if ((type == FS_NODE_DISK || type == FS_NODE_PART) &&
-	    (!c || __builtin_add_overflow(base, size, &end) || end > c->size))
-		return log_err_ret(-EINVAL, "fuse: %s: window outside the chain",
-				   name);
-	if (dir && kid_add(dir, fs->nnodes + 1) < 0)
-		return -ENOMEM;
-	nd = node_create(fs, dir ? parent : 0, name, type, c, base, size);
-	if (!nd) {
-		if (dir)
-			dir->nkids--;
-		return -ENOMEM;
-	}
-	if (dir && type == FS_NODE_DIR)
-		dir->nsubdirs++;
-	if (ino)
-		*ino = nd->ino;
-	return 0;
-}
-
-static int kid_cmp(const void *a, const void *b, void *arg)
-{
-	const struct fs *fs = arg;
-
-	return strcmp(node_at(fs, *(const fuse_ino_t *)a)->name,
-		      node_at(fs, *(const fuse_ino_t *)b)->name);
-}
-
-static void kids_sort(struct fs *fs, struct fs_node *dir)
-{
-	if (dir->nkids > 1)
-		qsort_r(dir->kids, dir->nkids, sizeof(*dir->kids), kid_cmp, fs);
-}
-
-/* ---- partitions ---------------------------------------------------------- */
-
-/*
- * A partition name or label as a file name: '/' and control characters
- * become '_'; "", "." and ".." are not usable.  buf holds NAME_MAX + 1.
- */
-static bool link_name(const char *in, char *buf)
-{
-	size_t n = 0;
-
-	for (; *in && n < NAME_MAX; in++) {
-		unsigned char ch = (unsigned char)*in;
-
-		buf[n++] = ch < 0x20 || ch == 0x7f || ch == '/' ? '_' : (char)ch;
-	}
-	buf[n] = '\0';
-	return name_ok(buf);
-}
-
-/* The kids a chain directory (or its by-name, by-label) is being given */
-struct kidlist {
-	fuse_ino_t *v;		/* owned */
-	size_t n, cap;
-};
-
-static int kidlist_add(struct kidlist *l, fuse_ino_t ino)
-{
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 16;
-		fuse_ino_t *v = reallocarray(l->v, cap, sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		l->v = v;
-		l->cap = cap;
-	}
-	l->v[l->n++] = ino;
-	return 0;
-}
-
-static bool kidlist_has_name(const struct fs *fs, const struct kidlist *l,
-			     const char *name)
-{
-	for (size_t i = 0; i < l->n; i++)
-		if (!strcmp(node_at(fs, l->v[i])->name, name))
-			return true;
-	return false;
-}
-
-/* A live kid of dir named name (of that type), or NULL. */
-static struct fs_node *kid_named(const struct fs *fs,
-				 const struct fs_node *dir, const char *name,
-				 enum fs_node_type type)
-{
-	for (size_t i = 0; dir && i < dir->nkids; i++) {
-		struct fs_node *k = node_at(fs, dir->kids[i]);
-
-		if (k->type == type && !strcmp(k->name, name))
-			return k;
-	}
-	return NULL;
-}
-
-static int gone_add(struct fs_cstate *cst, fuse_ino_t parent,
-		    const char *name)
-{
-	struct fs_gone *g = reallocarray(cst->gone, cst->ngone + 1, sizeof(*g));
-
-	if (!g)
-		return -ENOMEM;
-	cst->gone = g;
-	g[cst->ngone].parent = parent;
-	g[cst->ngone].name = strdup(name);
-	if (!g[cst->ngone].name)
-		return -ENOMEM;
-	cst->ngone++;
-	return 0;
-}
-
-/*
- * Old kids of dir that are not in new: marked stale (partitions, links)
- * and remembered for the kernel.  Then dir gets the new list.
- */
-static void kids_replace(struct fs *fs, struct fs_cstate *cst,
-			 struct fs_node *dir, struct kidlist *l)
-{
-	unsigned nsub = 0;
-
-	for (size_t i = 0; i < dir->nkids; i++) {
-		struct fs_node *k = node_at(fs, dir->kids[i]);
-		bool kept = false;
-
-		for (size_t j = 0; j < l->n && !kept; j++)
-			kept = l->v[j] == k->ino;
-		if (kept)
-			continue;
-		if (k->type == FS_NODE_PART || k->type == FS_NODE_LINK)
-			__atomic_store_n(&k->stale, true, __ATOMIC_RELEASE);
-		if (gone_add(cst, dir->ino, k->name) < 0)
-			log_warn("fuse: %s: out of memory", cst->chain->name);
-	}
-	free(dir->kids);
-	dir->kids = l->v;
-	dir->nkids = l->n;
-	dir->kids_cap = l->cap;
-	*l = (struct kidlist){ 0 };
-	kids_sort(fs, dir);
-	for (size_t i = 0; i < dir->nkids; i++)
-		nsub += node_at(fs, dir->kids[i])->type == FS_NODE_DIR;
-	dir->nsubdirs = nsub;
-}
-
-/*
- * The symlinks of one by-name or by-label directory: for each partition with a usable
- * name (field), "NAME" -> "../pN"; the first partition (by number) wins
- * a name used twice.  *dirino is created on first use.
- */
-static int links_build(struct fs *fs, struct fs_cstate *cst,
-		       const struct part_table *t, size_t field,
-		       const char *dirname, fuse_ino_t *dirino,
-		       struct kidlist *chainkids)
-{
-	struct kidlist l = { 0 };
-	struct fs_node *dir = *dirino ? node_at(fs, *dirino) : NULL;
-	char name[NAME_MAX + 1], target[32];
-	int r = 0;
-
-	for (size_t i = 0; t && i < t->nparts; i++) {
-		const struct part *p = &t->parts[i];
-		struct fs_node *k;
-
-		if (p->container || !link_name((const char *)p + field, name))
-			continue;
-		if (kidlist_has_name(fs, &l, name)) {
-			DBG(FUSE, "%s/%s/%s: name used twice, p%u left out",
-			    cst->chain->name, dirname, name, p->number);
-			continue;
-		}
-		snprintf(target, sizeof(target), "../p%u", p->number);
-		if (!dir) {
-			dir = node_create(fs, cst->dir, dirname, FS_NODE_DIR,
-					  cst->chain, 0, 0);
-			if (!dir) {
-				r = -ENOMEM;
-				goto out;
-			}
-			dir->cst = cst;
-			*dirino = dir->ino;
-		}
-		k = kid_named(fs, dir, name, FS_NODE_LINK);
-		if (!k || strcmp(k->target, target) != 0) {
-			k = node_create(fs, dir->ino, name, FS_NODE_LINK,
-					cst->chain, 0, 0);
-			if (!k || !(k->target = strdup(target))) {
-				r = -ENOMEM;
-				goto out;
-			}
-			k->cst = cst;
-		}
-		r = kidlist_add(&l, k->ino);
-		if (r < 0)
-			goto out;
-	}
-	if (l.n)
-		r = kidlist_add(chainkids, dir->ino);
-	if (r == 0 && dir)
-		kids_replace(fs, cst, dir, &l);
-out:
-	free(l.v);
-	return r;
-}
-
-/*
- * Scan cst's chain and make its directory show what was found: disk,
- * info, pN (a node kept where its window is unchanged), by-name/, by-label/.
- */
-static int chain_refresh(struct fs *fs, struct fs_cstate *cst)
-{
-	struct part_table *t = NULL;
-	struct kidlist l = { 0 };
-	struct fs_node *dir;
-	int r;
-
-	pthread_mutex_lock(&cst->scan_lock);
-	/* cleared first: a write during the scan asks for another one */
-	__atomic_store_n(&cst->dirty, false, __ATOMIC_SEQ_CST);
-	__atomic_store_n(&cst->fsdirty, false, __ATOMIC_SEQ_CST);
-	r = part_scan(cst->chain, &t);
-	if (r < 0) {
-		log_warn("%s: partitions not scanned: %s", cst->chain->name,
-			 strerror(-r));
-		pthread_mutex_unlock(&cst->scan_lock);
-		return r;
-	}
-	if (fs->finished)
-		pthread_rwlock_wrlock(&fs->tree_lock);
-	dir = node_at(fs, cst->dir);
-	r = kidlist_add(&l, cst->disk);
-	if (r == 0)
-		r = kidlist_add(&l, cst->info);
-	for (size_t i = 0; r == 0 && i < t->nparts; i++) {
-		const struct part *p = &t->parts[i];
-		char name[32];
-		struct fs_node *k;
-
-		snprintf(name, sizeof(name), "p%u", p->number);
-		k = kid_named(fs, dir, name, FS_NODE_PART);
-		if (!k || k->base != p->start || k->size != p->size) {
-			k = node_create(fs, cst->dir, name, FS_NODE_PART,
-					cst->chain, p->start, p->size);
-			if (!k) {
-				r = -ENOMEM;
-				break;
-			}
-			k->cst = cst;
-			k->partno = p->number;
-		}
-		r = kidlist_add(&l, k->ino);
-	}
-	if (r == 0)
-		r = links_build(fs, cst, t, offsetof(struct part, name),
-				FS_BYNAME_NAME, &cst->byname, &l);
-	if (r == 0)
-		r = links_build(fs, cst, t, offsetof(struct part, label),
-				FS_BYLABEL_NAME, &cst->bylabel, &l);
-	if (r == 0) {
-		kids_replace(fs, cst, dir, &l);
-		part_table_free(cst->table);
-		cst->table = t;
-		t = NULL;
-		cst->gen++;
-		now(&dir->mtime);
-	}
-	if (fs->finished)
-		pthread_rwlock_unlock(&fs->tree_lock);
-	if (r == 0 && fs->finished)
-		__atomic_store_n(&cst->notify, true, __ATOMIC_RELEASE);
-	pthread_mutex_unlock(&cst->scan_lock);
-	free(l.v);
-	part_table_free(t);
-	if (r < 0)
-		log_err("%s: cannot show the partitions: %s", cst->chain->name,
-			strerror(-r));
-	else
-		DBG(FUSE, "%s: %zu partition(s) shown (scan %u)",
-		    cst->chain->name, cst->table->nparts, cst->gen);
-	return r;
-}
-
-static void rescan_kick(struct fs *fs)
-{
-	pthread_mutex_lock(&fs->rescan_mutex);
-	fs->rescan_kick = true;
-	pthread_cond_signal(&fs->rescan_cond);
-	pthread_mutex_unlock(&fs->rescan_mutex);
-}
-
-/*
- * Called in a handler before it looks at a chain's partitions: a table
- * written to is rescanned first (labels too, when a listing or the info
- * file is asked for: labels).  Takes no lock the caller holds.
- */
-static void chain_settle(struct fs *fs, struct fs_cstate *cst, bool labels)
-{
-	if (!cst)
-		return;
-	if (!__atomic_load_n(&cst->dirty, __ATOMIC_SEQ_CST) &&
-	    !(labels && __atomic_load_n(&cst->fsdirty, __ATOMIC_SEQ_CST)))
-		return;
-	if (chain_refresh(fs, cst) == 0)
-		rescan_kick(fs);	/* the kernel's caches */
-}
-
-/* After a write of [off, off + len) of cst's disk completed. */
-static void chain_written(struct fs *fs, struct fs_cstate *cst, uint64_t off,
-			  uint64_t len)
-{
-	bool touch, fstouch = false;
-
-	if (!cst)
-		return;
-	pthread_rwlock_rdlock(&fs->tree_lock);
-	touch = part_table_touches(cst->table, off, len);
-	if (!touch)
-		fstouch = part_table_touches_fs(cst->table, off, len);
-	pthread_rwlock_unlock(&fs->tree_lock);
-	if (fstouch && !__atomic_load_n(&cst->fsdirty, __ATOMIC_RELAXED))
-		__atomic_store_n(&cst->fsdirty, true, __ATOMIC_SEQ_CST);
-	if (!touch)
-		return;
-	DBG(FUSE, "%s: write at %llu touches the partition table",
-	    cst->chain->name, (unsigned long long)off);
-	__atomic_store_n(&cst->dirty, true, __ATOMIC_SEQ_CST);
-	rescan_kick(fs);
-}
-
-/* Drop the kernel's cached names and directory pages; no lock held. */
-static void chain_notify(struct fs *fs, struct fs_cstate *cst)
-{
-	fuse_ino_t byname, bylabel;
-	struct fs_gone *g;
-	size_t n;
-
-	if (!__atomic_exchange_n(&cst->notify, false, __ATOMIC_ACQ_REL))
-		return;
-	pthread_mutex_lock(&cst->scan_lock);
-	g = cst->gone;
-	n = cst->ngone;
-	cst->gone = NULL;
-	cst->ngone = 0;
-	byname = cst->byname;
-	bylabel = cst->bylabel;
-	pthread_mutex_unlock(&cst->scan_lock);
-	for (size_t i = 0; i < n; i++) {
-		int r = fuse_lowlevel_notify_inval_entry(fs->se, g[i].parent,
-							 g[i].name,
-							 strlen(g[i].name));
-
-		/* -ENOENT: the kernel had not cached it */
-		if (r < 0 && r != -ENOENT)
-			DBG(FUSE, "%s: dropping %s from the kernel's cache: %s",
-			    cst->chain->name, g[i].name, strerror(-r));
-		free(g[i].name);
-	}
-	free(g);
-	fuse_lowlevel_notify_inval_inode(fs->se, cst->dir, 0, 0);
-	if (byname)
-		fuse_lowlevel_notify_inval_inode(fs->se, byname, 0, 0);
-	if (bylabel)
-		fuse_lowlevel_notify_inval_inode(fs->se, bylabel, 0, 0);
-	fuse_lowlevel_notify_inval_inode(fs->se, cst->info, 0, 0);
-}
-
-static void *rescan_main(void *arg)
-{
-	struct fs *fs = arg;
-
-	pthread_mutex_lock(&fs->rescan_mutex);
-	for (;;) {
-		while (!fs->rescan_kick && !fs->rescan_stop)
-			pthread_cond_wait(&fs->rescan_cond, &fs->rescan_mutex);
-		if (fs->rescan_stop)
-			break;
-		fs->rescan_kick = false;
-		pthread_mutex_unlock(&fs->rescan_mutex);
-		usleep(FS_RESCAN_DELAY_US);
-		for (size_t i = 0; i < fs->ncst; i++) {
-			struct fs_cstate *cst = fs->cst[i];
-
-			if (__atomic_load_n(&cst->dirty, __ATOMIC_SEQ_CST))
-				chain_refresh(fs, cst);
-			chain_notify(fs, cst);
-		}
-		pthread_mutex_lock(&fs->rescan_mutex);
-	}
-	pthread_mutex_unlock(&fs->rescan_mutex);
-	return NULL;
-}
-
-int fs_start(struct fs *fs, struct fuse_session *se)
-{
-	bool any = false;
-	int r;
-
-	fs->se = se;
-	for (size_t i = 0; i < fs->ncst; i++)
-		any |= fs->cst[i]->chain->writable;
-	if (!any)		/* nothing will ever be rescanned */
-		return 0;
-	r = pthread_create(&fs->rescan_thread, NULL, rescan_main, fs);
-	if (r != 0)
-		return log_err_ret(-r, "fuse: cannot start the rescan thread: %s",
-				   strerror(r));
-	fs->rescan_running = true;
-	return 0;
-}
-
-void fs_stop(struct fs *fs)
-{
-	if (!fs || !fs->rescan_running)
-		return;
-	pthread_mutex_lock(&fs->rescan_mutex);
-	fs->rescan_stop = true;
-	pthread_cond_signal(&fs->rescan_cond);
-	pthread_mutex_unlock(&fs->rescan_mutex);
-	pthread_join(fs->rescan_thread, NULL);
-	fs->rescan_running = false;
-}
-
-int fs_add_chainset(struct fs *fs, const struct chainset *cs)
-{
-	int r;
-
-	r = fs_node_add(fs, FUSE_ROOT_ID, FS_LOG_NAME, FS_NODE_LOG, NULL, 0,
-			0, NULL);
-	if (r < 0)
-		return r;
-	fs->cst = calloc(cs->nchains ? cs->nchains : 1, sizeof(*fs->cst));
-	if (!fs->cst)
-		return -ENOMEM;
-	for (size_t i = 0; i < cs->nchains; i++) {
-		struct chain *c = cs->chains[i];
-		struct fs_cstate *cst;
-		fuse_ino_t dir;
-
-		r = fs_node_add(fs, FUSE_ROOT_ID, c->name, FS_NODE_DIR, c, 0, 0,
-				&dir);
-		if (r == -ENOMEM)
-			return r;
-		if (r < 0) {	/* logged: a name the tree cannot hold */
-			log_warn("%s: left out of the mount", c->top_path);
-			continue;
-		}
-		cst = calloc(1, sizeof(*cst));
-		if (!cst)
-			return -ENOMEM;
-		pthread_mutex_init(&cst->scan_lock, NULL);
-		fs->cst[fs->ncst++] = cst;
-		cst->chain = c;
-		cst->dir = dir;
-		r = fs_node_add(fs, dir, FS_DISK_NAME, FS_NODE_DISK, c, 0,
-				c->size, &cst->disk);
-		if (r == 0)
-			r = fs_node_add(fs, dir, FS_INFO_NAME, FS_NODE_INFO, c,
-					0, 0, &cst->info);
-		if (r < 0)
-			return r;
-		node_at(fs, dir)->cst = cst;
-		node_at(fs, cst->disk)->cst = cst;
-		node_at(fs, cst->info)->cst = cst;
-		fs->total_size += c->size;
-		/* an unreadable table leaves the disk shown without parts */
-		r = chain_refresh(fs, cst);
-		if (r == -ENOMEM)
-			return r;
-		DBG(FUSE, "%s/%s: %llu bytes, %u layer(s), top %s", c->name,
-		    FS_DISK_NAME, (unsigned long long)c->size, c->depth,
-		    c->top_path);
-	}
-	return 0;
-}
-
-int fs_tree_finish(struct fs *fs, const char *imagedir)
-{
-	struct stat st;
-
-	for (size_t i = 1; i <= fs->nnodes; i++) {
-		struct fs_node *nd = node_at(fs, i);
-
-		if (nd->type == FS_NODE_DIR)
-			kids_sort(fs, nd);
-	}
-	if (imagedir && stat(imagedir, &st) == 0)
-		node_at(fs, FUSE_ROOT_ID)->mtime = st.st_mtim;
-	fs->finished = true;
-	return 0;
-}
-
-/* Child of dir by name (binary search: kids are sorted), or NULL.  Under
- * tree_lock (read). */
-static const struct fs_node *node_lookup(const struct fs *fs,
-					 const struct fs_node *dir,
-					 const char *name)
-{
-	size_t lo = 0, hi = dir->nkids;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		const struct fs_node *k = node_at(fs, dir->kids[mid]);
-		int c = strcmp(name, k->name);
-
-		if (!c)
-			return k;
-		if (c < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	return NULL;
 }
 
 /* ---- the info file ------------------------------------------------------- */
@@ -1101,7 +329,7 @@ static double attr_timeout(const struct fs_node *nd)
 {
 	if (nd->type == FS_NODE_LOG || nd->type == FS_NODE_INFO)
 		return FS_LOG_TIMEOUT;
-	return node_volatile(nd) ? 0.0 : FS_TIMEOUT;
+	return fs_node_volatile(nd) ? 0.0 : FS_TIMEOUT;
 }
 
 static void fill_entry(struct fs *fs, const struct fs_node *nd,
@@ -1112,7 +340,7 @@ static void fill_entry(struct fs *fs, const struct fs_node *nd,
 	e->generation = 1;
 	fill_attr(fs, nd, &e->attr, locked);
 	e->attr_timeout = attr_timeout(nd);
-	e->entry_timeout = node_volatile(nd) ? 0.0 : FS_TIMEOUT;
+	e->entry_timeout = fs_node_volatile(nd) ? 0.0 : FS_TIMEOUT;
 }
 
 /* ---- session ------------------------------------------------------------ */
@@ -1189,20 +417,20 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *dir = node_get(fs, parent), *nd;
+	const struct fs_node *dir = fs_node_get(fs, parent), *nd;
 	struct fuse_entry_param e;
 
 	if (!dir)
 		return (void)fuse_reply_err(req, ENOENT);
 	if (dir->type != FS_NODE_DIR)
 		return (void)fuse_reply_err(req, ENOTDIR);
-	chain_settle(fs, dir->cst, true);
+	fs_part_settle(fs, dir->cst, true);
 	pthread_rwlock_rdlock(&fs->tree_lock);
-	nd = node_lookup(fs, dir, name);
+	nd = fs_node_lookup(fs, dir, name);
 	if (!nd) {
 		/* a negative entry, cached unless the directory can change */
 		memset(&e, 0, sizeof(e));
-		e.entry_timeout = node_volatile(dir) ? 0.0 : FS_TIMEOUT;
+		e.entry_timeout = fs_node_volatile(dir) ? 0.0 : FS_TIMEOUT;
 	} else {
 		fill_entry(fs, nd, &e, true);
 	}
@@ -1226,13 +454,13 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi __unused)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 	struct stat st;
 
 	if (!nd)
 		return (void)fuse_reply_err(req, ENOENT);
 	if (nd->type == FS_NODE_DIR || nd->type == FS_NODE_INFO)
-		chain_settle(fs, nd->cst, true);
+		fs_part_settle(fs, nd->cst, true);
 	fill_attr(fs, nd, &st, false);
 	fuse_reply_attr(req, &st, attr_timeout(nd));
 }
@@ -1241,12 +469,12 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi __unused)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 	struct stat st;
 
 	if (!nd)
 		return (void)fuse_reply_err(req, ENOENT);
-	if (!is_window(nd) || !nd->chain->writable)
+	if (!fs_node_is_window(nd) || !nd->chain->writable)
 		return (void)fuse_reply_err(req, EROFS);
 	/* a disk keeps its size; times and modes are not stored */
 	if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != nd->size)
@@ -1257,7 +485,7 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 
 static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 {
-	const struct fs_node *nd = node_get(fs_of(req), ino);
+	const struct fs_node *nd = fs_node_get(fs_of(req), ino);
 
 	if (!nd)
 		return (void)fuse_reply_err(req, ENOENT);
@@ -1270,16 +498,16 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 
 	if (!nd)
 		return (void)fuse_reply_err(req, ENOENT);
 	if (nd->type != FS_NODE_DIR)
 		return (void)fuse_reply_err(req, ENOTDIR);
-	chain_settle(fs, nd->cst, true);
+	fs_part_settle(fs, nd->cst, true);
 	/* a writable chain's directory changes with its partition table */
-	fi->cache_readdir = !node_volatile(nd);
-	fi->keep_cache = !node_volatile(nd);
+	fi->cache_readdir = !fs_node_volatile(nd);
+	fi->keep_cache = !fs_node_volatile(nd);
 	fuse_reply_open(req, fi);
 }
 
@@ -1287,7 +515,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
 		       off_t off, bool plus)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *dir = node_get(fs, ino);
+	const struct fs_node *dir = fs_node_get(fs, ino);
 	_cleanup_free_ char *buf = NULL;
 	size_t used = 0;
 
@@ -1300,7 +528,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
 	buf = malloc(size ? size : 1);
 	if (!buf)
 		return (void)fuse_reply_err(req, ENOMEM);
-	chain_settle(fs, dir->cst, true);
+	fs_part_settle(fs, dir->cst, true);
 	pthread_rwlock_rdlock(&fs->tree_lock);
 	/* entry i: 0 ".", 1 "..", then the kids; its next offset is i + 1 */
 	for (uint64_t i = (uint64_t)off; i < dir->nkids + 2; i++) {
@@ -1312,10 +540,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
 			nd = dir;
 			name = ".";
 		} else if (i == 1) {
-			nd = node_get(fs, dir->parent);
+			nd = fs_node_get(fs, dir->parent);
 			name = "..";
 		} else {
-			nd = node_get(fs, dir->kids[i - 2]);
+			nd = fs_node_get(fs, dir->kids[i - 2]);
 			name = nd->name;
 		}
 		if (plus) {
@@ -1380,14 +608,14 @@ static bool part_live(struct fs *fs, const struct fs_node *nd)
 {
 	if (nd->type != FS_NODE_PART)
 		return true;
-	chain_settle(fs, nd->cst, false);
-	return !node_stale(nd);
+	fs_part_settle(fs, nd->cst, false);
+	return !fs_node_stale(nd);
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 	struct fs_logsnap *snap;
 
 	if (!nd)
@@ -1399,19 +627,19 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (!part_live(fs, nd))
 		return (void)fuse_reply_err(req, ESTALE);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		if (!is_window(nd) || !nd->chain->writable)
+		if (!fs_node_is_window(nd) || !nd->chain->writable)
 			return (void)fuse_reply_err(req, EROFS);
 		if (fi->flags & O_TRUNC)	/* a disk keeps its size */
 			return (void)fuse_reply_err(req, EPERM);
 	}
 	/* nothing to flush on close, unless the chain takes writes */
-	fi->noflush = !is_window(nd) || !nd->chain->writable;
+	fi->noflush = !fs_node_is_window(nd) || !nd->chain->writable;
 	if (nd->type == FS_NODE_LOG || nd->type == FS_NODE_INFO) {
 		snap = calloc(1, sizeof(*snap));
 		if (snap && nd->type == FS_NODE_LOG) {
 			snap->text = log_journal_copy(&snap->len);
 		} else if (snap) {
-			chain_settle(fs, nd->cst, true);
+			fs_part_settle(fs, nd->cst, true);
 			pthread_rwlock_rdlock(&fs->tree_lock);
 			snap->text = info_text(nd->cst, &snap->len);
 			pthread_rwlock_unlock(&fs->tree_lock);
@@ -1448,7 +676,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void fs_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
-	const struct fs_node *nd = node_get(fs_of(req), ino);
+	const struct fs_node *nd = fs_node_get(fs_of(req), ino);
 
 	if (nd && (nd->type == FS_NODE_LOG || nd->type == FS_NODE_INFO))
 		logsnap_put((void *)(uintptr_t)fi->fh);	/* a READ may hold it */
@@ -1646,7 +874,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 	struct chain_view *v;
 	size_t n;
 	int r;
@@ -1668,7 +896,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	n = (size_t)MIN((uint64_t)size, nd->size - (uint64_t)off);
 	DBG(IO, "read %s ino %lu: %zu at %lld", nd->name, (unsigned long)ino,
 	    n, (long long)off);
-	v = chain_view_get(nd->chain);	/* its files open until the reply is sent */
+	v = chain_view_get(nd->chain);	/* files open until the reply is sent */
 	r = read_window(req, fs, v, nd->base + (uint64_t)off, n);
 	chain_view_put(v);
 	if (r < 0)
@@ -1708,7 +936,7 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		     struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 	struct chain_view *v;
 	uint64_t size, res = 0;
 	int r;
@@ -1723,7 +951,7 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		return (void)fuse_reply_err(req, EINVAL);
 	if (!part_live(fs, nd))
 		return (void)fuse_reply_err(req, fs_errno(-ESTALE));
-	if (!is_window(nd)) {
+	if (!fs_node_is_window(nd)) {
 		const struct fs_logsnap *snap = (void *)(uintptr_t)fi->fh;
 
 		size = snap ? snap->len : 0;
@@ -1732,7 +960,7 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	}
 	if (off < 0 || (uint64_t)off >= size)
 		return (void)fuse_reply_err(req, ENXIO);
-	if (!is_window(nd)) {	/* all data */
+	if (!fs_node_is_window(nd)) {	/* all data */
 		res = whence == SEEK_DATA ? (uint64_t)off : size;
 		return (void)fuse_reply_lseek(req, (off_t)res);
 	}
@@ -1750,10 +978,10 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 /* flush (close) and fsync both make the top file durable: fdatasync */
 static void sync_node(fuse_req_t req, fuse_ino_t ino)
 {
-	const struct fs_node *nd = node_get(fs_of(req), ino);
+	const struct fs_node *nd = fs_node_get(fs_of(req), ino);
 	int r = 0;
 
-	if (nd && is_window(nd) && nd->chain->writable)
+	if (nd && fs_node_is_window(nd) && nd->chain->writable)
 		r = chain_flush(nd->chain);
 	fuse_reply_err(req, r < 0 ? fs_errno(r) : 0);
 }
@@ -1776,12 +1004,12 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			size_t size __unused)
 {
 	(void)name;
-	fuse_reply_err(req, node_get(fs_of(req), ino) ? ENODATA : ENOENT);
+	fuse_reply_err(req, fs_node_get(fs_of(req), ino) ? ENODATA : ENOENT);
 }
 
 static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	if (!node_get(fs_of(req), ino))
+	if (!fs_node_get(fs_of(req), ino))
 		return (void)fuse_reply_err(req, ENOENT);
 	if (size == 0)
 		fuse_reply_xattr(req, 0);	/* the empty list */
@@ -1796,12 +1024,12 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		     size_t size, off_t off, struct fuse_file_info *fi __unused)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 	int r;
 
 	if (!nd)
 		return (void)fuse_reply_err(req, ENOENT);
-	if (!is_window(nd) || !nd->chain->writable)
+	if (!fs_node_is_window(nd) || !nd->chain->writable)
 		return (void)fuse_reply_err(req, EROFS);
 	if (!part_live(fs, nd))
 		return (void)fuse_reply_err(req, fs_errno(-ESTALE));
@@ -1813,7 +1041,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	if (r < 0)
 		return (void)fuse_reply_err(req, fs_errno(r));
 	/* the table changed: rescan before anyone looks at the parts again */
-	chain_written(fs, nd->cst, nd->base + (uint64_t)off, size);
+	fs_part_written(fs, nd->cst, nd->base + (uint64_t)off, size);
 	fuse_reply_write(req, size);
 }
 
@@ -1885,12 +1113,12 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 			 struct fuse_file_info *fi __unused)
 {
 	struct fs *fs = fs_of(req);
-	const struct fs_node *nd = node_get(fs, ino);
+	const struct fs_node *nd = fs_node_get(fs, ino);
 	int r = 0;
 
 	if (!nd)
 		return (void)fuse_reply_err(req, ENOENT);
-	if (!is_window(nd) || !nd->chain->writable)
+	if (!fs_node_is_window(nd) || !nd->chain->writable)
 		return (void)fuse_reply_err(req, EROFS);
 	if (!part_live(fs, nd))
 		return (void)fuse_reply_err(req, fs_errno(-ESTALE));
@@ -1916,7 +1144,7 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 		return (void)fuse_reply_err(req, 0);	/* nothing changed */
 	}
 	if (r == 0)
-		chain_written(fs, nd->cst, nd->base + (uint64_t)offset,
+		fs_part_written(fs, nd->cst, nd->base + (uint64_t)offset,
 			      (uint64_t)length);
 	fuse_reply_err(req, r < 0 ? fs_errno(r) : 0);
 }

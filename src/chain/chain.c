@@ -357,7 +357,7 @@ int chain_zero(struct chain *c, uint64_t off, uint64_t n)
 	return r;
 }
 
-static int img_flush(struct img *img)
+static int flush_one(struct img *img)
 {
 	return img->drv->flush ? img->drv->flush(img) : 0;
 }
@@ -371,7 +371,7 @@ static int retired_flush(struct chain_view *v)
 		return 0;
 	pthread_mutex_lock(&v->retired_lock);
 	if (v->retired) {
-		r = img_flush(v->retired);
+		r = flush_one(v->retired);
 		if (r == 0) {
 			img_unref(v->retired);
 			__atomic_store_n(&v->retired, NULL, __ATOMIC_RELEASE);
@@ -389,7 +389,7 @@ int chain_flush(struct chain *c)
 	if (!c->writable)
 		return 0;
 	v = chain_view_get(c);	/* a view, not the lock, across fdatasync */
-	r = img_flush(v->layers[0].img);
+	r = flush_one(v->layers[0].img);
 	if (r == 0)
 		r = retired_flush(v);
 	chain_view_put(v);

@@ -41,6 +41,7 @@ struct node {
 	bool scanned;		/* a file of IMAGEDIR itself */
 	bool is_parent;		/* another resolved image uses this file */
 	bool writable;		/* img opened O_RDWR with a ->write */
+	bool locked_out;	/* its write lock is held elsewhere (logged) */
 	struct node *parent;	/* borrowed; NULL for a base */
 	char *parent_ref;	/* owned: reference that resolved */
 	const char *parent_ref_what;
@@ -587,15 +588,23 @@ static void mark_parents(struct resolver *r)
 
 /*
  * Reopen a top image that nothing depends on O_RDWR.  Every other image
- * stays as it was opened: O_RDONLY.  A failure leaves it read-only.
+ * stays as it was opened: O_RDONLY.  A failure leaves it read-only, but a
+ * top another process holds (its write lock refused, imglock.h) is left
+ * out: writing it would race that process.
  */
 static void open_writable(struct node *nd)
 {
 	struct img *w;
+	int r;
 
 	if (nd->is_parent || !nd->img->drv->write)
 		return;
-	if (img_open(nd->path, nd->img->drv, true, &w) < 0) {
+	r = img_open(nd->path, nd->img->drv, true, &w);
+	if (r == -EBUSY) {	/* another writer or a reader that denies it */
+		nd->locked_out = true;
+		return;
+	}
+	if (r < 0) {
 		log_warn("%s: stays read-only", nd->path);
 		return;
 	}
@@ -914,9 +923,17 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 	}
 	for (size_t i = 0; i < ntops; i++) {
 		char *stem;
-		const char *name = chain_name(tops, ntops, i, &stem);
-		struct chain *c = name ? chain_build(tops[i], name) : NULL;
+		const char *name;
+		struct chain *c;
 
+		if (tops[i]->locked_out) {
+			log_err("%s: left out: cannot be locked for writing",
+				tops[i]->path);
+			cs->nfailed++;
+			continue;
+		}
+		name = chain_name(tops, ntops, i, &stem);
+		c = name ? chain_build(tops[i], name) : NULL;
 		free(stem);
 		if (!c) {
 			ret = -ENOMEM;

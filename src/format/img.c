@@ -11,6 +11,7 @@
 
 #include "compiler.h"
 #include "img.h"
+#include "imglock.h"
 #include "io.h"
 #include "log.h"
 
@@ -124,11 +125,20 @@ int img_open(const char *path, const struct img_driver *drv, bool writable,
 	img->drv = drv;
 	img->sector_size = 512;
 	img->phys_sector_size = 512;
-	r = drv->open(img);
+	/*
+	 * A writable image is locked before the driver's open, which may
+	 * already write (a repair): qemu and other layerfs see the writer.
+	 * Read locks are the caller's (imglock_chainset_take, the CLI).
+	 */
+	r = writable ? imglock_img_take(img, IMGLOCK_WRITE) : 0;
+	if (r == 0)
+		r = drv->open(img);
 	if (r < 0) {
 		img->drv = NULL;	/* nothing for ->close to undo */
 		goto fail;
 	}
+	if (writable && !img->writable)	/* the driver declined: read only */
+		imglock_img_take(img, IMGLOCK_READ);
 	if (!img->sector_size)
 		img->sector_size = 512;
 	if (!img->phys_sector_size)

@@ -22,6 +22,7 @@
 
 #include "config.h"
 #include "fs.h"
+#include "imglock.h"
 #include "log.h"
 
 #define MAX_DEPTH_LIMIT 4096
@@ -378,6 +379,11 @@ int main(int argc, char *argv[])
 	}
 	if (chainset_scan(o.imagedir, &copts, &cs) < 0)
 		goto out_session;	/* logged: IMAGEDIR cannot be read */
+	/* held until chainset_free(): a fork keeps OFD locks */
+	if (imglock_chainset_take(cs) < 0) {
+		log_err("%s: cannot lock the images: out of memory", o.imagedir);
+		goto out_session;
+	}
 	if (!cs->nchains)
 		log_warn("%s: no disk images found; mounting an empty directory",
 			 o.imagedir);

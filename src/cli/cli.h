@@ -23,6 +23,7 @@
 #include <stdio.h>
 
 #include "chain.h"
+#include "imglock.h"
 #include "log.h"
 
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
@@ -122,6 +123,22 @@ enum { CLI_OPT_ALLOW_OUTSIDE = 1024, CLI_OPT_IGNORE_PARENT_ID };
 	"      --allow-outside     parents may resolve outside the directory\n" \
 	"      --ignore-parent-id  accept a parent whose UUID/linkage differs\n"
 bool cli_chain_option(int ch, struct chain_opts *o);
+
+/*
+ * Image locks (imglock.h), shared with qemu and layerfs.  A command that
+ * writes gets its write lock from img_open(writable); what it reads it
+ * locks with cli_lock_image(img, IMGLOCK_READ, force_share): consistent
+ * read, writers refused.  With force_share (-U, --force-share, as
+ * qemu-img) nothing is taken, and a writer holding the image only draws a
+ * warning.  IMGLOCK_WRITE re-takes the write lock (force_share refused).
+ * 0, or -EBUSY (logged: the file and who holds it) or -errno.
+ */
+int cli_lock_image(struct img *img, enum imglock_mode mode, bool force_share);
+#define CLI_FORCE_SHARE_HELP \
+	"  -U, --force-share       read images another process writes (a\n" \
+	"                          warning; no locks taken, as qemu-img -U)\n"
+/* cli_lock_image(IMGLOCK_READ) on layers [first, depth) of c */
+int cli_lock_chain(struct chain *c, unsigned first, bool force_share);
 
 /* A log sink that drops every message: log_set_sink(cli_log_drop). */
 void cli_log_drop(enum log_level lvl, const char *msg);

@@ -54,8 +54,8 @@ static const char usage_text[] =
 	"      --output=FMT  human (default) or json: the summary as one JSON\n"
 	"                object on stdout (--json, -j: the same)\n"
 	"  -q, --quiet   no summary (findings are still printed)\n"
-	"  -U, --force-share  accepted as qemu-img's; takes effect with image\n"
-	"                locking\n"
+	"  -U, --force-share  check an image another process writes (a\n"
+	"                warning; no locks; not with --repair)\n"
 	"  -h, --help    this help\n"
 	"\n"
 	"Exit status (qemu-img check's): 0 clean, 1 could not check (or usage),\n"
@@ -71,6 +71,8 @@ struct finding {
 static struct finding *findings;	/* owned */
 static size_t nfindings, findings_cap;
 static bool quiet_sink;			/* drop everything (directory scan) */
+/* -U: no locks taken, a writer holding the image only warns */
+static bool force_share;
 
 static void check_sink(enum log_level lvl, const char *msg)
 {
@@ -220,6 +222,11 @@ static int run_check(const char *path, const struct img_driver *drv,
 	img->sector_size = 512;
 	img->phys_sector_size = 512;
 	img->drv = drv;
+	/* a repair writes: the write lock, as img_open(writable) takes */
+	r = cli_lock_image(img, repair ? IMGLOCK_WRITE : IMGLOCK_READ,
+			   force_share && !repair);
+	if (r < 0)
+		goto out;
 	r = drv->check(img, repair, res);
 	if (img->priv) {	/* a checker must not leave state behind */
 		log_err("%s: %s check left private state", path, drv->name);
@@ -349,7 +356,8 @@ int cmd_check(int argc, char **argv)
 		case 'q':
 			quiet = true;
 			break;
-		case 'U':	/* nothing to share until images are locked */
+		case 'U':
+			force_share = true;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
@@ -361,6 +369,11 @@ int cmd_check(int argc, char **argv)
 	}
 	if (optind != argc - 1) {
 		cli_error("expected one IMAGE");
+		cli_try_help();
+		return CLI_CHECK_FAILED;
+	}
+	if (mode != REPAIR_NONE && force_share) {
+		cli_error("-U (--force-share) cannot be used with -r");
 		cli_try_help();
 		return CLI_CHECK_FAILED;
 	}

@@ -433,6 +433,13 @@ static int commit(const struct commit_args *a)
 		goto out;
 	}
 	top = c->layers[0].img;
+	/*
+	 * Locks: the top is read (a writer there is refused), the parent
+	 * written (img_open takes its write lock: refused while a mount or
+	 * a qemu serves it), the layers below it read.
+	 */
+	if (cli_lock_image(top, IMGLOCK_READ, false) < 0)
+		goto out;
 	if (c->depth < 2) {
 		log_err("%s: has no parent (a %s %s image): nothing to commit "
 			"into", top_path, top->drv->name, top->subtype);
@@ -458,6 +465,8 @@ static int commit(const struct commit_args *a)
 	if (find_dependents(dir, top, parent, force, drop) < 0)
 		goto out;
 	r = open_parent_rw(parent_path, dir, parent, &pc);
+	if (r == 0)
+		r = cli_lock_chain(pc, 1, false);
 	if (r < 0)
 		goto out;
 	r = commit_copy(top, pc, &copied, a->progress);

@@ -101,8 +101,7 @@ static void convert_usage(FILE *f)
 		"                          stderr is a terminal)\n"
 		"      --no-progress       no progress bar\n"
 		"  -q, --quiet             no progress bar, no messages but errors\n"
-		"  -U, --force-share       accepted as qemu-img's; takes effect with\n"
-		"                          image locking\n"
+		CLI_FORCE_SHARE_HELP
 		"      --output=FMT        human (default: nothing on success) or json:\n"
 		"                          the result as one JSON object on stdout\n"
 		"                          (--json: the same)\n"
@@ -577,6 +576,7 @@ int cmd_convert(int argc, char **argv)
 	const char *fmt = "raw", *src_fmt = NULL;
 	uint64_t bs = 0;
 	bool fixed = false, json = false, quiet = false, sparse_set = false;
+	bool force_share = false;
 	int progress = CLI_PROGRESS_AUTO;
 	int ch, r, rc, npos;
 
@@ -628,7 +628,8 @@ int cmd_convert(int argc, char **argv)
 		case 'q':
 			quiet = true;
 			break;
-		case 'U':	/* nothing to share until images are locked */
+		case 'U':
+			force_share = true;
 			break;
 		case OPT_OUTPUT:
 			if (cli_parse_output(optarg, &json) < 0)
@@ -668,6 +669,11 @@ int cmd_convert(int argc, char **argv)
 	if (cli_chain_open(argv[optind], npos == 3 ? argv[optind + 1] : NULL,
 			   &co, &cc) < 0)
 		return CLI_USAGE;
+	/* the source is read: writers refused (-U: none taken) */
+	if (cli_lock_chain(cc.c, 0, force_share) < 0) {
+		cli_chain_close(&cc);
+		return CLI_USAGE;
+	}
 	cv.c = cc.c;
 	cv.size = cc.c->size;
 	r = convert(&cv, fmt, fixed, (uint32_t)bs, progress);

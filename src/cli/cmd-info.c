@@ -60,8 +60,7 @@ static void info_usage(FILE *f)
 		"  -f, --format FMT        IMAGE's format: refused if it is another\n"
 		"      --backing-chain     accepted as qemu-img's: the whole chain is\n"
 		"                          always shown\n"
-		"  -U, --force-share       accepted as qemu-img's; takes effect with\n"
-		"                          image locking\n"
+		CLI_FORCE_SHARE_HELP
 		"      --no-partitions     do not look for a partition table\n"
 		CLI_CHAIN_HELP
 		"  -h, --help              this help\n");
@@ -553,7 +552,7 @@ int cmd_info(int argc, char **argv)
 	struct cli_chain cc = { 0 };
 	struct chainset *all = NULL;
 	struct json js, *j = NULL;
-	bool json = false, parts = true;
+	bool json = false, parts = true, force_share = false;
 	const char *path, *name, *fmt = NULL;
 	struct stat st;
 	unsigned nfailed = 0;
@@ -572,7 +571,9 @@ int cmd_info(int argc, char **argv)
 			fmt = optarg;
 			break;
 		case OPT_BACKING_CHAIN:	/* always the whole chain */
-		case 'U':	/* nothing to share until images are locked */
+			break;
+		case 'U':
+			force_share = true;
 			break;
 		case OPT_NOPART:
 			parts = false;
@@ -607,6 +608,16 @@ int cmd_info(int argc, char **argv)
 			return CLI_USAGE;
 		nfailed = all->nfailed;
 	} else if (cli_chain_open(path, name, &co, &cc) < 0) {
+		return CLI_USAGE;
+	}
+	/* read locks, as qemu-img info takes (-U: none) */
+	for (size_t i = 0; all && i < all->nchains && r == 0; i++)
+		r = cli_lock_chain(all->chains[i], 0, force_share);
+	if (!all)
+		r = cli_lock_chain(cc.c, 0, force_share);
+	if (r < 0) {
+		chainset_free(all);
+		cli_chain_close(&cc);
 		return CLI_USAGE;
 	}
 

@@ -42,8 +42,7 @@ static void map_usage(FILE *f)
 		"                          same): qemu-img map's fields (start, length,\n"
 		"                          depth, present, zero, data, offset) plus file\n"
 		"  -f, --format FMT        IMAGE's format: refused if it is another\n"
-		"  -U, --force-share       accepted as qemu-img's; takes effect with\n"
-		"                          image locking\n"
+		CLI_FORCE_SHARE_HELP
 		CLI_CHAIN_HELP
 		"  -h, --help              this help\n");
 }
@@ -170,7 +169,7 @@ int cmd_map(int argc, char **argv)
 	struct chain_opts co = { 0 };
 	struct cli_chain cc;
 	const char *fmt = NULL;
-	bool json = false;
+	bool json = false, force_share = false;
 	int ch, r;
 
 	while ((ch = getopt_long(argc, argv, "jf:Uh", opts, NULL)) != -1) {
@@ -185,7 +184,8 @@ int cmd_map(int argc, char **argv)
 		case 'f':
 			fmt = optarg;
 			break;
-		case 'U':	/* nothing to share until images are locked */
+		case 'U':
+			force_share = true;
 			break;
 		case 'h':
 			map_usage(stdout);
@@ -206,6 +206,10 @@ int cmd_map(int argc, char **argv)
 							     : NULL,
 			   &co, &cc) < 0)
 		return CLI_USAGE;
+	if (cli_lock_chain(cc.c, 0, force_share) < 0) {
+		cli_chain_close(&cc);
+		return CLI_USAGE;
+	}
 	r = map_chain(cc.c, json);
 	cli_chain_close(&cc);
 	if (fflush(stdout) != 0 || ferror(stdout))

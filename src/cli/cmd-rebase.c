@@ -50,8 +50,8 @@ static void rebase_usage(FILE *f)
 		"                           and record its identity in TOP\n"
 		"  -p, --progress           accepted (no data is copied: nothing to show)\n"
 		"  -q, --quiet              print nothing on success\n"
-		"  -U, --force-share        accepted as qemu-img's; takes effect with image\n"
-		"                           locking\n"
+		"  -U, --force-share        read NEWPARENT even if another process\n"
+		"                           writes it (a warning; TOP is always locked)\n"
 		"      --output=FMT         human (default) or json: the result as one\n"
 		"                           JSON object on stdout (--json: the same)\n"
 		"  -h, --help               this help\n"
@@ -161,6 +161,7 @@ static int identity_matches(const struct img_parent *p, const struct img *np)
 
 struct rebase_args {
 	bool unsafe, json, quiet;
+	bool force_share;	/* -U: NEWPARENT is read without a lock */
 };
 
 static void print_result(const struct rebase_args *a, const char *top,
@@ -221,6 +222,14 @@ static int rebase(const char *top, const char *newparent,
 		log_err("%s: cannot be its own parent", top);
 		goto out;
 	}
+	/*
+	 * TOP is rewritten: refuse early, while a mount or a qemu holds it
+	 * (cli_set_parent's writable open takes the lock for the write
+	 * itself).  NEWPARENT is read.
+	 */
+	if (cli_lock_image(ti, IMGLOCK_WRITE, false) < 0 ||
+	    cli_lock_image(np, IMGLOCK_READ, a->force_share) < 0)
+		goto out;
 	if (chain_contains(newparent, ti)) {
 		log_err("%s: %s is built on %s: the chain would loop", top,
 			newparent, top);
@@ -324,7 +333,9 @@ int cmd_rebase(int argc, char **argv)
 			a.unsafe = true;
 			break;
 		case 'p':	/* no data is copied: no progress to draw */
-		case 'U':	/* nothing to share until images are locked */
+			break;
+		case 'U':
+			a.force_share = true;
 			break;
 		case 'q':
 			a.quiet = true;

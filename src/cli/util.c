@@ -327,6 +327,42 @@ bool cli_chain_option(int ch, struct chain_opts *o)
 	}
 }
 
+int cli_lock_image(struct img *img, enum imglock_mode mode, bool force_share)
+{
+	char why[IMGLOCK_WHY_MAX];
+	int r;
+
+	if (!force_share) {
+		r = imglock_img_take(img, mode);
+		if (r == -EBUSY && mode == IMGLOCK_READ)
+			log_info("%s: -U (--force-share) reads it anyway",
+				 img->path);
+		return r;
+	}
+	if (mode == IMGLOCK_WRITE)
+		return log_err_ret(-EINVAL, "%s: --force-share cannot be used "
+				   "to write", img->path);
+	/* qemu-img -U: hold nothing, share everything; warn about a writer */
+	r = imglock_fd_test(img->fd, IMGLOCK_PERM_CONSISTENT_READ,
+			    IMGLOCK_SHARED_DEFAULT, why, sizeof(why));
+	if (r == -EBUSY)
+		log_warn("%s: %s; reading it anyway (--force-share): what it "
+			 "shows may be changing", img->path, why);
+	return 0;
+}
+
+int cli_lock_chain(struct chain *c, unsigned first, bool force_share)
+{
+	for (unsigned i = first; i < c->depth; i++) {
+		int r = cli_lock_image(c->layers[i].img, IMGLOCK_READ,
+				       force_share);
+
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 void cli_log_drop(enum log_level lvl __unused, const char *msg __unused)
 {
 }

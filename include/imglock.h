@@ -58,7 +58,9 @@ enum imglock_mode {
  * (bytes of other permissions are released), then check that no other
  * open file description conflicts.  On a conflict every lock byte of fd is
  * released, the conflict is logged as "PATH: is locked for writing by
- * another process (qemu-io, pid 123)", and -EBUSY returned.  0 or -errno.
+ * another process (qemu-io, pid 123)", and -EBUSY returned.  On a file
+ * system that has no byte-range locks it warns and returns 0 (unlocked).
+ * 0 or -errno.
  */
 int imglock_fd_take(int fd, const char *path, unsigned perm,
 		    unsigned shared);

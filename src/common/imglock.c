@@ -256,10 +256,16 @@ int imglock_fd_take(int fd, const char *path, unsigned perm,
 		if (r == -EBUSY)
 			log_err("%s: %s", path, why);
 	}
-	if (r < 0) {
-		if (r != -EBUSY)
-			log_err("%s: cannot lock: %s", path, strerror(-r));
+	if (r < 0)
 		imglock_fd_release(fd);
+	if (r == -ENOLCK || r == -EOPNOTSUPP || r == -ENOSYS || r == -EINVAL) {
+		/* a file system without byte-range locks (NFS without lockd,
+		 * some FUSE file systems): go on unlocked, warned */
+		log_warn("%s: cannot lock (%s); used without image locks",
+			 path, strerror(-r));
+		return 0;
 	}
+	if (r < 0 && r != -EBUSY)
+		log_err("%s: cannot lock: %s", path, strerror(-r));
 	return r;
 }

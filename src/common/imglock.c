@@ -139,7 +139,39 @@ static bool pid_holds(long pid, const struct stat *st, int skip_fd,
 }
 
 /*
- * " (COMM, pid N)" for the first process found holding byte off of fd's
+ * A process's program name: the base name of its argv[0] (comm is cut at
+ * 15 bytes: "qemu-storage-da"), else comm, else "?".
+ */
+static void pid_name(long pid, char *name, size_t len)
+{
+	char path[64], buf[256];
+	const char *slash;
+	size_t n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+	f = fopen(path, "re");
+	if (f) {
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+	}
+	buf[n] = '\0';		/* argv[0] ends at its own NUL */
+	if (!buf[0]) {
+		snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+		f = fopen(path, "re");
+		if (f) {
+			if (!fgets(buf, sizeof(buf), f))
+				buf[0] = '\0';
+			fclose(f);
+		}
+		buf[strcspn(buf, "\n")] = '\0';
+	}
+	slash = strrchr(buf, '/');
+	snprintf(name, len, "%.*s", 63, buf[0] ? (slash ? slash + 1 : buf) : "?");
+}
+
+/*
+ * " (NAME, pid N)" for the first process found holding byte off of fd's
  * file, " (this process)" for ourselves, or "" when none can be seen
  * (another user's process, another PID namespace).  OFD locks carry no
  * pid, so the holder is found through /proc/PID/fdinfo.
@@ -157,10 +189,9 @@ static void holder_describe(int fd, unsigned off, char *buf, size_t len)
 	if (!d)
 		return;
 	while ((de = readdir(d))) {
-		char path[64], comm[32] = "";
+		char name[64];
 		bool is_self;
 		long pid;
-		FILE *f;
 
 		if (!isdigit((unsigned char)de->d_name[0]))
 			continue;
@@ -172,15 +203,8 @@ static void holder_describe(int fd, unsigned off, char *buf, size_t len)
 			snprintf(buf, len, " (this process)");
 			break;
 		}
-		snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
-		f = fopen(path, "re");
-		if (f) {
-			if (fgets(comm, sizeof(comm), f))
-				comm[strcspn(comm, "\n")] = '\0';
-			fclose(f);
-		}
-		snprintf(buf, len, " (%s, pid %ld)", comm[0] ? comm : "?",
-			 pid);
+		pid_name(pid, name, sizeof(name));
+		snprintf(buf, len, " (%s, pid %ld)", name, pid);
 		break;
 	}
 	closedir(d);

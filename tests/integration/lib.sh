@@ -32,6 +32,7 @@ SRCDIR=${SRCDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 TOOLS=$SRCDIR/tests/tools
 LAYERFS_VECTORS=${LAYERFS_VECTORS:-${LAYERFS_VECTORS_DEFAULT:-$SRCDIR/../shared/vectors}}
 MOUNT_TIMEOUT=${MOUNT_TIMEOUT:-30}
+UMOUNT_TIMEOUT=${UMOUNT_TIMEOUT:-60}
 export LC_ALL=C PYTHONDONTWRITEBYTECODE=1
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/layerfs-$TEST_NAME.XXXXXX")
@@ -169,11 +170,14 @@ layerfs_umount() {
 	pid=${_mount_pid[$mnt]:-}
 	[ -n "$pid" ] || fail "layerfs_umount: $mnt was not mounted here"
 	fusermount3 -u "$mnt" || fail "fusermount3 -u $mnt failed"
-	for i in $(seq 100); do
+	# The daemon writes its dirty metadata back and fdatasyncs at exit: on
+	# a busy disk that takes seconds, so allow UMOUNT_TIMEOUT (60 s).
+	for i in $(seq $((UMOUNT_TIMEOUT * 10))); do
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
-	kill -0 "$pid" 2>/dev/null && fail "daemon $pid still runs 10s after unmount"
+	kill -0 "$pid" 2>/dev/null &&
+		fail "daemon $pid still runs ${UMOUNT_TIMEOUT}s after unmount"
 	wait "$pid" && rc=0 || rc=$?
 	unset "_mount_pid[$mnt]"
 	[ "$rc" -eq 0 ] || fail "daemon for $mnt exited with status $rc"

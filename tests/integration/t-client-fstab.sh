@@ -68,11 +68,11 @@ umount_wait() {
 	umount "$mnt" || fail "umount $mnt"
 	grep -qs " $mnt " /proc/self/mounts && fail "umount $mnt: still mounted"
 	[ -n "$pid" ] || return 0
-	for i in $(seq 100); do
+	for i in $(seq $((UMOUNT_TIMEOUT * 10))); do
 		kill -0 "$pid" 2>/dev/null || return 0
 		sleep 0.1
 	done
-	fail "daemon $pid still runs 10 s after umount $mnt"
+	fail "daemon $pid still runs ${UMOUNT_TIMEOUT} s after umount $mnt"
 }
 
 # mounted_by_mount MNT HOW: MNT is a fuse.layerfs mount; sets PID

@@ -86,11 +86,11 @@ ok "SIGTERM: unmounted, daemon exited 0"
 
 wait_gone() {
 	local pid=$1 i
-	for i in $(seq 100); do
+	for i in $(seq $((UMOUNT_TIMEOUT * 10))); do
 		kill -0 "$pid" 2>/dev/null || return 0
 		sleep 0.1
 	done
-	fail "daemon $pid still runs 10s after unmount"
+	fail "daemon $pid still runs ${UMOUNT_TIMEOUT}s after unmount"
 }
 
 ## Daemonized: returns once mounted

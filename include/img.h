@@ -289,8 +289,18 @@ const struct img_driver *img_driver_find(const char *name);
  */
 int img_open(const char *path, const struct img_driver *drv, bool writable,
 	     struct img **out);
+/*
+ * img_open on a file the caller opened (O_RDONLY, or O_RDWR when
+ * writable), e.g. confined beneath a directory (file_open_beneath).  path
+ * names it in messages.  The img owns fd from the call on, even when it
+ * fails (fd is closed then).
+ */
+int img_open_fd(int fd, const char *path, const struct img_driver *drv,
+		bool writable, struct img **out);
 /* Probe only: best driver for the file, or NULL.  Silent. */
 const struct img_driver *img_probe_file(const char *path);
+/* The same on an open file (its offset is not used). */
+const struct img_driver *img_probe_fd(int fd, const char *path);
 struct img *img_ref(struct img *img);
 void img_unref(struct img *img);
 

@@ -35,5 +35,15 @@ int file_create_end(int fd, const char *path, int r, const char *mod);
  * zeros either way).  0 or -errno; does not log.
  */
 int file_reserve(int fd, uint64_t off, uint64_t len);
+/*
+ * Open rel (a relative path) beneath the directory dirfd: no ".." above
+ * it, no absolute path, no symbolic link that leads out of it, checked by
+ * the kernel at open time (openat2 with RESOLVE_BENEATH and
+ * RESOLVE_NO_MAGICLINKS), so a file swapped for a link after a check
+ * cannot escape either.  flags as for open(2); O_CLOEXEC is added.  The
+ * fd, or -errno: -EXDEV (or -ELOOP) for a path that would leave dirfd.
+ * Does not log.
+ */
+int file_open_beneath(int dirfd, const char *rel, int flags);
 
 #endif

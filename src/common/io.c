@@ -3,9 +3,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <linux/openat2.h>
 
 #include "io.h"
 #include "log.h"
@@ -115,4 +120,77 @@ int file_reserve(int fd, uint64_t off, uint64_t len)
 	if (errno == EOPNOTSUPP || errno == ENOSYS)
 		return 0;
 	return -errno;
+}
+
+/* The canonical path of an open fd, from /proc; malloc'd or NULL. */
+static char *fd_path(int fd)
+{
+	char link[64], *out = malloc(PATH_MAX);
+	ssize_t n;
+
+	if (!out)
+		return NULL;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, out, PATH_MAX - 1);
+	if (n <= 0) {
+		free(out);
+		return NULL;
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/*
+ * Without openat2 (Linux before 5.6): open, then check where the open
+ * file really is.  The check looks at what was opened, so it has no race
+ * either, only a wasted open.
+ */
+static int open_beneath_fallback(int dirfd, const char *rel, int flags)
+{
+	char *dir, *file;
+	size_t n;
+	int fd, r = 0;
+
+	fd = openat(dirfd, rel, flags | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	dir = fd_path(dirfd);
+	file = fd_path(fd);
+	if (!dir || !file) {
+		r = -EXDEV;	/* cannot tell: refuse */
+	} else {
+		n = strlen(dir);
+		if (n == 1)	/* the root holds everything */
+			n = 0;
+		if (strncmp(file, dir, n) || file[n] != '/')
+			r = -EXDEV;
+	}
+	free(dir);
+	free(file);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+int file_open_beneath(int dirfd, const char *rel, int flags)
+{
+	struct open_how how = {
+		.flags = (uint64_t)(flags | O_CLOEXEC),
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+	};
+	int tries = 8;	/* EAGAIN: a rename raced a ".." check */
+	long fd;
+
+	if (!*rel || rel[0] == '/')
+		return -EXDEV;
+	do {
+		fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
+	} while (fd < 0 && (errno == EINTR || errno == EAGAIN) && --tries);
+	if (fd < 0 && errno == ENOSYS)
+		return open_beneath_fallback(dirfd, rel, flags);
+	if (fd < 0)
+		return -errno;
+	return (int)fd;
 }

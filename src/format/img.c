@@ -58,16 +58,24 @@ static int probe_fd(int fd, const char *path, uint64_t size,
 	return 0;
 }
 
-const struct img_driver *img_probe_file(const char *path)
+const struct img_driver *img_probe_fd(int fd, const char *path)
 {
 	const struct img_driver *drv = NULL;
 	struct stat st;
+
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+		probe_fd(fd, path, (uint64_t)st.st_size, &drv);
+	return drv;
+}
+
+const struct img_driver *img_probe_file(const char *path)
+{
+	const struct img_driver *drv;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0)
 		return NULL;
-	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
-		probe_fd(fd, path, (uint64_t)st.st_size, &drv);
+	drv = img_probe_fd(fd, path);
 	close(fd);
 	return drv;
 }
@@ -75,26 +83,36 @@ const struct img_driver *img_probe_file(const char *path)
 int img_open(const char *path, const struct img_driver *drv, bool writable,
 	     struct img **out)
 {
+	/* Base layers are only ever opened read-only. */
+	int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+
+	if (fd < 0) {
+		int r = -errno;
+
+		log_err("%s: cannot open: %s", path, strerror(-r));
+		return r;
+	}
+	return img_open_fd(fd, path, drv, writable, out);
+}
+
+int img_open_fd(int fd, const char *path, const struct img_driver *drv,
+		bool writable, struct img **out)
+{
 	struct img *img;
 	struct stat st;
 	int r;
 
 	img = calloc(1, sizeof(*img));
-	if (!img)
+	if (!img) {
+		close(fd);
 		return -ENOMEM;
-	img->fd = -1;
+	}
+	img->fd = fd;
 	img->refcnt = 1;
 	img->writable = writable;
 	img->path = strdup(path);
 	if (!img->path) {
 		r = -ENOMEM;
-		goto fail;
-	}
-	/* Base layers are only ever opened read-only. */
-	img->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-	if (img->fd < 0) {
-		r = -errno;
-		log_err("%s: cannot open: %s", path, strerror(-r));
 		goto fail;
 	}
 	if (fstat(img->fd, &st) < 0) {

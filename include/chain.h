@@ -39,6 +39,8 @@
 
 struct chain_opts {
 	bool writable;		/* open writable tops O_RDWR (-o rw) */
+	const char *rw_base;	/* NAME[:NAME...]: standalone images that
+				 * writable opens in place (-o rw_base) */
 	bool allow_outside;	/* parents may resolve outside IMAGEDIR */
 	bool ignore_parent_id;	/* mount despite a parent identity mismatch */
 	bool strict_layers;	/* layer-rule violations are errors */

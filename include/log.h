@@ -51,5 +51,12 @@ int log_err_ret(int err, const char *fmt, ...) __printf(2, 3);
  * "... truncated" marker).  Returns a malloc'd copy; *len set. */
 char *log_journal_copy(size_t *len);
 void log_journal_reset(void);
+/*
+ * The journal's summary: one short line per file a scan left out ("left
+ * out: PATH: reason"), kept apart from the journal's cap so that every
+ * such file is named even after the journal was cut.  log_journal_copy()
+ * ends with it; log_journal_reset() empties it.
+ */
+void log_summary_add(const char *path, const char *reason);
 
 #endif

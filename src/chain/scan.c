@@ -15,9 +15,23 @@
  * parent's identity is then checked (VHD parent UUID, VHDX linkage GUID),
  * cycles and excessive depth are refused, and the layer naming rules are
  * applied (warnings, or errors with strict_layers).
+ *
+ * Confinement: a file of IMAGEDIR (a top-level entry or a parent) is
+ * opened beneath an fd of IMAGEDIR with openat2(RESOLVE_BENEATH), by the
+ * path its canonical form has there, so a symbolic link leading out of
+ * IMAGEDIR is refused by the kernel at open time, even one swapped in
+ * after the checks.  A file outside IMAGEDIR is opened only with
+ * allow_outside; a top-level symbolic link to one is left out, logged.
+ * Only a file the user names (chain_open_file's image) is opened as is.
+ *
+ * Depth: each chain's own depth is measured (its base is depth 1), so a
+ * chain is refused for depth only if it is deeper than max_depth, whatever
+ * the order of the scan.  The walk up a chain is iterative.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +42,7 @@
 
 #include "chain-priv.h"
 #include "compiler.h"
+#include "io.h"
 #include "log.h"
 
 enum node_state { NODE_NEW, NODE_BUSY, NODE_OK, NODE_FAILED };
@@ -42,6 +57,8 @@ struct node {
 	bool is_parent;		/* another resolved image uses this file */
 	bool writable;		/* img opened O_RDWR with a ->write */
 	bool locked_out;	/* its write lock is held elsewhere (logged) */
+	bool named;		/* named by the user: opened as it is */
+	char *why;		/* owned: why it was refused, or NULL */
 	struct node *parent;	/* borrowed; NULL for a base */
 	char *parent_ref;	/* owned: reference that resolved */
 	const char *parent_ref_what;
@@ -52,6 +69,8 @@ struct node {
 struct resolver {
 	const char *dir;	/* borrowed: IMAGEDIR as given */
 	char *realdir;		/* owned: canonical IMAGEDIR */
+	int dirfd;		/* owned: IMAGEDIR (O_PATH), files beneath */
+	int open_err;		/* why the last node_open_fd failed */
 	struct chain_opts o;
 	struct node **nodes;	/* owned array of owned nodes */
 	size_t n, cap;
@@ -62,6 +81,7 @@ static void node_free(struct node *nd)
 	if (!nd)
 		return;
 	img_unref(nd->img);
+	free(nd->why);
 	free(nd->parent_ref);
 	free(nd->path);
 	free(nd);
@@ -73,6 +93,8 @@ static void resolver_fini(struct resolver *r)
 		node_free(r->nodes[i]);
 	free(r->nodes);
 	free(r->realdir);
+	if (r->dirfd >= 0)
+		close(r->dirfd);
 }
 
 static int resolver_init(struct resolver *r, const char *dir,
@@ -81,6 +103,7 @@ static int resolver_init(struct resolver *r, const char *dir,
 	struct stat st;
 
 	memset(r, 0, sizeof(*r));
+	r->dirfd = -1;
 	r->dir = dir;
 	if (o)
 		r->o = *o;
@@ -93,6 +116,14 @@ static int resolver_init(struct resolver *r, const char *dir,
 		free(r->realdir);
 		r->realdir = NULL;
 		return log_err_ret(-ENOTDIR, "%s: not a directory", dir);
+	}
+	r->dirfd = open(r->realdir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (r->dirfd < 0) {
+		int err = -errno;
+
+		free(r->realdir);
+		r->realdir = NULL;
+		return log_err_ret(err, "%s: %s", dir, strerror(-err));
 	}
 	return 0;
 }
@@ -123,19 +154,61 @@ static char *stem_of(const char *name)
 	return strndup(name, len);
 }
 
+/* The part of a canonical path below IMAGEDIR ("sub/x.vhd"), or NULL */
+static const char *below_dir(const struct resolver *r, const char *real)
+{
+	size_t n = strlen(r->realdir);
+
+	if (n == 1)		/* IMAGEDIR is "/" */
+		return real[0] == '/' && real[1] ? real + 1 : NULL;
+	if (strncmp(real, r->realdir, n) || real[n] != '/' || !real[n + 1])
+		return NULL;
+	return real + n + 1;
+}
+
 /* true if the canonical form of path lies inside IMAGEDIR */
 static bool inside_dir(const struct resolver *r, const char *path)
 {
 	char *real = realpath(path, NULL);
-	size_t n = strlen(r->realdir);
-	bool ok;
+	bool ok = real && below_dir(r, real);
 
-	if (!real)
-		return false;
-	ok = !strncmp(real, r->realdir, n) &&
-	     (real[n] == '/' || (n == 1 && r->realdir[0] == '/'));
 	free(real);
 	return ok;
+}
+
+/*
+ * Open path for the scan (flags: O_RDONLY or O_RDWR): beneath IMAGEDIR by
+ * its canonical path there, outside it only with allow_outside, as it is
+ * when the user named it.  The fd, or -errno: -EXDEV (not logged) when it
+ * lies, or would lead, outside IMAGEDIR.
+ */
+static int resolver_open_fd(const struct resolver *r, const char *path,
+			    int flags, bool named)
+{
+	const char *rel;
+	char *real;
+	int fd;
+
+	if (named) {
+		fd = open(path, flags | O_CLOEXEC);
+		return fd < 0 ? -errno : fd;
+	}
+	real = realpath(path, NULL);
+	if (!real)
+		return -errno;
+	rel = below_dir(r, real);
+	if (rel) {
+		fd = file_open_beneath(r->dirfd, rel, flags);
+		if (fd == -ELOOP)	/* a link swapped in to leave */
+			fd = -EXDEV;
+	} else if (r->o.allow_outside) {
+		fd = open(real, flags | O_CLOEXEC);
+		fd = fd < 0 ? -errno : fd;
+	} else {
+		fd = -EXDEV;
+	}
+	free(real);
+	return fd;
 }
 
 static bool is_regular(const char *path, struct stat *st)
@@ -156,9 +229,13 @@ static struct node *node_find(struct resolver *r, const struct stat *st,
 	return NULL;
 }
 
-/* Open path as a new node.  NULL if it cannot be opened (logged). */
-static struct node *node_open(struct resolver *r, const char *path,
-			      const struct img_driver *drv, bool scanned)
+/*
+ * A new node for path, read through fd (which it takes over, even on
+ * failure).  NULL if the image cannot be opened (logged).
+ */
+static struct node *node_open_fd(struct resolver *r, int fd, const char *path,
+				 const struct img_driver *drv, bool scanned,
+				 bool named)
 {
 	struct node *nd;
 	char msg[LAYER_MSG_MAX];
@@ -167,21 +244,32 @@ static struct node *node_open(struct resolver *r, const char *path,
 		size_t cap = r->cap ? r->cap * 2 : 16;
 		struct node **v = realloc(r->nodes, cap * sizeof(*v));
 
-		if (!v)
+		if (!v) {
+			close(fd);
 			return NULL;
+		}
 		r->nodes = v;
 		r->cap = cap;
 	}
 	nd = calloc(1, sizeof(*nd));
-	if (!nd)
+	if (!nd) {
+		close(fd);
 		return NULL;
+	}
 	nd->path = strdup(path);
-	if (!nd->path || img_open(path, drv, false, &nd->img) < 0) {
+	if (!nd->path) {
+		close(fd);
+		node_free(nd);
+		return NULL;
+	}
+	r->open_err = img_open_fd(fd, path, drv, false, &nd->img);
+	if (r->open_err < 0) {
 		node_free(nd);
 		return NULL;
 	}
 	nd->name = base_name(nd->path);
 	nd->scanned = scanned;
+	nd->named = named;
 	layer_tag_parse(nd->name, &nd->tag);
 	if (!layer_check_self(&nd->tag, msg, sizeof(msg))) {
 		if (r->o.strict_layers) {
@@ -193,6 +281,80 @@ static struct node *node_open(struct resolver *r, const char *path,
 	}
 	r->nodes[r->n++] = nd;
 	return nd;
+}
+
+/* Log that path lies outside IMAGEDIR; reason says what it is. */
+static void log_outside(const struct resolver *r, const char *path,
+			const char *what)
+{
+	char *real = realpath(path, NULL);
+
+	log_err("%s: %s %s, outside %s (use -o allow_outside to follow it)",
+		path, what, real ? real : "a path", r->dir);
+	free(real);
+}
+
+/* Open path (confined, see resolver_open_fd) as a new node, or NULL. */
+static struct node *node_open(struct resolver *r, const char *path,
+			      const struct img_driver *drv, bool scanned,
+			      bool named)
+{
+	int fd = resolver_open_fd(r, path, O_RDONLY, named);
+
+	if (fd == -EXDEV) {
+		log_outside(r, path, "resolves to");
+		return NULL;
+	}
+	if (fd < 0) {
+		log_err("%s: cannot open: %s", path, strerror(-fd));
+		return NULL;
+	}
+	return node_open_fd(r, fd, path, drv, scanned, named);
+}
+
+/* A short reason for a code of STYLE.md's list, for the log's summary */
+static const char *reason_of(int err)
+{
+	switch (-err) {
+	case EINVAL:
+		return "not a usable image";
+	case EUCLEAN:
+		return "corrupt metadata";
+	case EBADMSG:
+		return "checksum mismatch";
+	case ENOTSUP:
+		return "unsupported feature or version";
+	case ESTALE:
+		return "parent identity mismatch";
+	case ENOENT:
+		return "parent not found";
+	case ELOOP:
+		return "parent cycle or chain too deep";
+	case EPERM:
+	case EXDEV:
+		return "outside IMAGEDIR";
+	case EFBIG:
+		return "over the format's limit";
+	}
+	return strerror(-err);
+}
+
+/* Record why nd was refused (the first reason) and log it once. */
+static int __printf(4, 5) node_fail(struct node *nd, int err, bool log,
+				    const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (log)
+		log_err("%s: %s", nd->path, msg);
+	if (!nd->why)
+		nd->why = strdup(msg);
+	nd->state = NODE_FAILED;
+	return err;
 }
 
 /* Look for name in dir: exact, then ignoring case.  malloc'd path or NULL */
@@ -415,17 +577,19 @@ static int check_identity(struct resolver *r, struct node *nd,
 	return -ESTALE;
 }
 
-static int resolve(struct resolver *r, struct node *nd, unsigned level);
-
-static int resolve_parent(struct resolver *r, struct node *nd,
-			  const struct img_parent *p, unsigned level)
+/*
+ * Find, open (or share) and check nd's parent, without looking further
+ * down: nd->parent is set, or -errno (logged, naming nd).
+ */
+static int link_parent(struct resolver *r, struct node *nd,
+		       const struct img_parent *p)
 {
 	const struct img_driver *drv = NULL;
 	struct candidate cand = { 0 };
 	struct node *pn;
 	struct stat st;
 	char msg[LAYER_MSG_MAX];
-	int ret;
+	int fd, ret;
 
 	if (p->format) {
 		drv = img_driver_find(p->format);
@@ -436,13 +600,28 @@ static int resolve_parent(struct resolver *r, struct node *nd,
 	ret = find_parent_file(r, nd, p, &cand);
 	if (ret < 0)
 		return ret;
+	/* the checks were on paths: what is opened is confined again */
+	fd = resolver_open_fd(r, cand.path, O_RDONLY, false);
+	if (fd == -EXDEV) {
+		log_outside(r, cand.path, "parent resolves to");
+		ret = -EPERM;
+		goto out;
+	}
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		ret = fd < 0 ? fd : -errno;
+		log_err("%s: parent %s cannot be opened: %s", nd->path,
+			cand.path, strerror(-ret));
+		if (fd >= 0)
+			close(fd);
+		goto out;
+	}
 	/*
 	 * qemu has no driver for Android sparse images, so an overlay that
 	 * qemu-img made over one can only say "raw".  Read such a parent as
 	 * what it is: as raw it would show the sparse container's bytes.
 	 */
 	if (drv && !strcmp(drv->name, "raw")) {
-		const struct img_driver *probed = img_probe_file(cand.path);
+		const struct img_driver *probed = img_probe_fd(fd, cand.path);
 
 		if (probed && !strcmp(probed->name, "asparse")) {
 			log_info("%s: parent %s recorded as raw is an Android "
@@ -451,30 +630,17 @@ static int resolve_parent(struct resolver *r, struct node *nd,
 			drv = probed;
 		}
 	}
-	ret = -ENOENT;
-	if (stat(cand.path, &st) < 0)
-		goto out;
 	pn = node_find(r, &st, drv);
-	if (!pn) {
-		pn = node_open(r, cand.path, drv, false);
+	if (pn) {
+		close(fd);
+	} else {
+		pn = node_open_fd(r, fd, cand.path, drv, false, false);
 		if (!pn) {
 			log_err("%s: parent %s cannot be opened", nd->path,
 				cand.path);
 			ret = -EIO;
 			goto out;
 		}
-	}
-	ret = resolve(r, pn, level + 1);
-	if (ret == -ELOOP && pn->state == NODE_BUSY) {
-		log_err("%s: parent chain loops back to %s", nd->path,
-			pn->path);
-		goto out;
-	}
-	if (ret < 0) {
-		if (ret != -ELOOP)
-			log_err("%s: parent %s is unusable", nd->path,
-				pn->path);
-		goto out;
 	}
 	ret = check_identity(r, nd, p, pn);
 	if (ret < 0)
@@ -487,51 +653,134 @@ static int resolve_parent(struct resolver *r, struct node *nd,
 		}
 		log_warn("%s: layer rule: %s", nd->path, msg);
 	}
-	if (pn->depth + 1 > r->o.max_depth) {
-		ret = log_err_ret(-ELOOP, "%s: chain deeper than %u layers",
-				  nd->path, r->o.max_depth);
-		goto out;
-	}
 	nd->parent = pn;
-	nd->depth = pn->depth + 1;
 	nd->parent_ref = strdup(cand.ref->path);
 	nd->parent_ref_what = cand.ref->what;
-	ret = 0;
+	ret = nd->parent_ref ? 0 : -ENOMEM;
 out:
 	free(cand.path);
 	return ret;
 }
 
-static int resolve(struct resolver *r, struct node *nd, unsigned level)
+/* One step up: nd->parent set (NULL for a base), or -errno (logged). */
+static int node_link(struct resolver *r, struct node *nd)
 {
 	struct img_parent p = { 0 };
 	int ret;
 
-	switch (nd->state) {
+	nd->parent = NULL;
+	ret = nd->img->drv->parent ? nd->img->drv->parent(nd->img, &p) : 0;
+	if (ret > 0)
+		ret = link_parent(r, nd, &p);
+	img_parent_clear(&p);
+	return ret;
+}
+
+/*
+ * "b.qcow2 -> c.qcow2 -> a.qcow2 -> b.qcow2": the cycle path[k..n-1]
+ * (each one's parent is the next, path[n - 1]'s is path[k]) from path[i]
+ * round to itself, cut with "..." at len.
+ */
+static void cycle_text(struct node **path, size_t k, size_t n, size_t i,
+		       char *buf, size_t len)
+{
+	size_t used = 0, j = i;
+
+	buf[0] = '\0';
+	for (size_t step = 0; step <= n - k; step++) {
+		int w = snprintf(buf + used, len - used, "%s%s",
+				 step ? " -> " : "", path[j]->name);
+
+		if (w < 0 || (size_t)w >= len - used) {
+			strcpy(buf + len - 4, "...");
+			return;
+		}
+		used += (size_t)w;
+		j = j + 1 < n ? j + 1 : k;
+	}
+}
+
+/*
+ * Resolve nd's whole chain: every layer is linked to its parent, walking
+ * down (iteratively) to a base, a node already resolved, a failure or a
+ * loop; then the depths are set walking back up.  A node's state and
+ * depth depend on its own chain only, never on where the walk started.
+ * Every node refused is logged once, naming it.  0 or -errno.
+ */
+static int resolve(struct resolver *r, struct node *top)
+{
+	struct node **path = NULL, *cur = top;
+	size_t n = 0, cap = 0, k;
+	char cycle[640];
+	int ret = 0;
+
+	while (cur->state == NODE_NEW) {
+		if (n == cap) {
+			size_t c = cap ? cap * 2 : 16;
+			struct node **v = realloc(path, c * sizeof(*v));
+
+			if (!v) {
+				ret = -ENOMEM;
+				break;
+			}
+			path = v;
+			cap = c;
+		}
+		cur->state = NODE_BUSY;
+		ret = node_link(r, cur);
+		if (ret < 0) {
+			node_fail(cur, ret, false, "%s", reason_of(ret));
+			break;
+		}
+		path[n++] = cur;
+		if (!cur->parent) {	/* a base */
+			cur->depth = 0;	/* set below, with the others */
+			break;
+		}
+		cur = cur->parent;
+	}
+	if (ret == -ENOMEM)
+		cur->state = NODE_FAILED;
+	if (cur->state == NODE_BUSY && cur->parent) {
+		/* a loop: cur is path[k], the cycle is path[k..n-1] */
+		for (k = 0; path[k] != cur; k++)
+			;
+		for (size_t i = k; i < n; i++) {
+			cycle_text(path, k, n, i, cycle, sizeof(cycle));
+			node_fail(path[i], -ELOOP, true,
+				  "parent chain loops: %s", cycle);
+		}
+		n = k;
+		cur = path[k];
+	}
+	/* path[n - 1]'s parent is cur, resolved; then up to path[0] */
+	for (size_t i = n; i-- > 0;) {
+		struct node *nd = path[i], *pn = nd->parent;
+
+		if (pn && pn->state == NODE_FAILED && pn->depth <= r->o.max_depth) {
+			node_fail(nd, -EINVAL, true, "parent %s is unusable",
+				  pn->path);
+			continue;
+		}
+		nd->depth = pn ? pn->depth + 1 : 1;
+		if (nd->depth > r->o.max_depth) {
+			node_fail(nd, -ELOOP, true,
+				  "chain deeper than %u layers (%u)",
+				  r->o.max_depth, nd->depth);
+			continue;
+		}
+		nd->state = NODE_OK;
+	}
+	free(path);
+	switch (top->state) {
 	case NODE_OK:
 		return 0;
 	case NODE_FAILED:
-		return -EINVAL;
-	case NODE_BUSY:
-		return -ELOOP;
-	case NODE_NEW:
-		break;
+		return ret < 0 ? ret : -EINVAL;
+	default:
+		top->state = NODE_FAILED;	/* out of memory on the way */
+		return -ENOMEM;
 	}
-	if (level > r->o.max_depth) {
-		nd->state = NODE_FAILED;
-		return log_err_ret(-ELOOP, "%s: chain deeper than %u layers",
-				   nd->path, r->o.max_depth);
-	}
-	nd->state = NODE_BUSY;
-	ret = nd->img->drv->parent ? nd->img->drv->parent(nd->img, &p) : 0;
-	if (ret == 0) {
-		nd->depth = 1;
-	} else if (ret > 0) {
-		ret = resolve_parent(r, nd, &p, level);
-	}
-	img_parent_clear(&p);
-	nd->state = ret < 0 ? NODE_FAILED : NODE_OK;
-	return ret < 0 ? ret : 0;
 }
 
 static struct chain *chain_build(const struct node *top, const char *name)
@@ -586,25 +835,86 @@ static void mark_parents(struct resolver *r)
 	}
 }
 
+/* true if the list NAME[:NAME...] names nd by file name or stem */
+static bool names_node(const char *list, const struct node *nd)
+{
+	size_t len = strlen(nd->name);
+	const char *dot = strrchr(nd->name, '.');
+	size_t stem = dot && dot != nd->name ? (size_t)(dot - nd->name) : len;
+
+	while (list && *list) {
+		size_t n = strcspn(list, ":");
+
+		if (n && (n == len || n == stem) && !strncmp(list, nd->name, n))
+			return true;
+		list += n;
+		if (*list == ':')
+			list++;
+	}
+	return false;
+}
+
+/* Warn about each name of -o rw_base that names no base of the scan. */
+static void check_rw_base(const struct resolver *r, struct node **tops,
+			  size_t ntops)
+{
+	const char *list = r->o.rw_base;
+
+	while (list && *list) {
+		size_t n = strcspn(list, ":");
+		bool found = false;
+
+		for (size_t i = 0; i < ntops && !found && n; i++) {
+			const char *name = tops[i]->name, *dot;
+			size_t len = strlen(name), stem;
+
+			dot = strrchr(name, '.');
+			stem = dot && dot != name ? (size_t)(dot - name) : len;
+			found = (n == len || n == stem) &&
+				!strncmp(list, name, n) && !tops[i]->parent;
+		}
+		if (n && !found)
+			log_warn("%s: rw_base: no standalone image named \"%.*s\"",
+				 r->dir, (int)n, list);
+		list += n;
+		if (*list == ':')
+			list++;
+	}
+}
+
 /*
  * Reopen a top image that nothing depends on O_RDWR.  Every other image
- * stays as it was opened: O_RDONLY.  A failure leaves it read-only, but a
- * top another process holds (its write lock refused, imglock.h) is left
- * out: writing it would race that process.
+ * stays as it was opened: O_RDONLY.  A base (an image with no parent) is
+ * never written in place unless -o rw_base names it: writing over a base
+ * means a new layer on it.  A failure leaves it read-only, but a top
+ * another process holds (its write lock refused, imglock.h) is left out:
+ * writing it would race that process.
  */
-static void open_writable(struct node *nd)
+static void open_writable(const struct resolver *r, struct node *nd)
 {
 	struct img *w;
-	int r;
+	int fd, ret;
 
 	if (nd->is_parent || !nd->img->drv->write)
 		return;
-	r = img_open(nd->path, nd->img->drv, true, &w);
-	if (r == -EBUSY) {	/* another writer or a reader that denies it */
+	if (!nd->parent && !names_node(r->o.rw_base, nd)) {
+		log_info("%s: a base image stays read-only (-o rw_base=%s "
+			 "writes it in place, -o newlayer=%s adds a layer)",
+			 nd->path, nd->name, nd->name);
+		return;
+	}
+	fd = resolver_open_fd(r, nd->path, O_RDWR, nd->named);
+	if (fd < 0) {
+		log_warn("%s: stays read-only: %s", nd->path,
+			 fd == -EXDEV ? "outside IMAGEDIR" : strerror(-fd));
+		return;
+	}
+	ret = img_open_fd(fd, nd->path, nd->img->drv, true, &w);
+	if (ret == -EBUSY) {	/* another writer or a reader that denies it */
 		nd->locked_out = true;
 		return;
 	}
-	if (r < 0) {
+	if (ret < 0) {
 		log_warn("%s: stays read-only", nd->path);
 		return;
 	}
@@ -719,8 +1029,8 @@ static struct node *create_layer(struct resolver *r, struct node **tops,
 		goto out;
 	}
 	log_info("%s: new %s layer over %s", path, fmt, top->name);
-	nd = node_open(r, path, drv, true);
-	if (nd && resolve(r, nd, 1) < 0)
+	nd = node_open(r, path, drv, true, false);
+	if (nd && resolve(r, nd) < 0)
 		nd = NULL;
 out:
 	free(real);
@@ -741,10 +1051,10 @@ int chain_open_file(const char *path, const char *dir,
 	if (ret < 0)
 		goto out;
 	ret = -EIO;
-	nd = node_open(&r, path, NULL, true);
+	nd = node_open(&r, path, NULL, true, true);	/* named by the user */
 	if (!nd)
 		goto out_res;
-	ret = resolve(&r, nd, 1);
+	ret = resolve(&r, nd);
 	if (ret < 0)
 		goto out_res;
 	stem = stem_of(nd->name);
@@ -859,10 +1169,15 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 		ret = names ? -ENOMEM : -EIO;
 		goto fail;
 	}
-	/* Open every file first, so parents are shared by identity. */
+	/*
+	 * Open every file first, so parents are shared by identity.  Each is
+	 * opened beneath IMAGEDIR: a symbolic link that leads out of it is
+	 * left out (unless allow_outside).
+	 */
 	for (size_t i = 0; i < nnames; i++) {
 		char *path;
 		struct stat st;
+		int fd;
 
 		if (asprintf(&path, "%s/%s", dir, names[i]) < 0) {
 			ret = -ENOMEM;
@@ -872,11 +1187,25 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 			free(path);
 			continue;
 		}
-		if (!node_find(&r, &st, NULL)) {
-			if (!img_probe_file(path))
-				log_warn("%s: skipped: not a disk image", path);
-			else if (!node_open(&r, path, NULL, true))
-				cs->nfailed++;
+		fd = resolver_open_fd(&r, path, O_RDONLY, false);
+		if (fd < 0) {
+			if (fd == -EXDEV) {
+				log_outside(&r, path, "a symbolic link to");
+				log_summary_add(path, "a link outside IMAGEDIR");
+			} else {
+				log_err("%s: cannot open: %s", path,
+					strerror(-fd));
+				log_summary_add(path, reason_of(fd));
+			}
+			cs->nfailed++;
+		} else if (fstat(fd, &st) < 0 || node_find(&r, &st, NULL)) {
+			close(fd);
+		} else if (!img_probe_fd(fd, path)) {
+			log_warn("%s: skipped: not a disk image", path);
+			close(fd);
+		} else if (!node_open_fd(&r, fd, path, NULL, true, false)) {
+			log_summary_add(path, reason_of(r.open_err));
+			cs->nfailed++;
 		}
 		free(path);
 	}
@@ -890,7 +1219,10 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 
 		if (!nd->scanned)
 			continue;
-		if (resolve(&r, nd, 1) < 0) {	/* the reason is logged */
+		ret = resolve(&r, nd);
+		if (ret < 0) {	/* the reason is logged */
+			log_summary_add(nd->path,
+					nd->why ? nd->why : reason_of(ret));
 			cs->nfailed++;
 			continue;
 		}
@@ -913,9 +1245,11 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 		tops[ntops++] = nd;
 	}
 	mark_parents(&r);
-	if (r.o.writable)
+	if (r.o.writable) {
+		check_rw_base(&r, tops, ntops);
 		for (size_t i = 0; i < ntops; i++)
-			open_writable(tops[i]);
+			open_writable(&r, tops[i]);
+	}
 	cs->chains = calloc(ntops ? ntops : 1, sizeof(*cs->chains));
 	if (!cs->chains) {
 		ret = -ENOMEM;

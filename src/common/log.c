@@ -10,6 +10,7 @@
 #include "log.h"
 
 #define JOURNAL_MAX (64 * 1024)
+#define SUMMARY_MAX (4 * 1024 * 1024)	/* some 40000 files */
 
 unsigned log_debug_mask;
 
@@ -20,6 +21,9 @@ static pthread_mutex_t journal_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *journal;		/* owned; NUL-terminated */
 static size_t journal_len;
 static int journal_full;
+static char *summary;		/* owned; the summary's lines, NUL-terminated */
+static size_t summary_len;
+static unsigned summary_files, summary_more;
 
 static const struct {
 	const char *name;
@@ -159,17 +163,55 @@ int log_err_ret(int err, const char *fmt, ...)
 	return err;
 }
 
+void log_summary_add(const char *path, const char *reason)
+{
+	size_t n = strlen(path) + strlen(reason) + sizeof("left out: : \n");
+	char *s;
+
+	pthread_mutex_lock(&journal_lock);
+	summary_files++;
+	if (summary_len + n > SUMMARY_MAX ||
+	    !(s = realloc(summary, summary_len + n))) {
+		summary_more++;
+		goto out;
+	}
+	summary = s;
+	summary_len += (size_t)snprintf(summary + summary_len, n,
+					"left out: %s: %s\n", path, reason);
+out:
+	pthread_mutex_unlock(&journal_lock);
+}
+
 char *log_journal_copy(size_t *len)
 {
+	char head[64] = "", tail[64] = "";
+	size_t hl = 0, tl = 0, total;
 	char *copy;
 
 	pthread_mutex_lock(&journal_lock);
-	copy = malloc(journal_len + 1);
+	if (summary_files)
+		hl = (size_t)snprintf(head, sizeof(head),
+				      "summary: %u file(s) left out\n",
+				      summary_files);
+	if (summary_more)
+		tl = (size_t)snprintf(tail, sizeof(tail),
+				      "... and %u more\n", summary_more);
+	total = journal_len + hl + summary_len + tl;
+	copy = malloc(total + 1);
 	if (copy) {
+		char *p = copy;
+
 		if (journal_len)
-			memcpy(copy, journal, journal_len);
-		copy[journal_len] = '\0';
-		*len = journal_len;
+			memcpy(p, journal, journal_len);
+		p += journal_len;
+		memcpy(p, head, hl);
+		p += hl;
+		if (summary_len)
+			memcpy(p, summary, summary_len);
+		p += summary_len;
+		memcpy(p, tail, tl);
+		copy[total] = '\0';
+		*len = total;
 	}
 	pthread_mutex_unlock(&journal_lock);
 	return copy;
@@ -182,5 +224,9 @@ void log_journal_reset(void)
 	journal = NULL;
 	journal_len = 0;
 	journal_full = 0;
+	free(summary);
+	summary = NULL;
+	summary_len = 0;
+	summary_files = summary_more = 0;
 	pthread_mutex_unlock(&journal_lock);
 }

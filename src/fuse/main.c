@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -39,6 +40,7 @@ struct cli_opts {
 	int rw, has_fsname, has_subtype, has_default_permissions;
 	char *newlayer;		/* owned: CHAIN[:FILE] */
 	char *newformat;	/* owned: vhd, vhdx, qcow2 */
+	char *rw_base;		/* owned: NAME[:NAME...] */
 	int bad_arg;		/* a third non-option argument was given */
 };
 
@@ -64,6 +66,7 @@ static const struct fuse_opt cli_spec[] = {
 	CLI_OPT("ignore_parent_id", ignore_parent_id, 1),
 	CLI_OPT("newlayer=%s", newlayer, 0),
 	CLI_OPT("newformat=%s", newformat, 0),
+	CLI_OPT("rw_base=%s", rw_base, 0),
 	CLI_OPT("max_depth=%u", max_depth, 0),
 	CLI_OPT("max_threads=%u", max_threads, 0),
 	CLI_OPT("max_idle_threads=%u", max_idle_threads, 0),
@@ -104,6 +107,9 @@ static void usage(const char *prog)
 	       "    -o ro                  read-only (the default)\n"
 	       "    -o rw                  writable: writes go into each chain's top\n"
 	       "                           image when no other image depends on it\n"
+	       "                           (never into a base image: see rw_base)\n"
+	       "    -o rw_base=NAME[:NAME...]  with rw: these standalone images are\n"
+	       "                           written in place\n"
 	       "    -o newlayer=CHAIN[:FILE]  create a new top layer over CHAIN (next\n"
 	       "                           free layer name unless FILE); implies rw\n"
 	       "    -o newformat=FMT       format of the new layer: vhd, vhdx, qcow2\n"
@@ -291,6 +297,7 @@ int main(int argc, char *argv[])
 	struct chainset *cs = NULL;
 	struct fuse_session *se;
 	struct fs *fs = NULL;
+	struct stat st;
 	char *real;
 	int ret = 1, r;
 
@@ -337,6 +344,15 @@ int main(int argc, char *argv[])
 	}
 	free(o.mountpoint);
 	o.mountpoint = real;
+	/* the kernel mounts over a file too: refuse it, as mount(8) would */
+	r = stat(o.mountpoint, &st) < 0 ? errno
+	    : !S_ISDIR(st.st_mode)      ? ENOTDIR
+					: 0;
+	if (r) {
+		fprintf(stderr, "layerfs: bad mount point '%s': %s\n",
+			o.mountpoint, strerror(r));
+		goto out_args;
+	}
 
 	log_init("layerfs");
 	if (o.debug)
@@ -367,6 +383,7 @@ int main(int argc, char *argv[])
 		.strict_layers = o.strict_layers,
 		.max_depth = o.max_depth,
 		.new_layer_format = o.newformat,
+		.rw_base = o.rw_base,
 	};
 	if (o.newlayer) {	/* CHAIN[:FILE] */
 		char *colon = strchr(o.newlayer, ':');
@@ -428,5 +445,6 @@ out_args:
 	free(o.mountpoint);
 	free(o.newlayer);
 	free(o.newformat);
+	free(o.rw_base);
 	return ret;
 }

@@ -32,8 +32,9 @@ for fmt in vhd vhdx qcow2; do
 
 	"$LAYERIMG" create -q -f "$fmt" "$base" 24M ||
 		fail "$fmt: layerimg create -f $fmt os-L0.$fmt 24M"
-	# put data into the base through layerfs (it is a top while alone)
-	layerfs_mount "$m" "$d" -o rw
+	# put data into the base through layerfs: a standalone image is
+	# written in place only when rw_base names it
+	layerfs_mount "$m" "$d" -o rw,rw_base=os-L0
 	pattern "$m/os-L0/disk" 0 $((3 << 20)) "$fmt-base-a"
 	pattern "$m/os-L0/disk" $((10 << 20)) 777777 "$fmt-base-b"
 	layerfs_umount "$m"

@@ -19,7 +19,8 @@ python3 "$TOOLS/mkvhdx.py" chain "$img" --depth 1 --lss 4096 --size 64M \
 	--name 'v4k%d.vhdx' >/dev/null || fail "mkvhdx.py failed"
 rm -f "$img"/*.raw
 
-layerfs_mount "$T/mnt" "$img" -o rw
+# blank.qcow2 is a standalone image: written in place only when named
+layerfs_mount "$T/mnt" "$img" -o rw,rw_base=blank
 m=$T/mnt
 d=$m/blank
 

@@ -2,8 +2,10 @@
 /* test-common.c: endian helpers, GUIDs, UTF-16, whole-buffer I/O, log. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "checked.h"
@@ -156,6 +158,64 @@ START_TEST(io_full_and_short)
 }
 END_TEST
 
+/*
+ * A layer path checked inside IMAGEDIR, then swapped for a symbolic link
+ * that leads out of it, cannot be opened beneath IMAGEDIR's fd.
+ */
+START_TEST(io_open_beneath_confines)
+{
+	char *in = fx_path("beneath"), *out = fx_write_file("secret.qcow2",
+							     "outside", 7);
+	char *sub, *file, *link, buf[8];
+	int dirfd, fd;
+
+	ck_assert_int_eq(mkdir(in, 0755), 0);
+	ck_assert_int_ge(asprintf(&sub, "%s/sub", in), 0);
+	ck_assert_int_eq(mkdir(sub, 0755), 0);
+	ck_assert_int_ge(asprintf(&file, "%s/sub/base.qcow2", in), 0);
+	fx_pwrite(file, "inside", 6, 0);
+	dirfd = open(in, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	ck_assert_int_ge(dirfd, 0);
+
+	/* a file and a relative link inside: fine */
+	fd = file_open_beneath(dirfd, "sub/base.qcow2", O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread_full(fd, buf, 6, 0), 0);
+	ck_assert_int_eq(memcmp(buf, "inside", 6), 0);
+	close(fd);
+	ck_assert_int_ge(asprintf(&link, "%s/in.qcow2", in), 0);
+	ck_assert_int_eq(symlink("sub/base.qcow2", link), 0);
+	fd = file_open_beneath(dirfd, "in.qcow2", O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+
+	/* the parent swapped for a link to a file outside: refused */
+	ck_assert_int_eq(unlink(file), 0);
+	ck_assert_int_eq(symlink(out, file), 0);
+	fd = file_open_beneath(dirfd, "sub/base.qcow2", O_RDONLY);
+	ck_assert(fd == -EXDEV || fd == -ELOOP);
+	fd = file_open_beneath(dirfd, "in.qcow2", O_RDWR);	/* via two links */
+	ck_assert(fd == -EXDEV || fd == -ELOOP);
+	/* a relative link that climbs out, "..", absolute paths: refused */
+	ck_assert_int_eq(unlink(file), 0);
+	ck_assert_int_eq(symlink("../../secret.qcow2", file), 0);
+	ck_assert_int_eq(file_open_beneath(dirfd, "sub/base.qcow2", O_RDONLY),
+			 -EXDEV);
+	ck_assert_int_eq(file_open_beneath(dirfd, "../secret.qcow2", O_RDONLY),
+			 -EXDEV);
+	ck_assert_int_eq(file_open_beneath(dirfd, out, O_RDONLY), -EXDEV);
+	ck_assert_int_eq(file_open_beneath(dirfd, "", O_RDONLY), -EXDEV);
+	ck_assert_int_eq(file_open_beneath(dirfd, "nothere", O_RDONLY),
+			 -ENOENT);
+	close(dirfd);
+	free(link);
+	free(file);
+	free(sub);
+	free(out);
+	free(in);
+}
+END_TEST
+
 START_TEST(log_journal_keeps_problems)
 {
 	size_t len;
@@ -177,6 +237,25 @@ START_TEST(log_journal_keeps_problems)
 	ck_assert_uint_le(len, 64 * 1024 + 64);
 	ck_assert_ptr_nonnull(strstr(j, "(log truncated)"));
 	free(j);
+	/* the summary of files left out survives the cut, each one named */
+	for (int i = 0; i < 3000; i++) {
+		char name[32];
+
+		snprintf(name, sizeof(name), "d/f%04d.qcow2", i);
+		log_summary_add(name, "parent not found");
+	}
+	j = log_journal_copy(&len);
+	ck_assert_uint_eq(len, strlen(j));
+	ck_assert_ptr_nonnull(strstr(j, "(log truncated)\nsummary: 3000 file(s) "
+				     "left out\nleft out: d/f0000.qcow2: "
+				     "parent not found\n"));
+	ck_assert_ptr_nonnull(strstr(j, "\nleft out: d/f2999.qcow2: parent "
+				     "not found\n"));
+	free(j);
+	log_journal_reset();
+	j = log_journal_copy(&len);
+	ck_assert_str_eq(j, "");
+	free(j);
 	log_journal_reset();
 }
 END_TEST
@@ -192,6 +271,7 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, utf16_round_trip);
 	tcase_add_test(tc, utf16_rejects_bad_input);
 	tcase_add_test(tc, io_full_and_short);
+	tcase_add_test(tc, io_open_beneath_confines);
 	tcase_add_test(tc, log_journal_keeps_problems);
 	suite_add_tcase(s, tc);
 	return s;

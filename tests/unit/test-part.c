@@ -266,6 +266,7 @@ START_TEST(gpt_4096_in_vhdx)
 	ck_assert_int_eq(drv->create(vhdx, &co), 0);
 	/* a writable chain comes from a directory scan with -o rw */
 	wo.writable = true;
+	wo.rw_base = "gpt4k";	/* a base: written only when named */
 	ck_assert_int_eq(chainset_scan(vdir, &wo, &cs), 0);
 	ck_assert_uint_eq(cs->nchains, 1);
 	c = cs->chains[0];

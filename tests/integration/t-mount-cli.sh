@@ -1,7 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # The daemon's command line and life cycle: --help and --version exit 0;
-# bad usage exits 1 with a one-line message; -f in the background ends
+# bad usage (a MOUNTPOINT that is a regular file too) exits 1 with a
+# one-line message; -f in the background ends
 # with status 0 after fusermount3 -u, and after SIGTERM (which unmounts);
 # the daemonized mode (no -f) returns once mounted and ends after
 # fusermount3 -u; mount.fuse3 -t layerfs, mount(8) and umount(8) work;
@@ -59,6 +60,22 @@ bad_usage "unknown option" --no-such-option "$img" "$T/m0"
 bad_usage "max_depth=0" -o max_depth=0 "$img" "$T/m0"
 bad_usage "missing IMAGEDIR" "$T/no-such-dir" "$T/m0"
 bad_usage "missing mount point" "$img" "$T/no-such-mnt"
+# a regular file as MOUNTPOINT: the kernel would mount over it, leaving a
+# file that answers EIO; refused before anything is mounted
+printf 'keep' >"$T/mfile"
+run_cli bad "$img" "$T/mfile"
+if grep -qs " $T/mfile " /proc/self/mounts; then
+	track_mount "$T/mfile"
+	pid=$(daemon_pid "$T/mfile")
+	[ -z "$pid" ] || track_pid "$pid"
+	fail "mount point is a regular file: mounted over it (exit $rc)"
+fi
+[ "$rc" -eq 1 ] || fail "mount point is a regular file: exit $rc, expected 1"
+[ "$(grep -c . "$T/bad.errout")" -eq 1 ] &&
+	grep -q "'$T/mfile'.*Not a directory" "$T/bad.errout" ||
+	fail "mount point is a file: unclear message: $(tr '\n' '|' <"$T/bad.errout")"
+[ "$(cat "$T/mfile")" = keep ] || fail "$T/mfile changed"
+ok "mount point is a regular file: exit 1, not mounted, $(cat "$T/bad.errout")"
 
 ## -f in the background, fusermount3 -u: status 0 (layerfs_umount checks)
 layerfs_mount "$T/m1" "$img"

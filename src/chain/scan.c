@@ -275,6 +275,8 @@ static struct node *node_open_fd(struct resolver *r, int fd, const char *path,
 		if (r->o.strict_layers) {
 			log_err("%s: layer rule: %s", path, msg);
 			nd->state = NODE_FAILED;
+			if (asprintf(&nd->why, "layer rule: %s", msg) < 0)
+				nd->why = NULL;
 		} else {
 			log_warn("%s: layer rule: %s", path, msg);
 		}
@@ -636,9 +638,9 @@ static int link_parent(struct resolver *r, struct node *nd,
 	} else {
 		pn = node_open_fd(r, fd, cand.path, drv, false, false);
 		if (!pn) {
-			log_err("%s: parent %s cannot be opened", nd->path,
-				cand.path);
-			ret = -EIO;
+			ret = node_fail(nd, -EIO, true,
+					"parent %s cannot be opened",
+					cand.path);
 			goto out;
 		}
 	}
@@ -647,8 +649,8 @@ static int link_parent(struct resolver *r, struct node *nd,
 		goto out;
 	if (!layer_check_pair(&nd->tag, &pn->tag, msg, sizeof(msg))) {
 		if (r->o.strict_layers) {
-			ret = log_err_ret(-EINVAL, "%s: layer rule: %s",
-					  nd->path, msg);
+			ret = node_fail(nd, -EINVAL, true, "layer rule: %s",
+					msg);
 			goto out;
 		}
 		log_warn("%s: layer rule: %s", nd->path, msg);
@@ -711,7 +713,7 @@ static int resolve(struct resolver *r, struct node *top)
 {
 	struct node **path = NULL, *cur = top;
 	size_t n = 0, cap = 0, k;
-	char cycle[640];
+	char cycle[448];	/* fits node_fail's message */
 	int ret = 0;
 
 	while (cur->state == NODE_NEW) {

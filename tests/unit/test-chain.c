@@ -286,6 +286,36 @@ START_TEST(depth_limit)
 }
 END_TEST
 
+/*
+ * The same limit when the scan meets the top first: names sort the chain
+ * top down (a5 -> b4 -> c3 -> d2 -> e1), and each chain keeps its own
+ * depth, so e1, d2 and c3 mount with max_depth 3.
+ */
+START_TEST(depth_limit_any_order)
+{
+	char *d = mkdir_sub("q5b");
+	struct chainset *cs;
+	struct chain_opts o = opts;
+
+	ck_assert_int_eq(fx_system("cd %s && qemu-img create -q -f qcow2 "
+				   "e1.qcow2 1M && p=e1 && for n in d2 c3 b4 "
+				   "a5; do qemu-img create -q -f qcow2 -F qcow2 "
+				   "-b $p.qcow2 $n.qcow2 || exit 1; p=$n; done",
+				   d), 0);
+	o.max_depth = 3;
+	ck_assert_int_eq(chainset_scan(d, &o, &cs), 0);
+	ck_assert_uint_eq(cs->nchains, 3);
+	ck_assert_uint_eq(cs->nfailed, 2);
+	ck_assert_uint_eq(find_chain(cs, "e1")->depth, 1);
+	ck_assert_uint_eq(find_chain(cs, "d2")->depth, 2);
+	ck_assert_uint_eq(find_chain(cs, "c3")->depth, 3);
+	ck_assert_ptr_null(find_chain(cs, "b4"));
+	ck_assert_ptr_null(find_chain(cs, "a5"));
+	chainset_free(cs);
+	free(d);
+}
+END_TEST
+
 START_TEST(layer_rules_warn_or_refuse)
 {
 	char *d = mkdir_sub("q6");
@@ -641,6 +671,7 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, parent_cycle_is_refused);
 	tcase_add_test(tc, outside_parent_needs_option);
 	tcase_add_test(tc, depth_limit);
+	tcase_add_test(tc, depth_limit_any_order);
 	tcase_add_test(tc, layer_rules_warn_or_refuse);
 	tcase_add_test(tc, backing_format_is_honoured);
 	suite_add_tcase(s, tc);

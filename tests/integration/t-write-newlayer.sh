@@ -8,8 +8,8 @@
 # and zero-range, also unaligned, also over parent data) and the edge
 # cases (past the end: ENOSPC, O_TRUNC and truncate refused) behave, a
 # plain -o rw mount continues the layer, and deleting the layer's file
-# makes the old chain writable again; an existing file, a path and an
-# unknown chain are refused.  A model of the disk in a plain
+# leaves the old base read-only under -o rw (writable in place only with
+# rw_base); an existing file, a path and an unknown chain are refused.  A model of the disk in a plain
 # file is the oracle, with 7zz reading the files without layerfs.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/write-lib.sh"
@@ -148,14 +148,20 @@ layerfs_mount "$m" "$img"
 ok "without rw every disk is read-only"
 layerfs_umount "$m"
 
-# 4. deleting the layer throws it away: win-L301 is writable again
+# 4. deleting the layer throws it away: win-L301 is a lone base again,
+# read-only under -o rw (a base is written in place only with rw_base)
 rm "$img/win-L302.vhd"
 layerfs_mount "$m" "$img" -o rw
 expect_dirs "$m" win-L301
-[ "$(disk_mode "$m/win-L301/disk")" = 644 ] ||
-	fail "win-L301/disk has mode $(disk_mode "$m/win-L301/disk") with no layer over it"
+[ "$(disk_mode "$m/win-L301/disk")" = 444 ] ||
+	fail "win-L301/disk has mode $(disk_mode "$m/win-L301/disk"): a lone base under -o rw"
 expect_same "$m/win-L301/disk" "$T/base.raw" "win-L301 without the layer = its own content"
-ok "deleting the layer's file makes win-L301 writable again"
+ok "deleting the layer's file leaves win-L301 alone, a read-only base"
+layerfs_umount "$m"
+layerfs_mount "$m" "$img" -o rw,rw_base=win-L301
+[ "$(disk_mode "$m/win-L301/disk")" = 644 ] ||
+	fail "rw_base=win-L301: its disk has mode $(disk_mode "$m/win-L301/disk")"
+ok "-o rw,rw_base=win-L301 makes it writable in place"
 layerfs_umount "$m"
 check_files
 forget_files

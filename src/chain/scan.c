@@ -31,8 +31,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -759,7 +759,8 @@ static int resolve(struct resolver *r, struct node *top)
 	for (size_t i = n; i-- > 0;) {
 		struct node *nd = path[i], *pn = nd->parent;
 
-		if (pn && pn->state == NODE_FAILED && pn->depth <= r->o.max_depth) {
+		if (pn && pn->state == NODE_FAILED &&
+		    pn->depth <= r->o.max_depth) {	/* not for its depth */
 			node_fail(nd, -EINVAL, true, "parent %s is unusable",
 				  pn->path);
 			continue;
@@ -837,26 +838,30 @@ static void mark_parents(struct resolver *r)
 	}
 }
 
+/* true if the n bytes at tok are name, or its stem */
+static bool name_is(const char *tok, size_t n, const char *name)
+{
+	const char *dot = strrchr(name, '.');
+	size_t len = strlen(name);
+	size_t stem = dot && dot != name ? (size_t)(dot - name) : len;
+
+	return n && (n == len || n == stem) && !strncmp(tok, name, n);
+}
+
 /* true if the list NAME[:NAME...] names nd by file name or stem */
 static bool names_node(const char *list, const struct node *nd)
 {
-	size_t len = strlen(nd->name);
-	const char *dot = strrchr(nd->name, '.');
-	size_t stem = dot && dot != nd->name ? (size_t)(dot - nd->name) : len;
-
 	while (list && *list) {
 		size_t n = strcspn(list, ":");
 
-		if (n && (n == len || n == stem) && !strncmp(list, nd->name, n))
+		if (name_is(list, n, nd->name))
 			return true;
-		list += n;
-		if (*list == ':')
-			list++;
+		list += n + (list[n] == ':');
 	}
 	return false;
 }
 
-/* Warn about each name of -o rw_base that names no base of the scan. */
+/* Warn about each name of -o rw_base that cannot be written in place. */
 static void check_rw_base(const struct resolver *r, struct node **tops,
 			  size_t ntops)
 {
@@ -864,23 +869,18 @@ static void check_rw_base(const struct resolver *r, struct node **tops,
 
 	while (list && *list) {
 		size_t n = strcspn(list, ":");
-		bool found = false;
+		const struct node *nd = NULL;
 
-		for (size_t i = 0; i < ntops && !found && n; i++) {
-			const char *name = tops[i]->name, *dot;
-			size_t len = strlen(name), stem;
-
-			dot = strrchr(name, '.');
-			stem = dot && dot != name ? (size_t)(dot - name) : len;
-			found = (n == len || n == stem) &&
-				!strncmp(list, name, n) && !tops[i]->parent;
-		}
-		if (n && !found)
-			log_warn("%s: rw_base: no standalone image named \"%.*s\"",
-				 r->dir, (int)n, list);
-		list += n;
-		if (*list == ':')
-			list++;
+		for (size_t i = 0; i < ntops && !nd; i++)
+			if (!tops[i]->parent && name_is(list, n, tops[i]->name))
+				nd = tops[i];
+		if (n && !nd)
+			log_warn("%s: rw_base: no standalone image named "
+				 "\"%.*s\"", r->dir, (int)n, list);
+		else if (nd && nd->is_parent)
+			log_warn("%s: rw_base: another image depends on it; it "
+				 "stays read-only", nd->path);
+		list += n + (list[n] == ':');
 	}
 }
 

@@ -6,7 +6,8 @@
 #   - a differencing top (QCOW2 over a QCOW2 base) is still writable;
 #   - -o rw_base=NAME[:NAME] makes exactly the named standalone images
 #     writable in place (by file name or chain name), and a name that
-#     matches no standalone image gets a warning.
+#     matches no standalone image, or one another image depends on, gets a
+#     warning.
 . "$(dirname "$0")/lib.sh"
 require_fuse
 require qemu-img qemu-io
@@ -88,6 +89,7 @@ for c in hv-L0 base-L0; do
 done
 ok "rw_base: hv-L0 (not named) and base-L0 (a parent) stay read-only"
 expect_warning "$MOUNT_ERR" nothere "rw_base"
+expect_warning "$MOUNT_ERR" base-L0.qcow2 "rw_base: another image depends on it"
 layerfs_umount "$m"
 for f in hv-L0.vhdx base-L0.qcow2; do
 	[ "$(sha_of "$d/$f")" = "${sum0[$f]}" ] || fail "rw_base: $f changed"

@@ -33,7 +33,7 @@ chains_of() { ls "$1" | tr '\n' ' '; }
 
 # ---- (a) a writable mount against qemu -----------------------------------
 M1=$T/m1
-layerfs_mount "$M1" "$D" -o rw
+layerfs_mount "$M1" "$D" -o rw,rw_base=other
 [ "$(chains_of "$M1")" = "base-L0 base-L1 other " ] ||
 	fail "(a) chains: $(chains_of "$M1")"
 printf 'through the mount' | dd of="$M1/base-L1/disk" bs=512 seek=10 \

@@ -585,6 +585,7 @@ START_TEST(set_top_waits_for_writes)
 	ck_assert_int_eq(fx_system("cd %s && qemu-img create -q -f qcow2 "
 				   "disk.qcow2 1M", d), 0);
 	wo.writable = true;
+	wo.rw_base = "disk";	/* a lone base: written in place only if named */
 	ck_assert_int_eq(chainset_scan(d, &wo, &cs), 0);
 	c = find_chain(cs, "disk");
 	ck_assert_ptr_nonnull(c);

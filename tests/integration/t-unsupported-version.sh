@@ -105,8 +105,8 @@ expect_dirs "$m" good
 for log in "$MOUNT_ERR" "$T/m.log"; do
 	expect_error "$log" qcow2-v4.qcow2 'unsupported qcow2 version 4'
 	expect_error "$log" qcow2-v0.qcow2 'unsupported qcow2 version 0'
-	expect_error "$log" vhd-footer.vhd 'unsupported footer version'
-	expect_error "$log" vhd-dynhdr.vhd 'unsupported dynamic header version'
+	expect_error "$log" vhd-footer.vhd 'footer: unsupported version'
+	expect_error "$log" vhd-dynhdr.vhd 'dynamic header: unsupported version'
 	expect_error "$log" vhdx-version.vhdx 'unsupported version'
 	expect_error "$log" vhdx-logversion.vhdx 'unsupported log version'
 	expect_error "$log" simg-major.simg 'unsupported major version'

@@ -11,6 +11,10 @@ packages=(
 	# oracles and tools the tests use
 	qemu-utils android-sdk-libsparse-utils 7zip python3 xz-utils bzip2
 	gzip util-linux mount fdisk e2fsprogs genisoimage mandoc dosfstools mtools ntfs-3g libvhdi-utils
+	# the README's qemu-system-x86_64 lines (t-qemu-readme), UEFI guests
+	qemu-system-x86 ovmf
+	# packaging: bash completion's directory, the .deb (t-deb)
+	bash-completion build-essential debhelper dpkg-dev
 	# benchmarks
 	fio qemu-system-common
 )

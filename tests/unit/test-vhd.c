@@ -1181,6 +1181,25 @@ static void random_ops(struct img *img, uint8_t *model, uint32_t seed,
 	free(buf);
 }
 
+/*
+ * A base layer has no parent name: vhd_build() gets name = NULL and must not
+ * hand it to memcpy (UBSan: "null pointer passed as argument 2"; found by
+ * the write exerciser on an ASan/UBSan build).
+ */
+START_TEST(create_a_base_layer)
+{
+	char *path = fx_path("base.vhd");
+	struct img_create_opts o = { .size = 1 << 20 };
+	struct img *img;
+
+	ck_assert_int_eq(vhd_driver.create(path, &o), 0);
+	ck_assert_int_eq(open_vhd(path, &img), 0);
+	ck_assert_uint_eq(img->size, 1 << 20);
+	img_unref(img);
+	free(path);
+}
+END_TEST
+
 START_TEST(create_over_a_vhd_parent)
 {
 	const uint64_t size = (3 << 20) + 5 * 512;
@@ -2947,6 +2966,7 @@ Suite *unit_suite(void)
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("write");
+	tcase_add_test(tc, create_a_base_layer);
 	tcase_add_test(tc, create_over_a_vhd_parent);
 	tcase_add_loop_test(tc, create_refuses_bad_options, 0,
 			    ARRAY_SIZE(create_bad));

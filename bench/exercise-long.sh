@@ -22,6 +22,7 @@
 #              OUTDIR/results-DATE.md
 # Exit status: 0 no finding, 1 at least one finding.
 set -u
+shopt -s nullglob
 cd "$(dirname "$0")/.." || exit 2
 LAYERFS=${LAYERFS:-$([ -x build-asan/src/layerfs ] &&
 	echo build-asan/src/layerfs || echo build/src/layerfs)}

@@ -402,7 +402,11 @@ int main(int argc, char *argv[])
 		log_err("%s: cannot lock the images: out of memory", o.imagedir);
 		goto out_session;
 	}
-	if (!cs->nchains)
+	if (!cs->nchains && cs->nfailed)
+		log_warn("%s: every image (%u) was left out; mounting an empty "
+			 "directory: see %s/.layerfs.log", o.imagedir,
+			 cs->nfailed, o.mountpoint);
+	else if (!cs->nchains)
 		log_warn("%s: no disk images found; mounting an empty directory",
 			 o.imagedir);
 	else if (cs->nfailed)

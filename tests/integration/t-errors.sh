@@ -163,5 +163,18 @@ done
 check_disks "$m" "${good2[@]}"
 layerfs_umount "$m"
 
+# A directory whose every image is refused: the warning says so (it once
+# said "no disk images found") and the mount is empty
+mkdir -p "$T/allbad"
+cp "$img/trunc.vhd" "$img/badsum.vhd" "$T/allbad/"
+layerfs_mount "$T/m3" "$T/allbad"
+[ -z "$(ls "$T/m3")" ] || fail "all refused, yet the mount holds: $(ls "$T/m3")"
+grep -q 'every image (2) was left out' "$T/m3.err" ||
+	fail "all refused: no 'every image (2) was left out' in: $(cat "$T/m3.err")"
+grep -q 'no disk images found' "$T/m3.err" &&
+	fail "all refused, yet 'no disk images found'"
+layerfs_umount "$T/m3"
+ok "a directory of refused images: 'every image (2) was left out'"
+
 check_sums
 finish

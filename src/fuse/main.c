@@ -345,6 +345,18 @@ int main(int argc, char *argv[])
 	}
 	free(o.mountpoint);
 	o.mountpoint = real;
+	/*
+	 * IMAGEDIR absolute too: the info files and the log name layers by
+	 * paths that mean the same from any working directory.
+	 */
+	real = realpath(o.imagedir, NULL);
+	if (!real) {
+		fprintf(stderr, "layerfs: bad IMAGEDIR '%s': %s\n", o.imagedir,
+			strerror(errno));
+		goto out_args;
+	}
+	free(o.imagedir);
+	o.imagedir = real;
 	/* the kernel mounts over a file too: refuse it, as mount(8) would */
 	r = stat(o.mountpoint, &st) < 0 ? errno
 	    : !S_ISDIR(st.st_mode)      ? ENOTDIR

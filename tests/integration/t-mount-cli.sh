@@ -85,6 +85,16 @@ expect_sha "$T/m1/plain/disk" "$sum" "-f mount"
 layerfs_umount "$T/m1"
 ok "-f, fusermount3 -u: daemon exited 0"
 
+## A relative IMAGEDIR: the info file names layers by absolute paths, not
+## paths relative to the mount's working directory
+cd "$T"
+layerfs_mount "$T/m-rel" img
+cd - >/dev/null
+grep -q "$T/img/plain" "$T/m-rel/plain/info" ||
+	fail "relative IMAGEDIR: info does not name $T/img/plain: $(cat "$T/m-rel/plain/info")"
+layerfs_umount "$T/m-rel"
+ok "relative IMAGEDIR: info names the layers by absolute paths"
+
 ## SIGTERM unmounts and ends the daemon with status 0.  (Not SIGINT: bash
 ## starts background jobs with SIGINT ignored, and libfuse keeps it so.)
 layerfs_mount "$T/m-term" "$img"

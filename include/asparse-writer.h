@@ -28,9 +28,15 @@ int asparse_writer_raw(struct asparse_writer *w, uint64_t blk,
 		       const void *buf, uint64_t nblocks);
 int asparse_writer_fill(struct asparse_writer *w, uint64_t blk,
 			uint32_t value, uint64_t nblocks);
-/* DONT_CARE to the end, the file header, fdatasync.  0 or -errno. */
+/*
+ * DONT_CARE to the end, the file header, fdatasync, and the file moves
+ * into place under its name (file_create_end).  0 or -errno.
+ */
 int asparse_writer_close(struct asparse_writer *w);
-/* Close the file (complete or not) and free w; NULL is a no-op. */
+/*
+ * Free w; a file never closed is removed (it never had its name).  NULL
+ * is a no-op.
+ */
 void asparse_writer_free(struct asparse_writer *w);
 
 #endif

@@ -18,17 +18,20 @@ int pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 int fsync_parent_dir(const char *path);
 
 /*
- * New image files, for the drivers' create hooks.  file_create() opens path
- * O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, mode 0644 (an existing file is never
- * touched): the fd, or -errno, logged as "MOD: PATH: cannot create: ...".
- * file_create_end() ends the file written through fd with the result r of
- * writing it: when r is 0 it fdatasyncs, closes and fsyncs the directory
- * (the name is durable); when r or any of that failed it closes fd,
- * unlinks path and logs "MOD: PATH: cannot write the new file: ...".
- * Returns r, or the first error of ending.
+ * New image files, for the drivers' create hooks.  file_create() creates
+ * a locked temporary for path (atomic-file.h; path itself must not exist)
+ * and returns its fd, O_RDWR|O_CLOEXEC, mode 0644, or -errno, logged as
+ * "MOD: PATH: cannot create: ...".  file_create_end() ends the file
+ * written through fd with the result r of writing it: when r is 0 it
+ * fdatasyncs, renames the temporary to path (never replacing a file) and
+ * fsyncs the directory, so path appears whole or not at all; when r or any
+ * of that failed the temporary is removed and "MOD: PATH: cannot write
+ * the new file: ..." logged.  Returns r, or the first error of ending.
+ * file_create_abort() drops the temporary silently.
  */
 int file_create(const char *path, const char *mod);
 int file_create_end(int fd, const char *path, int r, const char *mod);
+void file_create_abort(int fd);
 /*
  * Reserve [off, off + len) of fd with fallocate where the file system can;
  * where it cannot (EOPNOTSUPP, ENOSYS) the range stays sparse (it reads as

@@ -40,6 +40,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "atomic-file.h"
 #include "chain-priv.h"
 #include "compiler.h"
 #include "io.h"
@@ -1165,6 +1166,9 @@ int chainset_scan(const char *dir, const struct chain_opts *o,
 	ret = resolver_init(&r, dir, o);
 	if (ret < 0)
 		return ret;
+	/* new files whose creator died before the rename; never read-only */
+	if (r.o.writable)
+		atomic_dir_clean(dir);
 	names = list_dir(dir, &nnames);
 	cs = calloc(1, sizeof(*cs));
 	if (!names || !cs || !(cs->dir = strdup(dir))) {

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "asparse-writer.h"
+#include "atomic-file.h"
 #include "chain.h"
 #include "checked.h"
 #include "cli.h"
@@ -377,12 +378,10 @@ static int conv_open_output(struct conv *cv, const char *fmt, bool fixed,
 	if (!strcmp(fmt, "raw")) {
 		cv->fmt = CONV_RAW;
 		cv->align = 1;
-		cv->fd = open(cv->out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-			      0644);
+		/* a temporary, renamed to cv->out when complete */
+		cv->fd = file_create(cv->out, "convert");
 		if (cv->fd < 0)
-			return log_err_ret(-errno, "%s: %s", cv->out,
-					   strerror(errno));
-		cv->created = true;
+			return cv->fd;
 		if (ftruncate(cv->fd, (off_t)cv->size) < 0)
 			return log_err_ret(-errno, "%s: cannot set the size: %s",
 					   cv->out, strerror(errno));
@@ -398,9 +397,9 @@ static int conv_open_output(struct conv *cv, const char *fmt, bool fixed,
 					   "to a sparse image", cv->out);
 		cv->fmt = CONV_SPARSE;
 		cv->align = sparse_block_size(cv->size);
-		r = asparse_writer_open(cv->out, cv->size, cv->align, &cv->sw);
-		cv->created = r == 0;
-		return r;
+		/* has no name until asparse_writer_close() */
+		return asparse_writer_open(cv->out, cv->size, cv->align,
+					   &cv->sw);
 	}
 	drv = img_driver_find(fmt);
 	if (!drv || (strcmp(fmt, "vhd") && strcmp(fmt, "vhdx") &&
@@ -454,12 +453,10 @@ static int conv_close_output(struct conv *cv, bool ok)
 	case CONV_RAW:
 		if (cv->fd < 0)
 			break;
-		if (ok && fdatasync(cv->fd) < 0)
-			r = log_err_ret(-errno, "%s: %s", cv->out,
-					strerror(errno));
-		if (close(cv->fd) < 0 && ok && r == 0)
-			r = log_err_ret(-errno, "%s: %s", cv->out,
-					strerror(errno));
+		if (ok)		/* sync, rename into place */
+			r = file_create_end(cv->fd, cv->out, 0, "convert");
+		else
+			file_create_abort(cv->fd);
 		cv->fd = -1;
 		break;
 	case CONV_SPARSE:
@@ -664,6 +661,7 @@ int cmd_convert(int argc, char **argv)
 		log_err("%s: exists; not overwritten", cv.out);
 		return CLI_USAGE;
 	}
+	atomic_dir_clean_for(cv.out);	/* creators killed before the rename */
 	if (src_fmt && cli_format_expect(argv[optind], src_fmt, false) < 0)
 		return CLI_USAGE;
 	if (cli_chain_open(argv[optind], npos == 3 ? argv[optind + 1] : NULL,

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "checked.h"
+#include "atomic-file.h"
 #include "cli.h"
 #include "gpt.h"
 #include "img.h"
@@ -280,6 +281,7 @@ static int create_base(struct create_args *a, const char *name,
 		log_err("%s: already exists", name);
 		return CLI_FAIL;
 	}
+	atomic_dir_clean_for(name);	/* creators killed before the rename */
 	r = drv->create(name, &a->o);
 	if (r < 0)
 		return CLI_FAIL;
@@ -392,6 +394,7 @@ static int create_diff(struct create_args *a, const char *name,
 	cp.rel_path = rel;
 	cp.abs_path = real;
 	cp.format = cp.img->drv->name;
+	atomic_dir_clean_for(path);	/* creators killed before the rename */
 	r = drv->create_diff(path, &cp, &a->o);
 	if (r < 0)
 		goto out;
@@ -646,6 +649,7 @@ static int build_store(const struct create_args *a, const struct layout *l,
 	}
 	o.size = st->size;
 	o.sector_size = !strcmp(fmt, "vhdx") ? l->sector_size : 0;
+	atomic_dir_clean_for(out);	/* creators killed before the rename */
 	r = drv->create(out, &o);
 	if (r < 0)
 		return r;

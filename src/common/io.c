@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 #include <linux/openat2.h>
 
+#include "atomic-file.h"
 #include "io.h"
 #include "log.h"
 
@@ -87,30 +89,84 @@ int fsync_parent_dir(const char *path)
 	return r;
 }
 
+/*
+ * The temporaries behind the fds file_create() returned, until
+ * file_create_end() or file_create_abort(): few live at once.
+ */
+struct io_pending {
+	struct atomic_file af;
+	struct io_pending *next;
+};
+
+static pthread_mutex_t io_pending_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct io_pending *io_pending_list;
+
 int file_create(const char *path, const char *mod)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	struct io_pending *p = calloc(1, sizeof(*p));
+	int r;
 
-	if (fd < 0)
-		return log_err_ret(-errno, "%s: %s: cannot create: %s", mod,
-				   path, strerror(errno));
-	return fd;
+	if (!p)
+		return log_err_ret(-ENOMEM, "%s: %s: cannot create: %s", mod,
+				   path, strerror(ENOMEM));
+	r = atomic_file_begin(path, &p->af, mod);
+	if (r < 0) {
+		free(p);
+		return r;
+	}
+	pthread_mutex_lock(&io_pending_lock);
+	p->next = io_pending_list;
+	io_pending_list = p;
+	pthread_mutex_unlock(&io_pending_lock);
+	return p->af.fd;
+}
+
+static struct io_pending *io_pending_take(int fd)
+{
+	struct io_pending **pp, *p = NULL;
+
+	pthread_mutex_lock(&io_pending_lock);
+	for (pp = &io_pending_list; *pp; pp = &(*pp)->next) {
+		if ((*pp)->af.fd == fd) {
+			p = *pp;
+			*pp = p->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&io_pending_lock);
+	return p;
 }
 
 int file_create_end(int fd, const char *path, int r, const char *mod)
 {
-	if (r == 0 && fdatasync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0)
-		r = fsync_parent_dir(path);
+	struct io_pending *p = io_pending_take(fd);
+
+	if (!p) {		/* not from file_create(): a bug */
+		close(fd);
+		return log_err_ret(-EBADF, "%s: %s: cannot write the new "
+				   "file: %s", mod, path, strerror(EBADF));
+	}
 	if (r < 0) {
 		log_err("%s: %s: cannot write the new file: %s", mod, path,
 			strerror(-r));
-		unlink(path);
+		atomic_file_abort(&p->af);
+	} else {
+		r = atomic_file_commit(&p->af, mod);
 	}
+	free(p);
 	return r;
+}
+
+void file_create_abort(int fd)
+{
+	struct io_pending *p = io_pending_take(fd);
+
+	if (p) {
+		atomic_file_abort(&p->af);
+		free(p);
+	} else {
+		close(fd);
+	}
 }
 
 int file_reserve(int fd, uint64_t off, uint64_t len)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /* test-common.c: endian helpers, GUIDs, UTF-16, whole-buffer I/O, log. */
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "atomic-file.h"
 #include "checked.h"
 #include "endian-io.h"
 #include "fixtures.h"
@@ -260,6 +262,94 @@ START_TEST(log_journal_keeps_problems)
 }
 END_TEST
 
+/* How many ".NAME.layerfs-tmp-*" files dir holds */
+static int count_tmps(const char *dir, const char *name)
+{
+	char pre[256];
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int n = 0;
+
+	snprintf(pre, sizeof(pre), ".%s" ATOMIC_FILE_TAG, name);
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d)))
+		n += !strncmp(de->d_name, pre, strlen(pre));
+	closedir(d);
+	return n;
+}
+
+START_TEST(atomic_file_crash_and_clean)
+{
+	const char *dir = fx_tmpdir();
+	struct atomic_file af, af2;
+	char *path;
+	int fd2;
+
+	ck_assert_int_ge(asprintf(&path, "%s/new.vhd", dir), 0);
+	/* committed: the name appears, the temporary is gone */
+	ck_assert_int_eq(atomic_file_begin(path, &af, "test"), 0);
+	ck_assert_int_eq(pwrite_full(af.fd, "data", 4, 0), 0);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 1);
+	ck_assert_int_eq(atomic_file_commit(&af, "test"), 0);
+	ck_assert_int_eq(access(path, F_OK), 0);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 0);
+	/* an existing name is refused, before and at the rename */
+	ck_assert_int_eq(atomic_file_begin(path, &af, "test"), -EEXIST);
+	unlink(path);
+	ck_assert_int_eq(atomic_file_begin(path, &af, "test"), 0);
+	ck_assert_int_eq(open(path, O_WRONLY | O_CREAT | O_EXCL, 0644) >= 0, 1);
+	ck_assert_int_eq(atomic_file_commit(&af, "test"), -EEXIST);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 0);
+	unlink(path);
+
+	/* a crash: commit never runs; no file under the name */
+	ck_assert_int_eq(atomic_file_begin(path, &af, "test"), 0);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	/* its creator holds the lock: not removed */
+	ck_assert_int_eq(atomic_dir_clean(dir), 0);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 1);
+	/* another fd on the temporary holding the lock keeps it too */
+	fd2 = open(af.tmp, O_RDWR);
+	ck_assert_int_ge(fd2, 0);
+	close(af.fd);		/* the creator dies: its lock goes */
+	{
+		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+
+		ck_assert_int_eq(fcntl(fd2, F_OFD_SETLK, &fl), 0);
+	}
+	ck_assert_int_eq(atomic_dir_clean(dir), 0);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 1);
+	close(fd2);
+	/* nobody holds it: the next writable opener removes it */
+	ck_assert_int_eq(atomic_dir_clean(dir), 1);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 0);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	free(af.tmp);
+	free(af.path);
+
+	/* abort removes the temporary at once */
+	ck_assert_int_eq(atomic_file_begin(path, &af2, "test"), 0);
+	atomic_file_abort(&af2);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 0);
+	ck_assert_int_eq(access(path, F_OK), -1);
+
+	/* file_create(): the drivers' hooks go through the same path */
+	fd2 = file_create(path, "test");
+	ck_assert_int_ge(fd2, 0);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	ck_assert_int_eq(file_create_end(fd2, path, -EIO, "test"), -EIO);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	ck_assert_int_eq(count_tmps(dir, "new.vhd"), 0);
+	fd2 = file_create(path, "test");
+	ck_assert_int_ge(fd2, 0);
+	ck_assert_int_eq(file_create_end(fd2, path, 0, "test"), 0);
+	ck_assert_int_eq(access(path, F_OK), 0);
+	unlink(path);
+	free(path);
+}
+END_TEST
+
 Suite *unit_suite(void)
 {
 	Suite *s = suite_create("common");
@@ -273,6 +363,7 @@ Suite *unit_suite(void)
 	tcase_add_test(tc, io_full_and_short);
 	tcase_add_test(tc, io_open_beneath_confines);
 	tcase_add_test(tc, log_journal_keeps_problems);
+	tcase_add_test(tc, atomic_file_crash_and_clean);
 	suite_add_tcase(s, tc);
 	return s;
 }

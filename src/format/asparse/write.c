@@ -255,19 +255,18 @@ int asparse_writer_close(struct asparse_writer *w)
 	r = pwrite_full(w->fd, buf, sizeof(buf), 0);
 	if (r == 0 && ftruncate(w->fd, (off_t)w->pos) < 0)
 		r = -errno;
-	if (r == 0 && fdatasync(w->fd) < 0)
-		r = -errno;
-	if (r < 0)
-		return log_err_ret(r, "asparse: %s: write: %s", w->path,
-				   strerror(-r));
-	return 0;
+	/* syncs and renames into place, or removes the temporary */
+	r = file_create_end(w->fd, w->path, r, "asparse");
+	w->fd = -1;
+	return r;
 }
 
 void asparse_writer_free(struct asparse_writer *w)
 {
 	if (!w)
 		return;
-	close(w->fd);
+	if (w->fd >= 0)		/* never closed: no file under the name */
+		file_create_abort(w->fd);
 	free(w->path);
 	free(w);
 }

@@ -7,6 +7,7 @@
  *   partwatch.c  partition tables: scans, by-name/by-label links, the
  *                rescan thread and the kernel cache invalidation
  *   ops.c        the FUSE operations, attributes and the read path
+ *   perm.c       owner and modes shown, the caller's access at open
  *
  * The mount is a node table:
  *
@@ -237,6 +238,20 @@ void fs_part_settle(struct fs *fs, struct fs_cstate *cst, bool labels);
 /* After a write of [off, off + len) of cst's disk completed. */
 void fs_part_written(struct fs *fs, struct fs_cstate *cst, uint64_t off,
 		     uint64_t len);
+
+/* perm.c */
+/*
+ * Owner, group and mode bits of nd's attributes from its image files
+ * (a window, info, the log; other nodes are left alone).  0, or -errno
+ * (logged) with no permission bits left in st_mode.
+ */
+int fs_perm_attr(const struct fs_node *nd, struct stat *st);
+/*
+ * May the caller of req open nd (to write too, if write)?  Checks every
+ * layer file with the caller's credentials.  0, -EACCES or -errno.
+ */
+int fs_perm_open(fuse_req_t req, const struct fs *fs,
+		 const struct fs_node *nd, bool write);
 
 /* ops.c */
 /* The pthread key's destructor: a worker's read buffers. */

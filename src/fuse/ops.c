@@ -284,6 +284,7 @@ static void fill_attr(struct fs *fs, const struct fs_node *nd,
 	st->st_blksize = FS_BLKSIZE;
 	st->st_mode = node_mode(nd);
 	st->st_nlink = 1;
+	fs_perm_attr(nd, st);	/* windows, info, log: from the files */
 	switch (nd->type) {
 	case FS_NODE_DIR:
 		if (!locked)
@@ -617,6 +618,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs *fs = fs_of(req);
 	const struct fs_node *nd = fs_node_get(fs, ino);
 	struct fs_logsnap *snap;
+	bool wr;
+	int r;
 
 	if (!nd)
 		return (void)fuse_reply_err(req, ENOENT);
@@ -626,12 +629,17 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return (void)fuse_reply_err(req, ELOOP);
 	if (!part_live(fs, nd))
 		return (void)fuse_reply_err(req, ESTALE);
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+	wr = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+	if (wr) {
 		if (!fs_node_is_window(nd) || !nd->chain->writable)
 			return (void)fuse_reply_err(req, EROFS);
 		if (fi->flags & O_TRUNC)	/* a disk keeps its size */
 			return (void)fuse_reply_err(req, EPERM);
 	}
+	/* the files decide, whoever the layers belong to (perm.c) */
+	r = fs_perm_open(req, fs, nd, wr);
+	if (r < 0)
+		return (void)fuse_reply_err(req, -r);
 	/* nothing to flush on close, unless the chain takes writes */
 	fi->noflush = !fs_node_is_window(nd) || !nd->chain->writable;
 	if (nd->type == FS_NODE_LOG || nd->type == FS_NODE_INFO) {

@@ -233,10 +233,10 @@ static void fuse_log_to_log(enum fuse_log_level level, const char *fmt,
 
 /*
  * Mount options of our own making: ro unless rw, fsname and subtype, and
- * default_permissions always: the daemon checks no permissions itself, so
- * the kernel must check the files' modes (0644/0444, owner: the mounting
- * user).  Without it, allow_other would let any user write a writable
- * chain's disk.
+ * default_permissions always: the kernel checks the modes shown, which
+ * follow the image files (perm.c), and every open is checked again by
+ * perm.c with the caller's credentials.  Without it, allow_other would
+ * let a user past the modes until open.
  */
 static int add_mount_opts(struct fuse_args *args, const struct cli_opts *o)
 {

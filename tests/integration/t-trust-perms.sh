@@ -8,6 +8,7 @@
 #   c     c.qcow2 0644 over c0.raw 0600      refused, shown 0400
 #   d     d.raw 0600 owned by nobody         readable by nobody only
 #   .layerfs.log                             0400, the mounting user's
+# Then mounted rw: writing needs write access to the top file as well.
 . "$(dirname "$0")/lib.sh"
 require_fuse
 require qemu-img sfdisk setpriv
@@ -89,5 +90,23 @@ expect_refused as_nobody "$M/b/p1"
 chmod 0644 "$T/img/b0.raw"
 expect_readable as_nobody "$M/b/disk"
 
+layerfs_umount "$M"
+
+# rw: writing needs write access to the top (and read to every layer)
+try_write() { "$1" dd if=/dev/zero of="$2" bs=4096 count=1 conv=notrunc status=none 2>&1 && echo ok; }
+chown $NOBODY:$NOBODY "$T/img/c.qcow2"
+layerfs_mount "$M" "$T/img" -o rw,allow_other
+expect_stat "$M/b/disk" "0 644"
+expect_stat "$M/c/disk" "$NOBODY 200"
+out=$(try_write as_nobody "$M/b/disk" || true)
+case $out in *"Permission denied"*) ok "nobody cannot write b (root's top)" ;;
+*) fail "nobody writing b/disk: want EACCES, got: $out" ;; esac
+out=$(try_write as_nobody "$M/c/disk" || true)
+case $out in *"Permission denied"*) ok "nobody cannot write c (its base is 0600)" ;;
+*) fail "nobody writing c/disk: want EACCES, got: $out" ;; esac
+chown $NOBODY:$NOBODY "$T/img/b.qcow2"
+out=$(try_write as_nobody "$M/b/p1" || true)
+[ "$out" = ok ] || fail "nobody writing b/p1 (its top now nobody's): $out"
+ok "nobody writes b/p1 once its top is nobody's"
 layerfs_umount "$M"
 finish

@@ -122,7 +122,9 @@ class Exerciser:
         self.nmount += 1
         err = open(os.path.join(self.work, "layerfs.%d.err" % self.nmount),
                    "wb")
-        self.proc = subprocess.Popen([self.a.layerfs, "-f", "-o", "rw",
+        # ex-L1 is a standalone base: written in place only when named
+        self.proc = subprocess.Popen([self.a.layerfs, "-f", "-o",
+                                      "rw,rw_base=ex-L1",
                                       self.img, self.mnt], stderr=err,
                                      stdin=subprocess.DEVNULL)
         err.close()

@@ -89,6 +89,11 @@ struct img {
 	dev_t dev;
 	ino_t ino;
 	uint64_t file_size;	/* set before ->open */
+	/* writable images (img_health_check): */
+	uint64_t end;		/* atomic: the file is at least this long:
+				 * its size after ->open, raised by the
+				 * writer as it extends it (img_end_grow) */
+	bool broken;		/* atomic: no more writes (img_broken_set) */
 	/* set by ->open: */
 	uint64_t size;		/* virtual size in bytes */
 	uint32_t sector_size;	/* logical sector size, 512 if none */
@@ -312,6 +317,29 @@ int img_parent_add_ref(struct img_parent *p, enum img_ref_kind kind,
 /* For drivers: map_extent with the caller's range checks applied. */
 int img_map(struct img *img, uint64_t off, uint64_t len,
 	    struct img_extent *ext);
+
+/*
+ * The health of a writable image, for the writers and the chain.  A file
+ * changed behind the daemon (cut shorter, removed, or replaced by a
+ * rename) would take writes that nothing reads back, or metadata that
+ * points past its end: it is found, writes stop, the chain answers -EIO.
+ *
+ * img_end_grow: the writer extended the file to end (only after the
+ * write that did it returned; img->end only ever goes up).
+ * img_health_check: one fstat: the file shorter than img->end, or no
+ * longer linked (st_nlink 0: removed, or replaced by `mv`), marks img
+ * broken and logs once "FMT: PATH: the file changed behind layerfs (...):
+ * writes stop".  0, or -EIO (also when img was broken already); 0 for a
+ * read-only image.  The chain calls it before each write and around each
+ * flush.
+ * img_broken_get: writes stop (a changed file, or a writer's failed
+ * metadata write); img_broken_set: mark it, true the first time (the
+ * caller logs why, once).
+ */
+void img_end_grow(struct img *img, uint64_t end);
+int img_health_check(struct img *img);
+bool img_broken_get(const struct img *img);
+bool img_broken_set(struct img *img);
 
 /*
  * For set_parent: write n bytes at off and fdatasync them; a failure is

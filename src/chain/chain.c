@@ -305,7 +305,9 @@ int chain_pwrite(struct chain *c, const void *buf, size_t n, uint64_t off)
 	if (r < 0)
 		return r;
 	pthread_rwlock_rdlock(&s->lock);
-	r = write_locked(c, s->cur, buf, n, off);
+	r = img_health_check(s->cur->layers[0].img);
+	if (r == 0)
+		r = write_locked(c, s->cur, buf, n, off);
 	pthread_rwlock_unlock(&s->lock);
 	return r;
 }
@@ -352,14 +354,30 @@ int chain_zero(struct chain *c, uint64_t off, uint64_t n)
 	if (r < 0)
 		return r;
 	pthread_rwlock_rdlock(&s->lock);
-	r = zero_locked(c, s->cur, off, n);
+	r = img_health_check(s->cur->layers[0].img);
+	if (r == 0)
+		r = zero_locked(c, s->cur, off, n);
 	pthread_rwlock_unlock(&s->lock);
 	return r;
 }
 
+/*
+ * A writable top's flush, with its file checked before (no metadata
+ * into a file that changed behind us) and after (what was synced went
+ * to the file the chain reads); see img_health_check.
+ */
 static int flush_one(struct img *img)
 {
-	return img->drv->flush ? img->drv->flush(img) : 0;
+	int r;
+
+	if (!img->drv->flush)
+		return 0;
+	r = img_health_check(img);
+	if (r == 0)
+		r = img->drv->flush(img);
+	if (r == 0)
+		r = img_health_check(img);
+	return r;
 }
 
 /* Flush the top v retired, once: then it is let go. */

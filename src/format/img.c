@@ -157,6 +157,9 @@ int img_open_fd(int fd, const char *path, const struct img_driver *drv,
 	}
 	if (writable && !img->writable)	/* the driver declined: read only */
 		imglock_img_take(img, IMGLOCK_READ);
+	if (img->writable)	/* as ->open left it (a repair may cut it) */
+		img->end = fstat(img->fd, &st) == 0 ? (uint64_t)st.st_size
+						    : img->file_size;
 	if (!img->sector_size)
 		img->sector_size = 512;
 	if (!img->phys_sector_size)
@@ -294,12 +297,76 @@ int img_reopen(struct img *img, const char *what)
 		img->file_size = (uint64_t)st.st_size;
 		r = img->drv->open(img);
 	}
+	if (r == 0 && img->writable)	/* the rewrite may have cut it */
+		__atomic_store_n(&img->end,
+				 fstat(img->fd, &st) == 0 ? (uint64_t)st.st_size
+							  : img->file_size,
+				 __ATOMIC_RELEASE);
 	if (r < 0) {
 		log_err("%s: %s: cannot reopen after the %s change: %s", name,
 			img->path, what, strerror(-r));
 		img->drv = NULL;	/* unusable: only img_unref is left */
 	}
 	return r;
+}
+
+void img_end_grow(struct img *img, uint64_t end)
+{
+	uint64_t cur = __atomic_load_n(&img->end, __ATOMIC_RELAXED);
+
+	/* release: a checker that sees the new end sees the file as long */
+	while (end > cur &&
+	       !__atomic_compare_exchange_n(&img->end, &cur, end, false,
+					    __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+		;
+}
+
+bool img_broken_get(const struct img *img)
+{
+	return __atomic_load_n(&img->broken, __ATOMIC_ACQUIRE);
+}
+
+bool img_broken_set(struct img *img)
+{
+	return !__atomic_exchange_n(&img->broken, true, __ATOMIC_ACQ_REL);
+}
+
+int img_health_check(struct img *img)
+{
+	uint64_t end;
+	struct stat st;
+
+	if (!img->writable)
+		return 0;
+	if (img_broken_get(img))
+		return -EIO;
+	/* the end first: it is raised only after the file grew to it */
+	end = __atomic_load_n(&img->end, __ATOMIC_ACQUIRE);
+	if (fstat(img->fd, &st) < 0) {
+		if (img_broken_set(img))
+			log_err("%s: %s: cannot stat the file (%s): writes stop",
+				img->drv->name, img->path, strerror(errno));
+		return -EIO;
+	}
+	/* st_dev/st_ino of the fd never change: a replacement (rename
+	 * over the name) or a removal shows as st_nlink 0 */
+	if (st.st_nlink == 0) {
+		if (img_broken_set(img))
+			log_err("%s: %s: the file changed behind layerfs "
+				"(replaced or removed): writes stop",
+				img->drv->name, img->path);
+		return -EIO;
+	}
+	if ((uint64_t)st.st_size < end) {
+		if (img_broken_set(img))
+			log_err("%s: %s: the file changed behind layerfs "
+				"(size %llu, expected at least %llu): writes "
+				"stop", img->drv->name, img->path,
+				(unsigned long long)st.st_size,
+				(unsigned long long)end);
+		return -EIO;
+	}
+	return 0;
 }
 
 void img_check_report(struct img_check *res, bool error, const char *mod,

@@ -55,7 +55,10 @@
  * first barrier covers its data.  When a write to the file fails during a
  * flush, the in-memory metadata no longer matches the file: the image
  * turns broken and every later write and flush fails with -EIO (the file
- * itself holds leaks at most).
+ * itself holds leaks at most).  The image's own flag (img_broken_get),
+ * which the chain sets when the file changed behind us (img_health_check,
+ * against the end of the data reported here with img_end_grow), stops
+ * the flush too, also the one at close.
  *
  * CONCURRENCY.  The chain calls ->write and ->flush with its lock shared.
  * Allocation, the in-memory metadata and the whole flush run under
@@ -1307,6 +1310,7 @@ int qcow2_write(struct img *img, const void *buf, size_t n, uint64_t off,
 		n -= done;
 		off += done;
 	}
+	img_end_grow(img, __atomic_load_n(&s->file_end, __ATOMIC_ACQUIRE));
 	return r;
 }
 
@@ -1404,6 +1408,7 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
 	}
 	if (r == 0)
 		r = zero_by_write(img, z, end - z, below);
+	img_end_grow(img, __atomic_load_n(&s->file_end, __ATOMIC_ACQUIRE));
 	return r;
 }
 
@@ -1415,6 +1420,8 @@ int qcow2_flush(struct img *img)
 
 	if (!w)
 		return 0;		/* nothing was written */
+	if (img_broken_get(img))	/* the file changed behind us */
+		return -EIO;
 	pthread_mutex_lock(&w->lock);
 	r = flush_locked(img, s);
 	pthread_mutex_unlock(&w->lock);

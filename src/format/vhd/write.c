@@ -70,7 +70,9 @@
  * the flush itself.  A failed write of metadata or a failed fdatasync
  * marks the image broken: every later write and flush fails with -EIO
  * (the page cache may have dropped what was written; carrying on could
- * lie about durability).
+ * lie about durability).  The flag is the image's (img_broken_get): the
+ * chain sets it too when the file changed behind us (img_health_check,
+ * against the end of the file this driver reports with img_end_grow).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -104,7 +106,6 @@ void (*vhd_test_hook)(enum vhd_step step);
 /* The writer's state (struct vhd's rw): every writable image has one. */
 struct vhd_rw {
 	bool repair;		/* no valid footer at the end: write one */
-	bool broken;		/* a metadata write failed: no more writes */
 	uint64_t next;		/* file offset of the footer at the end:
 				 * where the next block goes (alloc_lock) */
 	/* dynamic and differencing only (NULL for fixed disks): */
@@ -208,14 +209,11 @@ static int vhd_sync(struct img *img)
 	return r;
 }
 
-static bool vhd_broken_get(const struct vhd *s)
+/* A write of metadata failed: the image's broken flag (img.h), which
+ * the chain's health check also sets when the file changed behind us. */
+static void vhd_broken_set(struct img *img)
 {
-	return __atomic_load_n(&s->rw->broken, __ATOMIC_ACQUIRE);
-}
-
-static void vhd_broken_set(struct img *img, struct vhd *s)
-{
-	if (!__atomic_exchange_n(&s->rw->broken, true, __ATOMIC_ACQ_REL))
+	if (img_broken_set(img))
 		log_err("vhd: %s: the file may no longer match what was "
 			"written; refusing further writes", img->path);
 }
@@ -280,7 +278,7 @@ static int vhd_bits_mark(struct img *img, struct vhd *s, uint64_t blk,
 		r = vhd_pwrite(img, sec, VHD_SECTOR, base + k * VHD_SECTOR,
 			       "a sector bitmap");
 		if (r < 0) {	/* a torn sector, maybe */
-			vhd_broken_set(img, s);
+			vhd_broken_set(img);
 			break;
 		}
 		vhd_hook(VHD_STEP_BITMAP);
@@ -329,7 +327,7 @@ static int vhd_blocks_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 
 	*done = 0;
 	pthread_mutex_lock(&s->rw->alloc_lock);
-	if (vhd_broken_get(s)) {
+	if (img_broken_get(img)) {
 		r = -EIO;
 		goto out;
 	}
@@ -371,11 +369,12 @@ static int vhd_blocks_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 	if (r < 0) {
 		/* the old footer is intact: cut the file back to it */
 		if (ftruncate(img->fd, (off_t)(s->rw->next + VHD_FOOTER_SIZE)) < 0)
-			vhd_broken_set(img, s);
+			vhd_broken_set(img);
 		goto out;
 	}
 	vhd_hook(VHD_STEP_ALLOC_FOOTER);
 	s->rw->next = foot;	/* from here on the new footer ends the file */
+	img_end_grow(img, foot + VHD_FOOTER_SIZE);
 
 	/* b: sectors (and bitmaps kept in the file only), into space
 	 * nothing points at yet */
@@ -482,7 +481,7 @@ static int vhd_write_args_check(struct img *img, uint64_t off, uint64_t n)
 	if (off % VHD_SECTOR || n % VHD_SECTOR || !n ||
 	    !range_within(off, n, img->size))
 		return -EINVAL;
-	return vhd_broken_get(s) ? -EIO : 0;
+	return img_broken_get(img) ? -EIO : 0;
 }
 
 /* below is never read: VHD keeps single sectors, nothing is copied up */
@@ -558,7 +557,7 @@ static int vhd_meta_flush(struct img *img, struct vhd *s)
 	uint8_t *copy = NULL;
 	int r = 0;
 
-	if (vhd_broken_get(s))
+	if (img_broken_get(img))
 		return -EIO;
 	copy = malloc(s->bitmap_size);
 	if (!copy)
@@ -622,7 +621,7 @@ static int vhd_meta_flush(struct img *img, struct vhd *s)
 			vhd_hook(VHD_STEP_FLUSH_SYNC2);
 	}
 	if (r < 0)
-		vhd_broken_set(img, s);
+		vhd_broken_set(img);
 out:
 	free(copy);
 	free(bat_idx);
@@ -638,8 +637,8 @@ int vhd_flush(struct img *img)
 	if (!s->rw || !s->rw->bat_list) {	/* nothing kept in memory */
 		r = vhd_sync(img);
 		if (r < 0 && s->rw)
-			vhd_broken_set(img, s);
-		return r < 0 ? r : s->rw && vhd_broken_get(s) ? -EIO : 0;
+			vhd_broken_set(img);
+		return r < 0 ? r : s->rw && img_broken_get(img) ? -EIO : 0;
 	}
 	pthread_mutex_lock(&s->rw->flush_lock);
 	r = vhd_meta_flush(img, s);
@@ -866,7 +865,7 @@ void vhd_rw_close(struct img *img)
 
 	if (!w)
 		return;
-	if (w->bat_list && (w->bat_n || w->bm_n) && !vhd_broken_get(s))
+	if (w->bat_list && (w->bat_n || w->bm_n) && !img_broken_get(img))
 		(void)vhd_meta_flush(img, s);	/* logs its errors */
 	free(w->bat_disk);
 	free(w->bat_list);

@@ -23,8 +23,8 @@ static int vhdx_driver_open(struct img *img)
 
 static void vhdx_driver_close(struct img *img)
 {
-	if (img->priv)
-		vhdx_write_close(img->priv);	/* flushes what is dirty */
+	if (img->priv)	/* flushes what is dirty, into an intact file */
+		vhdx_write_close(img->priv, !img_broken_get(img));
 	vhdx_close(img);
 }
 

@@ -561,10 +561,11 @@ int vhdx_file_read(const struct vhdx *s, void *buf, size_t n, uint64_t off);
 /* ---- write.c: writing a top image (hooks, see img.h) ---- */
 
 /* Set up writing for an image vhdx_open() opened: 0, or -EROFS (dirty
- * log), -errno; vhdx_write_close() writes back what is dirty and frees
- * it (a no-op on a read-only image). */
+ * log), -errno; vhdx_write_close() writes back what is dirty (unless keep
+ * is false: the file changed behind us) and frees it (a no-op on a
+ * read-only image). */
 int vhdx_write_open(struct vhdx *s);
-void vhdx_write_close(struct vhdx *s);
+void vhdx_write_close(struct vhdx *s, bool keep);
 struct img_below;
 int vhdx_write(struct img *img, const void *buf, size_t n, uint64_t off,
 	       const struct img_below *below);

@@ -84,7 +84,10 @@
  * flush); a writer that finds more than dirty_max dirty entries or
  * slices runs the flush itself, so memory and lost work stay bounded.  A
  * failed metadata write or fdatasync marks the image broken: every later
- * write and flush fails with -EIO.
+ * write and flush fails with -EIO.  So does the image's own flag
+ * (img_broken_get), which the chain sets when the file changed behind us
+ * (img_health_check, against the end of the file reported here with
+ * img_end_grow); close then writes nothing back.
  *
  * Memory does not grow with the disk or with the number of blocks
  * written: the dirty lists are bounded by dirty_max (a writer past it
@@ -253,13 +256,13 @@ static int w_flush_meta(struct vhdx *s);
 
 /* ---- open / close ---- */
 
-void vhdx_write_close(struct vhdx *s)
+void vhdx_write_close(struct vhdx *s, bool keep)
 {
 	struct vhdx_writer *w = s->w;
 
 	if (!w)
 		return;
-	if ((w->bat_n || w->bm_n) && !w_broken(s))
+	if (keep && (w->bat_n || w->bm_n) && !w_broken(s))
 		(void)w_flush_meta(s);	/* logs its errors */
 	free(w->bat_dirty);
 	free(w->bat_list);
@@ -299,7 +302,7 @@ int vhdx_write_open(struct vhdx *s)
 			   VHDX_DIRTY_BYTES / round_up(s->slice_len, W_SECTOR));
 	w->bat_dirty = calloc(w->nent / 8 + 1, 1);
 	if (!w->bat_dirty) {
-		vhdx_write_close(s);
+		vhdx_write_close(s, false);
 		return -ENOMEM;
 	}
 	return 0;
@@ -596,7 +599,7 @@ int vhdx_flush(struct img *img)
 
 	if (!s->w)
 		return 0;
-	if (w_broken(s))
+	if (w_broken(s) || img_broken_get(img))
 		return -EIO;
 	pthread_mutex_lock(&s->w->flush_lock);
 	r = w_flush_meta(s);
@@ -784,6 +787,7 @@ int vhdx_write(struct img *img, const void *buf, size_t n, uint64_t off,
 		off += len;
 		n -= len;
 	}
+	img_end_grow(img, __atomic_load_n(&s->file_size, __ATOMIC_ACQUIRE));
 	return r < 0 ? r : w_bound_dirty(s);
 }
 
@@ -850,5 +854,6 @@ int vhdx_zero(struct img *img, uint64_t off, uint64_t n,
 		off += len;
 		n -= len;
 	}
+	img_end_grow(img, __atomic_load_n(&s->file_size, __ATOMIC_ACQUIRE));
 	return r < 0 ? r : w_bound_dirty(s);
 }

@@ -142,8 +142,9 @@ int chain_pread(struct chain *c, void *buf, size_t n, uint64_t off);
  * Write n bytes at off (any alignment: partial sectors are read, merged and
  * written whole) to the current top.  -EROFS if the chain is not writable,
  * -ENOSPC past its end, -EIO once the top's file changed behind us (cut
- * shorter, removed, replaced: img_health_check, one fstat before each
- * write, zero and flush).  Holds the shape lock shared.  0 or -errno.
+ * shorter, removed, replaced: see img_health_check; an fstat around each
+ * flush, before each allocation, and at most once per clock tick before
+ * writes and zeros).  Holds the shape lock shared.  0 or -errno.
  */
 int chain_pwrite(struct chain *c, const void *buf, size_t n, uint64_t off);
 /* [off, off + n) reads as zeros afterwards (discard, zero-range). */

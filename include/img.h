@@ -94,6 +94,8 @@ struct img {
 				 * its size after ->open, raised by the
 				 * writer as it extends it (img_end_grow) */
 	bool broken;		/* atomic: no more writes (img_broken_set) */
+	uint64_t polled;	/* atomic: img_health_poll's last check
+				 * (CLOCK_MONOTONIC_COARSE, ns) */
 	/* set by ->open: */
 	uint64_t size;		/* virtual size in bytes */
 	uint32_t sector_size;	/* logical sector size, 512 if none */
@@ -330,14 +332,19 @@ int img_map(struct img *img, uint64_t off, uint64_t len,
  * longer linked (st_nlink 0: removed, or replaced by `mv`), marks img
  * broken and logs once "FMT: PATH: the file changed behind layerfs (...):
  * writes stop".  0, or -EIO (also when img was broken already); 0 for a
- * read-only image.  The chain calls it before each write and around each
- * flush.
+ * read-only image.  The writers call it before they extend the file (an
+ * allocation would grow a cut file back), the chain around each flush.
+ * img_health_poll: the same for every write and zero (the chain's), at
+ * most once per clock tick (1-10 ms: an fstat per 4 KiB write costs more
+ * than 1%), else only the broken flag: an overwrite is refused within a
+ * tick of the change, and the next flush sees it anyway.
  * img_broken_get: writes stop (a changed file, or a writer's failed
  * metadata write); img_broken_set: mark it, true the first time (the
  * caller logs why, once).
  */
 void img_end_grow(struct img *img, uint64_t end);
 int img_health_check(struct img *img);
+int img_health_poll(struct img *img);
 bool img_broken_get(const struct img *img);
 bool img_broken_set(struct img *img);
 

@@ -305,7 +305,7 @@ int chain_pwrite(struct chain *c, const void *buf, size_t n, uint64_t off)
 	if (r < 0)
 		return r;
 	pthread_rwlock_rdlock(&s->lock);
-	r = img_health_check(s->cur->layers[0].img);
+	r = img_health_poll(s->cur->layers[0].img);
 	if (r == 0)
 		r = write_locked(c, s->cur, buf, n, off);
 	pthread_rwlock_unlock(&s->lock);
@@ -354,7 +354,7 @@ int chain_zero(struct chain *c, uint64_t off, uint64_t n)
 	if (r < 0)
 		return r;
 	pthread_rwlock_rdlock(&s->lock);
-	r = img_health_check(s->cur->layers[0].img);
+	r = img_health_poll(s->cur->layers[0].img);
 	if (r == 0)
 		r = zero_locked(c, s->cur, off, n);
 	pthread_rwlock_unlock(&s->lock);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compiler.h"
@@ -367,6 +368,25 @@ int img_health_check(struct img *img)
 		return -EIO;
 	}
 	return 0;
+}
+
+int img_health_poll(struct img *img)
+{
+	struct timespec ts;
+	uint64_t now, last;
+
+	if (img_broken_get(img))
+		return -EIO;
+	if (!img->writable)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);	/* vDSO: no syscall */
+	now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	last = __atomic_load_n(&img->polled, __ATOMIC_RELAXED);
+	if (now == last ||
+	    !__atomic_compare_exchange_n(&img->polled, &last, now, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return 0;	/* checked in this tick, or another thread is */
+	return img_health_check(img);
 }
 
 void img_check_report(struct img_check *res, bool error, const char *mod,

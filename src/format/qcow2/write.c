@@ -56,9 +56,10 @@
  * flush, the in-memory metadata no longer matches the file: the image
  * turns broken and every later write and flush fails with -EIO (the file
  * itself holds leaks at most).  The image's own flag (img_broken_get),
- * which the chain sets when the file changed behind us (img_health_check,
- * against the end of the data reported here with img_end_grow), stops
- * the flush too, also the one at close.
+ * which img_health_check sets when the file changed behind us (checked
+ * before each allocation step here and by the chain, against the end of
+ * the data reported with img_end_grow), stops the flush too, also the
+ * one at close.
  *
  * CONCURRENCY.  The chain calls ->write and ->flush with its lock shared.
  * Allocation, the in-memory metadata and the whole flush run under
@@ -700,6 +701,7 @@ static int data_write(struct img *img, struct qcow2 *s, struct write_op *ops,
 					    __ATOMIC_RELEASE,
 					    __ATOMIC_RELAXED))
 		;
+	img_end_grow(img, end);	/* the file is at least this long now */
 	return 0;
 }
 
@@ -985,7 +987,12 @@ static int batch_run(struct img *img, struct qcow2 *s, struct write_batch *b,
 	if (!b->nops)
 		return 0;
 	if (b->ntabs + b->nalloc) {
-		r = clusters_reserve(img, s, b->ntabs + b->nalloc, &plan);
+		/* fresh clusters go past the end: a cut file would grow
+		 * back */
+		r = img_health_check(img);
+		if (r == 0)
+			r = clusters_reserve(img, s, b->ntabs + b->nalloc,
+					     &plan);
 		if (r < 0)
 			return r;
 		next = plan.start;
@@ -1310,7 +1317,6 @@ int qcow2_write(struct img *img, const void *buf, size_t n, uint64_t off,
 		n -= done;
 		off += done;
 	}
-	img_end_grow(img, __atomic_load_n(&s->file_end, __ATOMIC_ACQUIRE));
 	return r;
 }
 
@@ -1408,7 +1414,6 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t n,
 	}
 	if (r == 0)
 		r = zero_by_write(img, z, end - z, below);
-	img_end_grow(img, __atomic_load_n(&s->file_end, __ATOMIC_ACQUIRE));
 	return r;
 }
 

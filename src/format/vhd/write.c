@@ -71,7 +71,8 @@
  * marks the image broken: every later write and flush fails with -EIO
  * (the page cache may have dropped what was written; carrying on could
  * lie about durability).  The flag is the image's (img_broken_get): the
- * chain sets it too when the file changed behind us (img_health_check,
+ * health check sets it too when the file changed behind us
+ * (img_health_check: before each allocation here, and in the chain,
  * against the end of the file this driver reports with img_end_grow).
  */
 #include <errno.h>
@@ -327,10 +328,9 @@ static int vhd_blocks_alloc(struct img *img, struct vhd *s, const uint8_t *buf,
 
 	*done = 0;
 	pthread_mutex_lock(&s->rw->alloc_lock);
-	if (img_broken_get(img)) {
-		r = -EIO;
+	r = img_health_check(img);	/* a cut file would grow back */
+	if (r < 0)
 		goto out;
-	}
 	while (k < VHD_ALLOC_BATCH && (blk0 + k) * bs < end &&
 	       s->bat[blk0 + k] == VHD_BAT_UNUSED)
 		k++;

@@ -86,8 +86,9 @@
  * failed metadata write or fdatasync marks the image broken: every later
  * write and flush fails with -EIO.  So does the image's own flag
  * (img_broken_get), which the chain sets when the file changed behind us
- * (img_health_check, against the end of the file reported here with
- * img_end_grow); close then writes nothing back.
+ * (img_health_check, before each allocation here and by the chain,
+ * against the end of the file reported with img_end_grow); close then
+ * writes nothing back.
  *
  * Memory does not grow with the disk or with the number of blocks
  * written: the dirty lists are bounded by dirty_max (a writer past it
@@ -669,12 +670,12 @@ static int w_bound_dirty(struct vhdx *s)
 
 /* ---- writes ---- */
 
-static int w_block(struct vhdx *s, const uint8_t *buf, uint64_t blk,
-		   uint64_t in, uint64_t len);
+static int w_block(struct img *img, struct vhdx *s, const uint8_t *buf,
+		   uint64_t blk, uint64_t in, uint64_t len);
 
 /* Steps 1-2 for a block that is not allocated (yet). */
-static int w_alloc(struct vhdx *s, const uint8_t *buf, uint64_t blk,
-		   uint64_t in, uint64_t len)
+static int w_alloc(struct img *img, struct vhdx *s, const uint8_t *buf,
+		   uint64_t blk, uint64_t in, uint64_t len)
 {
 	struct vhdx_writer *w = s->w;
 	uint32_t lss = s->p.logical_sector;
@@ -689,9 +690,11 @@ static int w_alloc(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 	if (st == VHDX_PAYLOAD_FULLY_PRESENT ||
 	    st == VHDX_PAYLOAD_PARTIALLY_PRESENT) {	/* lost a race */
 		pthread_mutex_unlock(&w->alloc_lock);
-		return w_block(s, buf, blk, in, len);
+		return w_block(img, s, buf, blk, in, len);
 	}
-	r = w_session_locked(s);
+	r = img_health_check(img);	/* a cut file would grow back */
+	if (r == 0)
+		r = w_session_locked(s);
 	if (r < 0)
 		goto out;
 	/* Only a NOT_PRESENT block of a differencing file shows its parent
@@ -720,6 +723,7 @@ static int w_alloc(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 		__atomic_store_n(&s->file_size, end, __ATOMIC_RELEASE);
 		__atomic_store_n(&s->eff_size, end, __ATOMIC_RELEASE);
 	}
+	img_end_grow(img, end);
 	/* 2 */
 	if (new_sb) {	/* the new bitmap block is a hole: all clear */
 		__atomic_store_n(&s->sb[c],
@@ -744,8 +748,8 @@ out:
 }
 
 /* [in, in + len) of block blk (sector-aligned, inside the block). */
-static int w_block(struct vhdx *s, const uint8_t *buf, uint64_t blk,
-		   uint64_t in, uint64_t len)
+static int w_block(struct img *img, struct vhdx *s, const uint8_t *buf,
+		   uint64_t blk, uint64_t in, uint64_t len)
 {
 	uint64_t e = __atomic_load_n(&s->bat[blk], __ATOMIC_ACQUIRE);
 	uint32_t lss = s->p.logical_sector;
@@ -760,7 +764,7 @@ static int w_block(struct vhdx *s, const uint8_t *buf, uint64_t blk,
 			r = w_set_bits(s, blk, in / lss, len / lss, false);
 		return r;
 	default:
-		return w_alloc(s, buf, blk, in, len);
+		return w_alloc(img, s, buf, blk, in, len);
 	}
 }
 
@@ -782,12 +786,11 @@ int vhdx_write(struct img *img, const void *buf, size_t n, uint64_t off,
 		uint64_t blk = off / bs, in = off % bs;
 		uint64_t len = MIN((uint64_t)n, bs - in);
 
-		r = w_block(s, p, blk, in, len);
+		r = w_block(img, s, p, blk, in, len);
 		p += len;
 		off += len;
 		n -= len;
 	}
-	img_end_grow(img, __atomic_load_n(&s->file_size, __ATOMIC_ACQUIRE));
 	return r < 0 ? r : w_bound_dirty(s);
 }
 
@@ -847,13 +850,13 @@ int vhdx_zero(struct img *img, uint64_t off, uint64_t n,
 					    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 					free(z);
 			}
-			r = w_block(s, __atomic_load_n(&s->w->zeros,
-						       __ATOMIC_ACQUIRE),
+			r = w_block(img, s,
+				    __atomic_load_n(&s->w->zeros,
+						    __ATOMIC_ACQUIRE),
 				    blk, in, len);
 		}
 		off += len;
 		n -= len;
 	}
-	img_end_grow(img, __atomic_load_n(&s->file_size, __ATOMIC_ACQUIRE));
 	return r < 0 ? r : w_bound_dirty(s);
 }

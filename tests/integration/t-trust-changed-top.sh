@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # A writable top layer whose file changes behind the daemon.  For a VHD,
 # a VHDX and a QCOW2 top mounted -o rw: data written and fsync'ed, then
-# the file cut to 1 MiB by another process.  The next write (an
+# the file cut to 1 MiB by another process (rw_base: a standalone top).  The next write (an
 # overwrite of data already there: no allocation), a new allocation and
 # an fsync must all fail with EIO, reads of what lay past the cut too;
 # the daemon logs "the file changed behind layerfs" naming the file, the
@@ -59,7 +59,7 @@ for fmt in vhd vhdx qcow2; do
 	qcow2)	qemu-img create -q -f qcow2 "$img/top.qcow2" 64M ;;
 	esac
 	top=$img/top.$fmt disk=$m/top/disk
-	layerfs_mount "$m" "$img" -o rw
+	layerfs_mount "$m" "$img" -o rw,rw_base=top
 	pattern "$disk" 0 $((4 * MiB)) "$fmt"
 	[ "$(io "$disk" write $((2 * MiB)) 4096)" = ok ] ||
 		fail "$fmt: a write before the damage failed"
@@ -91,7 +91,7 @@ mkdir -p "$img"
 qemu-img create -q -f vhdx "$img/top.vhdx" 64M
 qemu-img create -q -f vhdx "$T/other.vhdx" 64M
 top=$img/top.vhdx disk=$m/top/disk
-layerfs_mount "$m" "$img" -o rw
+layerfs_mount "$m" "$img" -o rw,rw_base=top
 pattern "$disk" 0 $((2 * MiB)) mv
 [ "$(io "$disk" write $MiB 4096)" = ok ] || fail "mv: a first write failed"
 ok "mv: written and fsync'ed"

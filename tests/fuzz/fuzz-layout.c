@@ -17,40 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "io.h"
+#include "fuzz-common.h"
 #include "layout.h"
 #include "log.h"
-
-static char *dir;		/* private directory, removed at exit */
-static char *path;		/* dir/DeviceLayoutOEM.xml */
-
-static void quiet_sink(enum log_level lvl, const char *msg)
-{
-	(void)lvl;
-	(void)msg;
-}
-
-static void cleanup(void)
-{
-	unlink(path);
-	rmdir(dir);
-	free(path);
-	free(dir);
-}
-
-static void setup(void)
-{
-	const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-
-	if (asprintf(&dir, "%s/fuzz-layout-XXXXXX", base) < 0 || !mkdtemp(dir))
-		abort();
-	if (asprintf(&path, "%s/DeviceLayoutOEM.xml", dir) < 0)
-		abort();
-	atexit(cleanup);
-	log_init("fuzz-layout");
-	if (!getenv("FUZZ_VERBOSE"))
-		log_set_sink(quiet_sink);
-}
 
 /* Touch every field a caller (layerimg create) reads. */
 static void walk(const struct layout *l)
@@ -81,21 +50,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static const uint32_t vhdx_ss[] = { 512, 4096, 0 };
 	static const uint32_t vhd_ss[] = { 512, 0 };
 	struct layout *l;
-	int fd;
 
-	if (!path)
-		setup();
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	if (fd < 0)
-		abort();
-	if (size && pwrite_full(fd, data, size, 0) < 0)
-		abort();
-	close(fd);
-	if (layout_load(path, vhdx_ss, "vhdx", &l) < 0)
+	if (!fuzz_path)
+		fuzz_file_setup("fuzz-layout", "DeviceLayoutOEM.xml");
+	fuzz_file_write(data, size);
+	if (layout_load(fuzz_path, vhdx_ss, "vhdx", &l) < 0)
 		return 0;
 	walk(l);
 	layout_free(l);
-	if (layout_load(path, vhd_ss, "vhd", &l) == 0) {
+	if (layout_load(fuzz_path, vhd_ss, "vhd", &l) == 0) {
 		walk(l);
 		layout_free(l);
 	}

@@ -25,6 +25,7 @@
 
 #include "chain.h"
 #include "endian-io.h"
+#include "fuzz-common.h"
 #include "log.h"
 #include "part.h"
 
@@ -53,12 +54,6 @@ int chain_pread(struct chain *c, void *buf, size_t n, uint64_t off)
 	return 0;
 }
 
-static void quiet_sink(enum log_level lvl, const char *msg)
-{
-	(void)lvl;
-	(void)msg;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -71,9 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t pay;
 
 	if (!ready) {
-		log_init("fuzz-part");
-		if (!getenv("FUZZ_VERBOSE"))
-			log_set_sink(quiet_sink);
+		fuzz_log_init("fuzz-part");
 		ready = true;
 	}
 	if (size < 8)

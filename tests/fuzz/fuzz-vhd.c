@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "endian-io.h"
+#include "fuzz-common.h"
 #include "img.h"
 #include "io.h"
 #include "log.h"
@@ -40,46 +41,14 @@ const size_t img_ndrivers = sizeof(img_drivers) / sizeof(img_drivers[0]);
 
 #define MAP_MAX 65536u		/* extents mapped from offset 0 */
 #define READ_MAX (4u << 20)	/* bytes read while mapping */
-#define SAMPLES 32u
-#define CHUNK (256u << 10)
+#define CHUNK FUZZ_CHUNK
 
-static char *dir;		/* private directory, removed at exit */
-static char *path;		/* dir/fuzz.vhd */
-static uint8_t *buf;
 static uint8_t *file;		/* the input, checksums fixed */
 static size_t file_cap;
 
-static void quiet_sink(enum log_level lvl, const char *msg)
+static void file_free(void)
 {
-	(void)lvl;
-	(void)msg;
-}
-
-static void cleanup(void)
-{
-	unlink(path);
-	rmdir(dir);
-	free(path);
-	free(dir);
-	free(buf);
 	free(file);
-}
-
-static void setup(void)
-{
-	const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-
-	if (asprintf(&dir, "%s/fuzz-vhd-XXXXXX", base) < 0 || !mkdtemp(dir))
-		abort();
-	if (asprintf(&path, "%s/fuzz.vhd", dir) < 0)
-		abort();
-	buf = malloc(CHUNK);
-	if (!buf)
-		abort();
-	atexit(cleanup);
-	log_init("fuzz-vhd");
-	if (!getenv("FUZZ_VERBOSE"))
-		log_set_sink(quiet_sink);
 }
 
 /* The VHD checksum: ones' complement of the byte sum, its field as 0. */
@@ -116,8 +85,8 @@ static void read_extent(struct img *img, const struct img_extent *e,
 	while (n) {
 		size_t c = (size_t)(n < CHUNK ? n : CHUNK);
 		int r = e->host_off == IMG_HOST_NONE ?
-			img->drv->read(img, buf, c, off) :
-			pread_full(e->fd, buf, c, e->host_off + (e->len - n));
+			img->drv->read(img, fuzz_buf, c, off) :
+			pread_full(e->fd, fuzz_buf, c, e->host_off + (e->len - n));
 
 		if (r < 0)
 			return;
@@ -168,39 +137,17 @@ static void read_range(struct img *img, uint64_t off, uint64_t n)
 	}
 }
 
-/* ->check on the file as `layerimg check` runs it: ->open never ran. */
-static void run_check(size_t size)
-{
-	struct img_check res = { 0 };
-	struct img *img = calloc(1, sizeof(*img));
-
-	if (!img)
-		abort();
-	img->refcnt = 1;
-	img->path = strdup(path);
-	img->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (!img->path || img->fd < 0)
-		abort();
-	img->file_size = size;
-	img->sector_size = img->phys_sector_size = 512;
-	img->drv = &vhd_driver;
-	(void)vhd_driver.check(img, false, &res);
-	if (img->priv)		/* a checker must not leave state behind */
-		abort();
-	img->drv = NULL;	/* ->open never ran: nothing for ->close */
-	img_unref(img);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct img_parent parent;
 	struct img *img;
-	int fd;
 
-	if (!path)
-		setup();
+	if (!fuzz_path) {
+		fuzz_file_setup("fuzz-vhd", "fuzz.vhd");
+		atexit(file_free);
+	}
 	if (size > file_cap) {
 		free(file);
 		file = malloc(size);
@@ -214,26 +161,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (size >= 512)
 			fix_footer(file, size, size - 512);
 	}
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	if (fd < 0)
-		abort();
-	if (size && pwrite_full(fd, file, size, 0) < 0)
-		abort();
-	close(fd);
+	fuzz_file_write(file, size);
 	if (vhd_driver.check)
-		run_check(size);
-	if (img_open(path, &vhd_driver, false, &img) < 0)
+		fuzz_check_run(&vhd_driver, size);
+	if (img_open(fuzz_path, &vhd_driver, false, &img) < 0)
 		return 0;
 	memset(&parent, 0, sizeof(parent));
 	if (img->drv->parent && img->drv->parent(img, &parent) > 0)
 		img_parent_clear(&parent);
 	map_all(img);
-	for (unsigned i = 1; i <= SAMPLES && img->size; i++) {
-		uint64_t off = img->size / SAMPLES * (i - 1) +
-			       (img->size / SAMPLES / 2) * (i & 1);
-
-		read_range(img, off, 65536 + 4096 * i);
-	}
+	for (unsigned i = 1; i <= FUZZ_SAMPLES && img->size; i++)
+		read_range(img, fuzz_sample_off(img, i), fuzz_sample_len(i));
 	img_unref(img);
 	return 0;
 }

@@ -24,6 +24,7 @@
 
 #include "compiler.h"
 #include "endian-io.h"
+#include "fuzz-common.h"
 #include "img.h"
 #include "io.h"
 #include "log.h"
@@ -52,12 +53,6 @@ static const struct img_driver vhdx_read_driver = {
 
 const struct img_driver *const img_drivers[] = { &vhdx_read_driver };
 const size_t img_ndrivers = 1;
-
-static void quiet(enum log_level lvl, const char *msg)
-{
-	(void)lvl;
-	(void)msg;
-}
 
 static int build_file(int fd, const uint8_t *data, size_t size)
 {
@@ -125,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct img *img;
 	int fd;
 
-	log_set_sink(quiet);
+	log_set_sink(fuzz_quiet_sink);
 	fd = memfd_create("fuzz-vhdx", MFD_CLOEXEC);
 	if (fd < 0)
 		abort();

@@ -11,30 +11,17 @@
 #       -max_total_time=300 OUTDIR/corpus-asparse
 set -eu
 
-src=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-"$src/build-fuzz-asparse"}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-CC=${CC:-clang}
+. "$(dirname "$0")/build-lib.sh"
+fuzz_init asparse "${1:-}"
 
 # every file of the format's folder (codec, read side, checker, info, the
 # driver struct, the writer): a new file there needs no change here
-"$CC" -g -O1 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	-fno-omit-frame-pointer \
-	-I"$src/include" -I"$src/src/format/asparse" \
-	"$src/tests/fuzz/fuzz-asparse.c" \
-	"$src/src/common/log.c" "$src/src/common/io.c" \
-	"$src/src/format/img.c" "$src/src/format/raw.c" \
-	"$src"/src/format/asparse/*.c \
-	-lz -lpthread -o "$out/fuzz-asparse"
-echo "built $out/fuzz-asparse"
+fuzz_build asparse -I"$src/src/format/asparse" "$src/src/common/log.c" \
+	"$src/src/common/io.c" "$src/src/format/img.c" "$src/src/format/raw.c" \
+	"$src"/src/format/asparse/*.c -lz -lpthread
 
 [ "${2:-}" = seed ] || exit 0
-c="$out/corpus-asparse"
-t=$(mktemp -d)
-trap 'rm -rf "$t"' EXIT
-mkdir -p "$c"
+fuzz_seed_init asparse
 mk="$src/tests/tools/mksimg.py"
 # 40 KiB of 1 KiB blocks: random, zero, 0xaa, a 4-byte pattern, a pattern
 # with one byte off, a short random start

@@ -12,24 +12,14 @@
 #       -dict=OUTDIR/layout.dict -max_total_time=300 OUTDIR/corpus-layout
 set -eu
 
-src=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-"$src/build-fuzz-layout"}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-CC=${CC:-clang}
+. "$(dirname "$0")/build-lib.sh"
+fuzz_init layout "${1:-}"
 
 # layout.c and the GPT geometry it places partitions with (gpt.c), on the
 # common helpers; libxml2 is the layout reader's only library
-"$CC" -g -O1 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	-fno-omit-frame-pointer \
-	-I"$src/include" -I"$src/src/cli" \
-	$(pkg-config --cflags libxml-2.0) \
-	"$src/tests/fuzz/fuzz-layout.c" \
-	"$src/src/cli/layout.c" "$src/src/cli/gpt.c" \
-	"$src"/src/common/*.c \
-	$(pkg-config --libs libxml-2.0) -lz -lpthread -o "$out/fuzz-layout"
-echo "built $out/fuzz-layout"
+fuzz_build layout -I"$src/src/cli" $(pkg-config --cflags libxml-2.0) \
+	"$src/src/cli/layout.c" "$src/src/cli/gpt.c" "$src"/src/common/*.c \
+	$(pkg-config --libs libxml-2.0) -lz -lpthread
 
 [ "${2:-}" = seed ] || exit 0
 c="$out/corpus-layout"

@@ -11,27 +11,15 @@
 #       -max_total_time=300 OUTDIR/corpus-part
 set -eu
 
-src=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-"$src/build-fuzz-part"}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-CC=${CC:-clang}
+. "$(dirname "$0")/build-lib.sh"
+fuzz_init part "${1:-}"
 
 # part.c and the common helpers; fuzz-part.c stands in for chain_pread
-"$CC" -g -O1 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	-fno-omit-frame-pointer \
-	-I"$src/include" -I"$src/src/part" \
-	"$src/tests/fuzz/fuzz-part.c" "$src/src/part/part.c" \
-	"$src"/src/common/*.c \
-	-lblkid -lpthread -o "$out/fuzz-part"
-echo "built $out/fuzz-part"
+fuzz_build part -I"$src/src/part" "$src/src/part/part.c" \
+	"$src"/src/common/*.c -lblkid -lpthread
 
 [ "${2:-}" = seed ] || exit 0
-c="$out/corpus-part"
-t=$(mktemp -d)
-trap 'rm -rf "$t"' EXIT
-mkdir -p "$c"
+fuzz_seed_init part
 # seed NAME SECTOR_SIZE SECTORS HEAD_SECTORS TAIL_SECTORS < sfdisk script
 # (sfdisk writes 512-byte sectors to a file; 4096 comes from gpt4k below)
 seed() {

@@ -9,32 +9,20 @@
 #       -max_total_time=300 OUTDIR/corpus-qcow2
 set -eu
 
-src=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-"$src/build-fuzz-qcow2"}
-mkdir -p "$out"
-CC=${CC:-clang}
+. "$(dirname "$0")/build-lib.sh"
+fuzz_init qcow2 "${1:-}"
 
-"$CC" -g -O1 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	-fno-omit-frame-pointer \
-	-I"$src/include" -I"$src/src/format/qcow2" \
-	"$src/tests/fuzz/fuzz-qcow2.c" \
-	"$src/src/common/log.c" "$src/src/common/io.c" \
-	"$src/src/format/img.c" "$src/src/format/raw.c" \
+fuzz_build qcow2 -I"$src/src/format/qcow2" "$src/src/common/log.c" \
+	"$src/src/common/io.c" "$src/src/format/img.c" "$src/src/format/raw.c" \
 	"$src/src/format/qcow2/codec.c" "$src/src/format/qcow2/open.c" \
 	"$src/src/format/qcow2/cluster.c" "$src/src/format/qcow2/qcow.c" \
 	"$src/src/format/qcow2/info.c" "$src/src/format/qcow2/refcount.c" \
 	"$src/src/format/qcow2/write.c" "$src/src/format/qcow2/create.c" \
 	"$src/src/format/qcow2/parent.c" "$src/src/format/qcow2/check.c" \
-	"$src/src/format/qcow2/driver.c" \
-	-lz -lzstd -lpthread -o "$out/fuzz-qcow2"
-echo "built $out/fuzz-qcow2"
+	"$src/src/format/qcow2/driver.c" -lz -lzstd -lpthread
 
 [ "${2:-}" = seed ] || exit 0
-c="$out/corpus-qcow2"
-t=$(mktemp -d)
-trap 'rm -rf "$t"' EXIT
-mkdir -p "$c"
+fuzz_seed_init qcow2
 cd "$t"
 io() { qemu-io -t unsafe -f "$@" >/dev/null; }
 printf 'seed data for the qcow2 fuzzer %0512d' 0 > s.raw

@@ -11,30 +11,17 @@
 #       -max_total_time=300 OUTDIR/corpus-vhd
 set -eu
 
-src=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-"$src/build-fuzz-vhd"}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-CC=${CC:-clang}
+. "$(dirname "$0")/build-lib.sh"
+fuzz_init vhd "${1:-}"
 
 # Every file of the format's folder (a glob: the folder is being split
 # into codec/open/write/... files) and the common helpers they use.
-"$CC" -g -O1 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	-fno-omit-frame-pointer \
-	-I"$src/include" -I"$src/src/format/vhd" \
-	"$src/tests/fuzz/fuzz-vhd.c" \
-	"$src"/src/common/*.c \
+fuzz_build vhd -I"$src/src/format/vhd" "$src"/src/common/*.c \
 	"$src/src/format/img.c" "$src/src/format/raw.c" \
-	"$src"/src/format/vhd/*.c \
-	-lpthread -o "$out/fuzz-vhd"
-echo "built $out/fuzz-vhd"
+	"$src"/src/format/vhd/*.c -lpthread
 
 [ "${2:-}" = seed ] || exit 0
-c="$out/corpus-vhd"
-t=$(mktemp -d)
-trap 'rm -rf "$t"' EXIT
-mkdir -p "$c"
+fuzz_seed_init vhd
 mk="$src/tests/tools/mkvhd.py"
 python3 - "$t/s.raw" <<'PY'
 import random, sys

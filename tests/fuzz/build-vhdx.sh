@@ -12,26 +12,16 @@
 #   build-fuzz/fuzz-vhdx -max_len=1100000 -timeout=10 -rss_limit_mb=4096 \
 #       -max_total_time=600 build-fuzz/corpus build-fuzz/seeds
 set -eu
-src=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-$src/build-fuzz}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-CC=${CC:-clang}
+. "$(dirname "$0")/build-lib.sh"
+fuzz_init vhdx "${1:-}" build-fuzz
 
-$CC -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined \
-	-fno-sanitize-recover=undefined \
-	-DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
-	-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-	-I"$src/include" -I"$src/src/format/vhdx" -I"$src" \
-	"$src/tests/fuzz/fuzz-vhdx.c" \
-	"$src/src/format/vhdx/codec.c" "$src/src/format/vhdx/open.c" \
-	"$src/src/format/vhdx/bat.c" "$src/src/format/vhdx/log.c" \
-	"$src/src/format/vhdx/info.c" "$src/src/format/img.c" \
-	"$src/src/common/log.c" "$src/src/common/io.c" \
+fuzz_build vhdx -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
+	-I"$src/src/format/vhdx" -I"$src" "$src/src/format/vhdx/codec.c" \
+	"$src/src/format/vhdx/open.c" "$src/src/format/vhdx/bat.c" \
+	"$src/src/format/vhdx/log.c" "$src/src/format/vhdx/info.c" \
+	"$src/src/format/img.c" "$src/src/common/log.c" "$src/src/common/io.c" \
 	"$src/src/common/guid.c" "$src/src/common/utf16.c" \
-	"$src/src/common/crc32c.c" \
-	-lpthread -o "$out/fuzz-vhdx"
-echo "built $out/fuzz-vhdx"
+	"$src/src/common/crc32c.c" -lpthread
 
 # Seeds: generated chains and dirty logs, plus the real vectors.
 seeds=$out/seeds

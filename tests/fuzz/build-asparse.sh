@@ -17,7 +17,8 @@ fuzz_init asparse "${1:-}"
 # every file of the format's folder (codec, read side, checker, info, the
 # driver struct, the writer): a new file there needs no change here
 fuzz_build asparse -I"$src/src/format/asparse" "$src/src/common/log.c" \
-	"$src/src/common/io.c" "$src/src/format/img.c" "$src/src/format/raw.c" \
+	"$src/src/common/io.c" "$src/src/common/atomic-file.c" \
+	"$src/src/format/img.c" "$src/src/format/raw.c" \
 	"$src"/src/format/asparse/*.c -lz -lpthread
 
 [ "${2:-}" = seed ] || exit 0

@@ -13,7 +13,8 @@ set -eu
 fuzz_init qcow2 "${1:-}"
 
 fuzz_build qcow2 -I"$src/src/format/qcow2" "$src/src/common/log.c" \
-	"$src/src/common/io.c" "$src/src/format/img.c" "$src/src/format/raw.c" \
+	"$src/src/common/io.c" "$src/src/common/atomic-file.c" \
+	"$src/src/format/img.c" "$src/src/format/raw.c" \
 	"$src/src/format/qcow2/codec.c" "$src/src/format/qcow2/open.c" \
 	"$src/src/format/qcow2/cluster.c" "$src/src/format/qcow2/qcow.c" \
 	"$src/src/format/qcow2/info.c" "$src/src/format/qcow2/refcount.c" \

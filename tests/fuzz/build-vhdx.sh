@@ -20,6 +20,7 @@ fuzz_build vhdx -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
 	"$src/src/format/vhdx/open.c" "$src/src/format/vhdx/bat.c" \
 	"$src/src/format/vhdx/log.c" "$src/src/format/vhdx/info.c" \
 	"$src/src/format/img.c" "$src/src/common/log.c" "$src/src/common/io.c" \
+	"$src/src/common/atomic-file.c" \
 	"$src/src/common/guid.c" "$src/src/common/utf16.c" \
 	"$src/src/common/crc32c.c" -lpthread
 

@@ -560,3 +560,17 @@ int qcow2_cluster_inflate(const struct qcow2_zreq *z, uint8_t *dst,
 	}
 	return 0;
 }
+
+int qcow2_cluster_read(const struct qcow2_zreq *z, uint8_t *dst, size_t in_cl,
+		       size_t len)
+{
+	const uint8_t *data;
+	int r;
+
+	if (len == z->cluster_size)
+		return qcow2_cluster_inflate(z, dst, NULL);
+	r = qcow2_cluster_inflate(z, NULL, &data);
+	if (r == 0)
+		memcpy(dst, data + in_cl, len);
+	return r;
+}

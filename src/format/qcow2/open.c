@@ -752,7 +752,6 @@ int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
 		uint64_t cl = off >> cb, l1i = off >> shift, in_cl, entry, bitmap;
 		size_t chunk;
 		struct qcow2_zreq z;
-		const uint8_t *data;
 
 		if (l1i >= s->l1_entries || !qcow2_l1_get(s, l1i)) {
 			r = log_err_ret(-EIO, "qcow2: %s: read of a cluster that is not compressed (%llu)",
@@ -793,13 +792,7 @@ int qcow2_read(struct img *img, void *buf, size_t n, uint64_t off)
 			.type = s->comp,
 		};
 		qcow2_comp_decode(s->cluster_bits, entry, &z.coff, &z.csize);
-		if (chunk == s->cluster_size) {
-			r = qcow2_cluster_inflate(&z, p, NULL);
-		} else {
-			r = qcow2_cluster_inflate(&z, NULL, &data);
-			if (r == 0)
-				memcpy(p, data + in_cl, chunk);
-		}
+		r = qcow2_cluster_read(&z, p, in_cl, chunk);
 		if (r < 0)
 			break;
 next:

@@ -325,7 +325,6 @@ static int qcow_read(struct img *img, void *buf, size_t n, uint64_t off)
 		uint64_t l1i = off >> shift, in_cl, e;
 		size_t chunk;
 		struct qcow2_zreq z;
-		const uint8_t *data;
 
 		if (l1i >= s->l1_entries || !s->l1[l1i]) {
 			r = log_err_ret(-EIO, "qcow: %s: read of a cluster that is not compressed (%llu)",
@@ -356,13 +355,7 @@ static int qcow_read(struct img *img, void *buf, size_t n, uint64_t off)
 			.type = QCOW2_COMP_ZLIB,
 		};
 		qcow_comp_decode(s->cluster_bits, e, &z.coff, &z.csize);
-		if (chunk == s->cluster_size) {
-			r = qcow2_cluster_inflate(&z, p, NULL);
-		} else {
-			r = qcow2_cluster_inflate(&z, NULL, &data);
-			if (r == 0)
-				memcpy(p, data + in_cl, chunk);
-		}
+		r = qcow2_cluster_read(&z, p, in_cl, chunk);
 		if (r < 0)
 			break;
 		p += chunk;

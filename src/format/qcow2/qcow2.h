@@ -422,6 +422,14 @@ struct qcow2_zreq {
 int qcow2_cluster_inflate(const struct qcow2_zreq *z, uint8_t *dst,
 			  const uint8_t **out);
 
+/*
+ * The ->read side of a compressed cluster: copy len bytes from in_cl into
+ * that cluster to dst.  A whole cluster inflates straight into dst; a part
+ * goes through the thread's cache.  Errors as qcow2_cluster_inflate().
+ */
+int qcow2_cluster_read(const struct qcow2_zreq *z, uint8_t *dst, size_t in_cl,
+		       size_t len);
+
 /* ---- open.c: the qcow2 driver's state and its read side; nothing
  *      outside the folder uses it ---- */
 
